@@ -1,0 +1,447 @@
+"""Generic layers shared by the image and video models: norms, feed-forwards, time embeddings, token shift,
+position generators, resampling and resnet blocks.
+
+Layouts: tokens are `(b, n, dim)`; feature maps are channels-first `(b, c, h, w)` and videos `(b, c, t, h, w)`.
+The 2D resampling layers and `ResnetBlock` accept videos and apply themselves per frame.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from synthesis_core.checks import check_divisible, check_positive_int, check_tensor
+from synthesis_core.chunked import chunked_feedforward
+from synthesis_core.utils import default, exists
+
+__all__ = [
+    "RMSNorm",
+    "LayerNorm",
+    "ChannelLayerNorm",
+    "ChannelRMSNorm",
+    "GEGLU",
+    "FeedForward",
+    "ChannelFeedForward",
+    "SinusoidalPosEmb",
+    "LearnedSinusoidalPosEmb",
+    "TimestepEmbedding",
+    "token_shift",
+    "shift_tokens",
+    "PEG",
+    "Upsample",
+    "PixelShuffleUpsample",
+    "Downsample",
+    "ResnetBlock",
+    "Residual",
+]
+
+
+def _per_frame(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """Apply a 2D layer to a 4D image batch, or to every frame of a 5D video batch `(b, c, t, h, w)`."""
+    if x.ndim == 4:
+        return fn(x)
+    if x.ndim != 5:
+        raise ValueError(f"x: expected (b, c, h, w) or (b, c, t, h, w), got shape {tuple(x.shape)}")
+    frames = x.shape[2]
+    x = rearrange(x, "b c t h w -> (b t) c h w")
+    x = fn(x)
+    return rearrange(x, "(b t) c h w -> b c t h w", t=frames)
+
+
+# normalisation
+
+
+class RMSNorm(nn.Module):
+    """RMS norm over the last dimension with a learnable gain: `x / rms(x) * gamma`."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.gamma.to(x.dtype), eps=self.eps)
+
+
+class LayerNorm(nn.Module):
+    """Layer norm over the last dimension with a learnable gain and no bias."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, (x.shape[-1],), self.gamma.to(x.dtype), None, eps=self.eps)
+
+
+class ChannelLayerNorm(nn.Module):
+    """Layer norm over the channel dimension (dim 1) of `(b, c, ...)` feature maps, learnable gain, no bias."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # float32 statistics: variance in bf16 is too coarse for small feature maps
+        x_float = x.float()
+        var, mean = torch.var_mean(x_float, dim=1, unbiased=False, keepdim=True)
+        gamma = self.gamma.view(1, -1, *((1,) * (x.ndim - 2)))
+        return ((x_float - mean) * torch.rsqrt(var + self.eps) * gamma).to(x.dtype)
+
+
+class ChannelRMSNorm(nn.Module):
+    """RMS norm over the channel dimension (dim 1) of `(b, c, ...)` feature maps with a learnable gain."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x_float = x.float()
+        rms_inv = torch.rsqrt(x_float.pow(2).mean(dim=1, keepdim=True) + self.eps)
+        gamma = self.gamma.view(1, -1, *((1,) * (x.ndim - 2)))
+        return (x_float * rms_inv * gamma).to(x.dtype)
+
+
+# feed-forwards
+
+
+class GEGLU(nn.Module):
+    """Gated GELU: splits the last dimension in two halves, `x * gelu(gate)`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, gate = x.chunk(2, dim=-1)
+        return x * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward on `(b, n, dim)`: GEGLU by default (or Linear-GELU-Linear with `glu=False`).
+
+    `chunk_size` runs the sequence (dim 1) in chunks, identical results with a smaller peak memory.
+    `pre_norm=True` puts a `LayerNorm` in front (handy for residual blocks).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        mult: float = 4,
+        glu: bool = True,
+        dropout: float = 0.0,
+        chunk_size: int | None = None,
+        dim_out: int | None = None,
+        pre_norm: bool = False,
+        zero_init_output: bool = False,
+    ):
+        super().__init__()
+        inner_dim = int(dim * mult)
+        dim_out = default(dim_out, dim)
+        self.chunk_size = chunk_size
+        project_in = nn.Sequential(nn.Linear(dim, inner_dim * 2), GEGLU()) if glu else nn.Sequential(
+            nn.Linear(dim, inner_dim), nn.GELU()
+        )
+        self.net = nn.Sequential(
+            LayerNorm(dim) if pre_norm else nn.Identity(),
+            project_in,
+            nn.Dropout(dropout),
+            nn.Linear(inner_dim, dim_out),
+        )
+        if zero_init_output:
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return chunked_feedforward(self.net, x, self.chunk_size, dim=1)
+
+
+class ChannelFeedForward(nn.Module):
+    """1x1-conv feed-forward on channels-first feature maps `(b, c, ...)` (any number of spatial axes)."""
+
+    def __init__(self, dim: int, mult: float = 2, dropout: float = 0.0, pre_norm: bool = True):
+        super().__init__()
+        inner_dim = int(dim * mult)
+        self.norm = ChannelLayerNorm(dim) if pre_norm else nn.Identity()
+        # a 1x1 conv is a linear map over the channel axis; keeping it as Linear works for 4D and 5D alike
+        self.net = nn.Sequential(nn.Linear(dim, inner_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(inner_dim, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(x)
+        x = self.net(x.movedim(1, -1))
+        return x.movedim(-1, 1)
+
+
+# time embeddings
+
+
+class SinusoidalPosEmb(nn.Module):
+    """Sinusoidal embedding of float times `(b,) -> (b, dim)` (sin half then cos half)."""
+
+    def __init__(self, dim: int, theta: float = 10000.0):
+        super().__init__()
+        check_positive_int("dim", dim)
+        check_divisible("dim", dim, 2)
+        self.dim = dim
+        self.theta = theta
+
+    def forward(self, x: Tensor) -> Tensor:
+        half_dim = self.dim // 2
+        scale = math.log(self.theta) / max(half_dim - 1, 1)
+        freqs = torch.exp(torch.arange(half_dim, device=x.device, dtype=torch.float32) * -scale)
+        args = x.float()[:, None] * freqs[None, :]
+        return torch.cat((args.sin(), args.cos()), dim=-1)
+
+
+class LearnedSinusoidalPosEmb(nn.Module):
+    """Learned (random Fourier) sinusoidal embedding: `(b,) -> (b, dim + 1)` (the time itself is kept too)."""
+
+    def __init__(self, dim: int, random: bool = False):
+        super().__init__()
+        check_divisible("dim", dim, 2)
+        self.weights = nn.Parameter(torch.randn(dim // 2), requires_grad=not random)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.float()[:, None]
+        freqs = x * self.weights[None, :] * 2 * math.pi
+        return torch.cat((x, freqs.sin(), freqs.cos()), dim=-1)
+
+
+class TimestepEmbedding(nn.Module):
+    """Diffusion time conditioning: `(b,)` int or float times -> `(b, time_dim)` (sinusoidal or learned + MLP)."""
+
+    def __init__(self, dim: int, time_dim: int | None = None, learned: bool = False):
+        super().__init__()
+        time_dim = default(time_dim, dim * 4)
+        self.pos_emb = LearnedSinusoidalPosEmb(dim) if learned else SinusoidalPosEmb(dim)
+        pos_dim = dim + 1 if learned else dim
+        self.mlp = nn.Sequential(nn.Linear(pos_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+        self.time_dim = time_dim
+
+    def forward(self, times: Tensor) -> Tensor:
+        check_tensor("times", times, ndim=1, names=("batch",))
+        return self.mlp(self.pos_emb(times))
+
+
+# token shift
+
+
+def token_shift(x: Tensor, dims: Sequence[int] = (1,), fraction: float | None = None) -> Tensor:
+    """Shift a fraction of the channels (last dim) of `x` by one step forward along each axis in `dims`.
+
+    The channels are split in `len(dims) + 1` equal groups (or groups of `fraction * channels`): group i moves one
+    position forward along `dims[i]` (zero-padded at the start, so it is causal), the rest stays in place.
+    E.g. `token_shift(x, dims=(1, 2, 3))` on `(b, t, h, w, d)` mixes each token with its previous frame, row and
+    column neighbours at no parameter cost.
+    """
+    dims = tuple(dims)
+    channels = x.shape[-1]
+    group = int(channels * fraction) if exists(fraction) else channels // (len(dims) + 1)
+    if group * len(dims) > channels:
+        raise ValueError(f"fraction: {fraction} of {channels} channels times {len(dims)} axes exceeds the channels")
+    if group == 0:
+        return x
+    shifted = []
+    for index, dim in enumerate(dims):
+        dim = dim if dim >= 0 else x.ndim + dim
+        if dim == x.ndim - 1:
+            raise ValueError("dims: cannot shift along the channel (last) dimension")
+        part = x[..., index * group:(index + 1) * group]
+        # pad one step at the start of `dim`, drop the last step
+        length = part.shape[dim]
+        part = part.narrow(dim, 0, length - 1)
+        pad = [0, 0] * (x.ndim - 1 - dim) + [1, 0]
+        shifted.append(F.pad(part, pad))
+    rest = x[..., len(dims) * group:]
+    return torch.cat((*shifted, rest), dim=-1)
+
+
+shift_tokens = token_shift
+
+
+# position encoding generator
+
+
+class PEG(nn.Module):
+    """Position encoding generator: a depthwise 3x3x3 conv over (frames, height, width), residual branch only.
+
+    Accepts channels-last tokens `(b, t, h, w, dim)` or channels-first `(b, dim, t, h, w)`; pass
+    `channels_last` when the layout is ambiguous (both dim 1 and the last dim equal `dim`). `causal=True`
+    pads only the past along time so frame t never sees frame t+1.
+    """
+
+    def __init__(self, dim: int, causal: bool = False, channels_last: bool | None = None):
+        super().__init__()
+        self.dim = dim
+        self.causal = causal
+        self.channels_last = channels_last
+        self.dsconv = nn.Conv3d(dim, dim, 3, groups=dim)
+
+    def forward(self, x: Tensor, channels_last: bool | None = None) -> Tensor:
+        check_tensor("x", x, ndim=5)
+        channels_last = default(channels_last, self.channels_last)
+        if channels_last is None:
+            last, first = x.shape[-1] == self.dim, x.shape[1] == self.dim
+            if last and first:
+                raise ValueError(
+                    f"x: layout of shape {tuple(x.shape)} is ambiguous for dim={self.dim}; "
+                    "pass channels_last=True for (b, t, h, w, dim) or False for (b, dim, t, h, w)"
+                )
+            if not (last or first):
+                raise ValueError(
+                    f"x: expected (b, t, h, w, {self.dim}) or (b, {self.dim}, t, h, w), got {tuple(x.shape)}"
+                )
+            channels_last = last
+        if channels_last:
+            x = rearrange(x, "b t h w d -> b d t h w")
+        frame_padding = (2, 0) if self.causal else (1, 1)
+        x = F.pad(x, (1, 1, 1, 1, *frame_padding))
+        x = self.dsconv(x)
+        if channels_last:
+            x = rearrange(x, "b d t h w -> b t h w d")
+        return x
+
+
+# resampling
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 upsampling followed by a 3x3 conv; images or (per frame) videos."""
+
+    def __init__(self, dim: int, dim_out: int | None = None):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, default(dim_out, dim), 3, padding=1)
+
+    def _forward_2d(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _per_frame(self._forward_2d, x)
+
+
+class PixelShuffleUpsample(nn.Module):
+    """1x1 conv to `dim_out * factor**2` channels + SiLU + pixel shuffle, ICNR-initialised (no checkerboard)."""
+
+    def __init__(self, dim: int, dim_out: int | None = None, factor: int = 2):
+        super().__init__()
+        dim_out = default(dim_out, dim)
+        self.factor = factor
+        self.conv = nn.Conv2d(dim, dim_out * factor**2, 1)
+        self.net = nn.Sequential(self.conv, nn.SiLU(), nn.PixelShuffle(factor))
+        self._icnr_init(dim_out)
+
+    @torch.no_grad()
+    def _icnr_init(self, dim_out: int) -> None:
+        # every sub-pixel of one output channel starts from the same kernel: the upsample starts as nearest-neighbour
+        weight = torch.empty(dim_out, self.conv.in_channels, 1, 1)
+        nn.init.kaiming_uniform_(weight)
+        self.conv.weight.copy_(repeat(weight, "o i h w -> (o r) i h w", r=self.factor**2))
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _per_frame(self.net, x)
+
+
+class Downsample(nn.Module):
+    """x2 downsampling without information loss: pixel-unshuffle (space-to-depth) + 1x1 conv."""
+
+    def __init__(self, dim: int, dim_out: int | None = None):
+        super().__init__()
+        self.conv = nn.Conv2d(dim * 4, default(dim_out, dim), 1)
+
+    def _forward_2d(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2:]
+        if height % 2 or width % 2:
+            raise ValueError(f"x: Downsample needs even height and width, got {height}x{width}")
+        x = rearrange(x, "b c (h p1) (w p2) -> b (c p1 p2) h w", p1=2, p2=2)
+        return self.conv(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _per_frame(self._forward_2d, x)
+
+
+# resnet block
+
+
+class _Block(nn.Module):
+    """GroupNorm -> (FiLM) -> SiLU -> dropout -> 3x3 conv."""
+
+    def __init__(self, dim: int, dim_out: int, groups: int = 8, dropout: float = 0.0):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, dim)
+        self.act = nn.SiLU()
+        self.dropout = nn.Dropout(dropout)
+        self.proj = nn.Conv2d(dim, dim_out, 3, padding=1)
+
+    def forward(self, x: Tensor, scale_shift: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        x = self.norm(x)
+        if exists(scale_shift):
+            scale, shift = scale_shift
+            x = x * (scale + 1) + shift
+        return self.proj(self.dropout(self.act(x)))
+
+
+class ResnetBlock(nn.Module):
+    """Residual block of two GroupNorm-SiLU-conv layers with FiLM (scale, shift) from a time embedding.
+
+    `forward(x (b, c, h, w) or (b, c, t, h, w), time_emb=None (b, time_emb_dim))`; videos go frame by frame.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        time_emb_dim: int | None = None,
+        groups: int = 8,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        check_divisible("dim", dim, groups, divisor_name="groups")
+        check_divisible("dim_out", dim_out, groups, divisor_name="groups")
+        self.time_mlp = (
+            nn.Sequential(nn.SiLU(), nn.Linear(time_emb_dim, dim_out * 2)) if exists(time_emb_dim) else None
+        )
+        self.block1 = _Block(dim, dim_out, groups=groups)
+        self.block2 = _Block(dim_out, dim_out, groups=groups, dropout=dropout)
+        self.res_conv = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
+
+    def forward(self, x: Tensor, time_emb: Tensor | None = None) -> Tensor:
+        is_video = x.ndim == 5
+        if is_video:
+            frames = x.shape[2]
+            x = rearrange(x, "b c t h w -> (b t) c h w")
+        elif x.ndim != 4:
+            raise ValueError(f"x: expected (b, c, h, w) or (b, c, t, h, w), got shape {tuple(x.shape)}")
+
+        scale_shift = None
+        if exists(self.time_mlp):
+            if time_emb is None:
+                raise ValueError("time_emb: this ResnetBlock was built with time_emb_dim and needs a time embedding")
+            film = self.time_mlp(time_emb)
+            if is_video:
+                film = repeat(film, "b d -> (b t) d", t=frames)
+            film = rearrange(film, "b d -> b d 1 1")
+            scale_shift = film.chunk(2, dim=1)
+
+        h = self.block1(x)
+        h = self.block2(h, scale_shift=scale_shift)
+        out = h + self.res_conv(x)
+
+        if is_video:
+            out = rearrange(out, "(b t) c h w -> b c t h w", t=frames)
+        return out
+
+
+class Residual(nn.Module):
+    """`x + fn(x, **kwargs)`."""
+
+    def __init__(self, fn: nn.Module):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor, **kwargs) -> Tensor:
+        return self.fn(x, **kwargs) + x

@@ -1,0 +1,119 @@
+"""Small helpers used everywhere in the project (the x-transformers idioms)."""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+T = TypeVar("T")
+
+__all__ = [
+    "exists",
+    "default",
+    "identity",
+    "cast_tuple",
+    "divisible_by",
+    "prob_mask_like",
+    "l2norm",
+    "once",
+    "eval_decorator",
+    "maybe",
+    "pad_at_dim",
+]
+
+
+def exists(x: Any) -> bool:
+    """True when `x` is not None."""
+    return x is not None
+
+
+def default(x: T | None, d: T | Callable[[], T]) -> T:
+    """`x` if it exists, else `d` (called first when it is a callable, so defaults can be lazy)."""
+    if exists(x):
+        return x
+    return d() if callable(d) else d
+
+
+def identity(t: T, *args: Any, **kwargs: Any) -> T:
+    return t
+
+
+def cast_tuple(x: Any, length: int = 1) -> tuple:
+    """`x` as a tuple: tuples/lists are converted as they are, anything else is repeated `length` times."""
+    if isinstance(x, tuple):
+        return x
+    if isinstance(x, list):
+        return tuple(x)
+    return (x,) * length
+
+
+def divisible_by(n: int, d: int) -> bool:
+    return (n % d) == 0
+
+
+def prob_mask_like(shape: int | Sequence[int], prob: float, device: torch.device | str | None = None) -> Tensor:
+    """A boolean tensor of `shape` where each entry is True with probability `prob` (exact for 0 and 1)."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    if prob == 1:
+        return torch.ones(shape, device=device, dtype=torch.bool)
+    if prob == 0:
+        return torch.zeros(shape, device=device, dtype=torch.bool)
+    return torch.zeros(shape, device=device).float().uniform_(0, 1) < prob
+
+
+def l2norm(t: Tensor, dim: int = -1, eps: float = 1e-12) -> Tensor:
+    """Unit-normalise `t` along `dim`."""
+    return F.normalize(t, dim=dim, eps=eps)
+
+
+def once(fn: Callable[..., T]) -> Callable[..., T | None]:
+    """Wrap `fn` so that only its first call runs (e.g. a warning printed once per wrapped function object)."""
+    called = False
+
+    @functools.wraps(fn)
+    def inner(*args: Any, **kwargs: Any) -> T | None:
+        nonlocal called
+        if called:
+            return None
+        called = True
+        return fn(*args, **kwargs)
+
+    return inner
+
+
+def eval_decorator(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorator for methods of `nn.Module`: run the call in eval mode and restore the previous mode after."""
+
+    @functools.wraps(fn)
+    def inner(model: nn.Module, *args: Any, **kwargs: Any) -> T:
+        was_training = model.training
+        model.eval()
+        try:
+            return fn(model, *args, **kwargs)
+        finally:
+            model.train(was_training)
+
+    return inner
+
+
+def maybe(fn: Callable[..., T]) -> Callable[..., T | None]:
+    """Wrap `fn` so that it returns None (without calling `fn`) when its first argument is None."""
+
+    @functools.wraps(fn)
+    def inner(x: Any, *args: Any, **kwargs: Any) -> T | None:
+        if not exists(x):
+            return x
+        return fn(x, *args, **kwargs)
+
+    return inner
+
+
+def pad_at_dim(t: Tensor, pad: tuple[int, int], dim: int = -1, value: float = 0.0) -> Tensor:
+    """Pad `t` by `pad = (left, right)` along a single dimension `dim`."""
+    dims_from_right = (-dim - 1) if dim < 0 else (t.ndim - dim - 1)
+    zeros = (0, 0) * dims_from_right
+    return F.pad(t, (*zeros, *pad), value=value)
