@@ -342,16 +342,17 @@ def package_info(obj_or_cls: Any) -> tuple[str, str | None]:
     cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
     module_name = cls.__module__
     top = module_name.split(".")[0]
-    candidates = [top.replace("_", "-"), top]
-    with contextlib.suppress(Exception):
-        candidates = list(importlib.metadata.packages_distributions().get(top, [])) + candidates
-    for dist in candidates:
+    # the project's distributions are named like their import packages with dashes (synthesis_core -> synthesis-core)
+    for dist in (top.replace("_", "-"), top):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError, ValueError):
             return dist, importlib.metadata.version(dist)
     for name in (top, module_name):
         version = getattr(sys.modules.get(name), "__version__", None)
         if isinstance(version, str):
             return top, version
+    with contextlib.suppress(Exception):  # slow (scans every installed distribution), hence last
+        for dist in importlib.metadata.packages_distributions().get(top, []):
+            return dist, importlib.metadata.version(dist)
     return top, None
 
 
