@@ -150,10 +150,11 @@ def kmeans(
     means = _kmeans_plus_plus_init(samples, num_clusters, use_cosine_sim)
     cluster_sizes = torch.zeros(num_clusters, device=samples.device)
 
-    for _ in range(num_iters + 1):  # the last round only recomputes the cluster sizes of the final means
+    for iteration in range(num_iters + 1):  # the last round only recomputes the cluster sizes of the final means
         buckets = _assignment_scores(samples, means, use_cosine_sim).argmin(dim=-1)
-        cluster_sizes = torch.zeros_like(cluster_sizes).index_add_(0, buckets, torch.ones_like(buckets, dtype=torch.float))
-        if _ == num_iters:
+        ones = torch.ones_like(buckets, dtype=torch.float)
+        cluster_sizes = torch.zeros_like(cluster_sizes).index_add_(0, buckets, ones)
+        if iteration == num_iters:
             break
         sums = torch.zeros_like(means).index_add_(0, buckets, samples)
         new_means = sums / rearrange(cluster_sizes.clamp(min=1), "k -> k 1")

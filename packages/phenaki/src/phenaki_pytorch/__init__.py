@@ -1,4 +1,17 @@
 """Phenaki: C-ViViT video tokenizer and MaskGIT for long text-to-video."""
 from phenaki_pytorch.__about__ import __version__
+from phenaki_pytorch.cvivit import CViViT
+from phenaki_pytorch.maskgit import CriticTrainer, MaskGit, SelfCritic, TokenCritic
+from phenaki_pytorch.phenaki import Phenaki, StorySampler, make_video
 
-__all__ = ["__version__"]
+__all__ = [
+    "__version__",
+    "CViViT",
+    "MaskGit",
+    "TokenCritic",
+    "SelfCritic",
+    "CriticTrainer",
+    "Phenaki",
+    "make_video",
+    "StorySampler",
+]

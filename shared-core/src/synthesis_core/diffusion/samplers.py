@@ -93,6 +93,8 @@ def ddim_step(
     eps_hat = (x_t - alpha_t * x0_hat) / sigma_t
     x_s = alpha_s * x0_hat
     if noise is None:
+        if eta != 0:
+            raise ValueError(f"noise: required when eta > 0 (got eta={eta} and noise=None)")
         return x_s + sigma_s * eps_hat
     _, sigma_ts_sq = _transition_std(alpha_t, sigma_t, alpha_s, sigma_s)
     c = eta * (sigma_ts_sq * sigma_s**2 / sigma_t**2).sqrt()
@@ -158,6 +160,14 @@ def prepare_inpaint(inpaint: Sequence[Tensor] | None, x: Tensor) -> tuple[Tensor
     return known.to(device=x.device, dtype=x.dtype), keep.to(device=x.device, dtype=x.dtype)
 
 
+def _call_denoise(denoise: Denoise, x: Tensor, time_batch: Tensor) -> Tensor:
+    x0_hat = denoise(x, time_batch)
+    if not isinstance(x0_hat, Tensor) or x0_hat.shape != x.shape:
+        got = tuple(x0_hat.shape) if isinstance(x0_hat, Tensor) else type(x0_hat).__name__
+        raise ValueError(f"denoise: expected an x0 estimate of shape {tuple(x.shape)} (the shape of x_t), got {got}")
+    return x0_hat.to(x.dtype)
+
+
 def _check_times(times: Tensor) -> None:
     check_tensor("times", times, ndim=1)
     if times.numel() == 0:
@@ -186,8 +196,8 @@ def sample_vp(
     - `times`: strictly descending 1D tensor (see `sampling_times`); the model is called once per entry (times
       `resample_times` with inpainting) and the last call, at the cleanest time, is the output.
     - `sampler`: 'ddpm' (ancestral, the exact posterior between consecutive times, any subsequence), 'ddim'
-      (with `eta`; eta=0 deterministic) or 'dpmpp_2m' (DPM-Solver++ 2M; first order on the first step and on the
-      final step to the cleanest time).
+      (with `eta`; eta=0 deterministic) or 'dpmpp_2m' (DPM-Solver++ 2M; first order on the first step, on the
+      final step to the cleanest time and on RePaint redos).
     - `inpaint=(known_x0, keep_mask)`: after every step the kept region is replaced by the known image noised to
       the new time; with `resample_times=r`, each step is redone r-1 more times after re-noising one step forward
       (RePaint, Lugmayr et al. 2022). The kept region of the output is exactly `known_x0`.
@@ -222,24 +232,26 @@ def sample_vp(
     if inpaint is not None:
         x = paste_known(x, 0)
 
+    logger.debug("sample_vp: %s, %d times, x %s, inpaint=%s", sampler, num_times, tuple(x.shape), inpaint is not None)
     prev_x0_hat, h_prev = None, None
     x0_hat = x
     for i in tqdm(range(num_times), desc=f"sampling ({sampler})", disable=not progress, leave=False):
         time_batch = times[i].expand(batch)
         if i == num_times - 1:
-            x0_hat = denoise(x, time_batch).to(x.dtype)
+            x0_hat = _call_denoise(denoise, x, time_batch)
             break
 
         a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
         for r in range(resample_times if inpaint is not None else 1):
-            x0_hat = denoise(x, time_batch).to(x.dtype)
+            x0_hat = _call_denoise(denoise, x, time_batch)
             if sampler == "ddpm":
                 x_next = ddpm_step(x, x0_hat, a_t, s_t, a_s, s_s, randn_like(x, generator))
             elif sampler == "ddim":
                 noise = randn_like(x, generator) if stochastic else None
                 x_next = ddim_step(x, x0_hat, a_t, s_t, a_s, s_s, eta=eta, noise=noise)
             else:
-                second_order = prev_x0_hat is not None and i + 1 < num_times - 1
+                # multistep history belongs to the trajectory x came from: not after a RePaint re-noising
+                second_order = prev_x0_hat is not None and i + 1 < num_times - 1 and r == 0
                 x_next = dpmpp_2m_step(
                     x, x0_hat, a_t, s_t, a_s, s_s,
                     prev_x0_hat=prev_x0_hat if second_order else None,

@@ -1,0 +1,690 @@
+"""What `Imagen` and `ElucidatedImagen` share: the cascade of U-Nets and everything around the diffusion itself.
+
+A cascade is a list of U-Nets, each generating at its own resolution (and, for video, its own frame count) and,
+after the first, conditioned on the previous stage's output. This module holds the parts that do not depend on
+the diffusion formulation:
+
+- holding and casting the U-Nets (`nn.ModuleList`, so `parameters()` lists every one of them),
+- text conditioning (raw texts through a `TextEncoder` owned by the cascade, or precomputed embeddings),
+- input checks with clear errors, resizing in space and time, random crops,
+- the low-resolution conditioning with noise augmentation, one function for training and sampling alike
+  (normalise to [-1, 1] first, then resize, then noise),
+- the stage-by-stage sampling loop (start/stop stages, inpainting, init images, per-stage guidance scale).
+
+Subclasses supply the formulation through two methods: `stage_loss` (training one stage) and `sample_stage`
+(sampling one stage).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from imagen_pytorch.unet import NullUnet
+from synthesis_core.checks import check_batch_match, check_choice, check_in_range, check_positive_int, check_tensor
+from synthesis_core.diffusion import ContinuousSchedule, dynamic_threshold, right_pad_dims_to, static_threshold
+from synthesis_core.text import DEFAULT_T5_NAME, TextEncoder
+from synthesis_core.utils import default, exists
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CascadeBase", "per_unet", "resize_image_to", "resize_video_frames", "is_null_unet", "DEFAULT_T5_NAME"]
+
+RESIZE_MODES = ("nearest", "bilinear", "bicubic")
+LOSS_TYPES = ("l1", "l2", "huber")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def is_null_unet(unet: nn.Module) -> bool:
+    return isinstance(unet, NullUnet)
+
+
+def per_unet(name: str, value: Any, num_unets: int) -> tuple:
+    """One value per U-Net: a list/tuple must have exactly `num_unets` entries, anything else is repeated."""
+    if isinstance(value, list | tuple):
+        if len(value) != num_unets:
+            raise ValueError(f"{name}: expected one value per unet ({num_unets}), got {len(value)}: {tuple(value)}")
+        return tuple(value)
+    return (value,) * num_unets
+
+
+def normalize_neg_one_to_one(x: Tensor) -> Tensor:
+    return x * 2 - 1
+
+
+def unnormalize_zero_to_one(x: Tensor) -> Tensor:
+    return (x + 1) * 0.5
+
+
+def resize_image_to(x: Tensor, size: int, mode: str = "nearest") -> Tensor:
+    """Resize the last two dims of images (b, c, h, w) or videos (b, c, t, h, w) to `size` x `size`.
+
+    Shrinking is always antialiased bilinear (nearest would alias); enlarging uses `mode`.
+    """
+    if x.shape[-2:] == (size, size):
+        return x
+    is_video = x.ndim == 5
+    if is_video:
+        frames = x.shape[2]
+        x = rearrange(x, "b c t h w -> (b t) c h w")
+    dtype = x.dtype
+    x = x.float()  # interpolation kernels for bf16 are missing on some backends
+    if size < min(x.shape[-2:]):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    else:
+        align = {} if mode == "nearest" else {"align_corners": False}
+        x = F.interpolate(x, size=(size, size), mode=mode, **align)
+    x = x.to(dtype)
+    if is_video:
+        x = rearrange(x, "(b t) c h w -> b c t h w", t=frames)
+    return x
+
+
+def resize_video_frames(video: Tensor, frames: int) -> Tensor:
+    """Resample a video (b, c, t, h, w) to `frames` frames by nearest neighbour in time (repeats or drops frames)."""
+    if video.shape[2] == frames:
+        return video
+    return F.interpolate(video, size=(frames, *video.shape[-2:]), mode="nearest")
+
+
+def random_crop(tensors: Sequence[Tensor | None], size: int) -> list[Tensor | None]:
+    """Crop the same random `size` x `size` window (one per sample) from every tensor of the list."""
+    reference = next(t for t in tensors if exists(t))
+    batch, height, width = reference.shape[0], *reference.shape[-2:]
+    tops = torch.randint(0, height - size + 1, (batch,)).tolist()
+    lefts = torch.randint(0, width - size + 1, (batch,)).tolist()
+
+    def crop(t: Tensor) -> Tensor:
+        return torch.stack([t[i, ..., y:y + size, x:x + size] for i, (y, x) in enumerate(zip(tops, lefts))])
+
+    return [crop(t) if exists(t) else None for t in tensors]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the cascade
+
+
+class CascadeBase(nn.Module):
+    """The parts of a cascading diffusion model that do not depend on the formulation (see the module docstring).
+
+    Keyword arguments that can differ per U-Net accept a scalar (used for every stage) or one value per U-Net.
+    """
+
+    def __init__(
+        self,
+        unets: nn.Module | Sequence[nn.Module],
+        *,
+        image_sizes: int | Sequence[int],
+        text_encoder_name: str = DEFAULT_T5_NAME,
+        text_embed_dim: int | None = None,
+        channels: int = 3,
+        cond_drop_prob: float = 0.1,
+        loss_type: str = "l2",
+        random_crop_sizes: int | Sequence[int | None] | None = None,
+        lowres_noise_schedule: str = "linear",
+        lowres_sample_noise_level: float = 0.2,
+        per_sample_random_aug_noise_level: bool = False,
+        condition_on_text: bool = True,
+        auto_normalize_img: bool = True,
+        dynamic_thresholding: bool | Sequence[bool] = True,
+        dynamic_thresholding_percentile: float = 0.95,
+        only_train_unet_number: int | None = None,
+        temporal_downsample_factor: int | Sequence[int] = 1,
+        resize_cond_video_frames: bool = True,
+        resize_mode: str = "nearest",
+    ):
+        super().__init__()
+        unets = list(unets) if isinstance(unets, list | tuple) else [unets]
+        if len(unets) == 0:
+            raise ValueError("unets: expected at least one unet, got an empty sequence")
+        for index, unet in enumerate(unets):
+            if not isinstance(unet, nn.Module):
+                raise TypeError(f"unets[{index}]: expected a Unet / Unet3D / NullUnet module, got {type(unet).__name__}")
+        num_unets = len(unets)
+
+        check_positive_int("channels", channels)
+        check_in_range("cond_drop_prob", cond_drop_prob, 0.0, 1.0)
+        check_choice("loss_type", loss_type, LOSS_TYPES)
+        check_choice("lowres_noise_schedule", lowres_noise_schedule, ("linear", "cosine"))
+        check_in_range("lowres_sample_noise_level", lowres_sample_noise_level, 0.0, 1.0)
+        check_in_range("dynamic_thresholding_percentile", dynamic_thresholding_percentile, 0.5, 1.0)
+        check_choice("resize_mode", resize_mode, RESIZE_MODES)
+
+        self.channels = channels
+        self.cond_drop_prob = cond_drop_prob
+        self.loss_type = loss_type
+        self.lowres_sample_noise_level = lowres_sample_noise_level
+        self.per_sample_random_aug_noise_level = per_sample_random_aug_noise_level
+        self.auto_normalize_img = auto_normalize_img
+        self.dynamic_thresholding = per_unet("dynamic_thresholding", dynamic_thresholding, num_unets)
+        self.dynamic_thresholding_percentile = dynamic_thresholding_percentile
+        self.resize_cond_video_frames = resize_cond_video_frames
+        self.resize_mode = resize_mode
+        # the low-resolution conditioning is noised with its own schedule (noise augmentation, Imagen section 2.5)
+        self.lowres_noise_schedule = ContinuousSchedule(lowres_noise_schedule)
+
+        # text conditioning: the encoder is a plain attribute (not a submodule), so its weights never land in the
+        # cascade's state dict or parameters(); its width is known without loading it (table or local config)
+        self.condition_on_text = condition_on_text
+        self.text_encoder_name = text_encoder_name
+        self.text_encoder = TextEncoder(text_encoder_name) if condition_on_text else None
+        if condition_on_text:
+            self.text_embed_dim = text_embed_dim if exists(text_embed_dim) else self.text_encoder.dim
+        else:
+            self.text_embed_dim = text_embed_dim
+
+        # sizes
+        self.image_sizes = per_unet("image_sizes", image_sizes, num_unets)
+        for index, size in enumerate(self.image_sizes):
+            check_positive_int(f"image_sizes[{index}]", size)
+        if any(later < earlier for earlier, later in zip(self.image_sizes, self.image_sizes[1:])):
+            raise ValueError(f"image_sizes: expected non-decreasing sizes along the cascade, got {self.image_sizes}")
+        self.random_crop_sizes = per_unet("random_crop_sizes", random_crop_sizes, num_unets)
+        for index, (crop, size) in enumerate(zip(self.random_crop_sizes, self.image_sizes)):
+            if exists(crop):
+                check_positive_int(f"random_crop_sizes[{index}]", crop)
+                if crop > size:
+                    raise ValueError(f"random_crop_sizes[{index}]: expected at most the unet's image size {size}, "
+                                     f"got {crop}")
+        self.temporal_downsample_factor = per_unet("temporal_downsample_factor", temporal_downsample_factor, num_unets)
+        for index, factor in enumerate(self.temporal_downsample_factor):
+            check_positive_int(f"temporal_downsample_factor[{index}]", factor)
+        if self.temporal_downsample_factor[-1] != 1:
+            raise ValueError("temporal_downsample_factor: the last unet must generate every frame (factor 1), got "
+                             f"{self.temporal_downsample_factor}")
+
+        # the unets, cast to what their place in the cascade needs (lowres conditioning after the first stage,
+        # the text encoder's width, the channel count)
+        self.unets = nn.ModuleList()
+        for index, unet in enumerate(unets):
+            if not is_null_unet(unet):
+                unet = unet.cast_model_parameters(
+                    lowres_cond=index > 0,
+                    text_embed_dim=self.text_embed_dim if condition_on_text else unet.text_embed_dim,
+                    channels=channels,
+                    channels_out=channels,
+                    cond_on_text=condition_on_text,
+                )
+            self.unets.append(unet)
+        real_unets = [unet for unet in self.unets if not is_null_unet(unet)]
+        if not real_unets:
+            raise ValueError("unets: expected at least one unet that is not a NullUnet")
+        video_flags = {bool(getattr(unet, "is_video", False)) for unet in real_unets}
+        if len(video_flags) > 1:
+            raise ValueError("unets: expected all image unets (Unet) or all video unets (Unet3D), got a mix")
+        self.is_video = video_flags.pop()
+        if not self.is_video and any(factor != 1 for factor in self.temporal_downsample_factor):
+            raise ValueError("temporal_downsample_factor: only video cascades (Unet3D) can downsample in time")
+
+        if exists(only_train_unet_number):
+            self._check_unet_number("only_train_unet_number", only_train_unet_number)
+        self.only_train_unet_number = only_train_unet_number
+
+    # -- small accessors --------------------------------------------------------------------------------------
+
+    @property
+    def num_unets(self) -> int:
+        return len(self.unets)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def get_unet(self, unet_number: int) -> nn.Module:
+        """The U-Net of stage `unet_number` (1-based, as everywhere in the public API)."""
+        self._check_unet_number("unet_number", unet_number)
+        return self.unets[unet_number - 1]
+
+    def _check_unet_number(self, name: str, unet_number: Any) -> int:
+        if isinstance(unet_number, bool) or not isinstance(unet_number, int):
+            raise TypeError(f"{name}: expected an int in [1, {self.num_unets}], got {unet_number!r}")
+        if not 1 <= unet_number <= self.num_unets:
+            raise ValueError(f"{name}: expected a unet number in [1, {self.num_unets}] (this cascade has "
+                             f"{self.num_unets} unet(s)), got {unet_number}")
+        return unet_number
+
+    def normalize_img(self, x: Tensor) -> Tensor:
+        return normalize_neg_one_to_one(x) if self.auto_normalize_img else x
+
+    def unnormalize_img(self, x: Tensor) -> Tensor:
+        return unnormalize_zero_to_one(x).clamp(0, 1) if self.auto_normalize_img else x.clamp(-1, 1)
+
+    def threshold(self, x0: Tensor, index: int) -> Tensor:
+        """Keep an x0 estimate in the data range: dynamic thresholding (Imagen) or a plain clamp."""
+        if self.dynamic_thresholding[index]:
+            return dynamic_threshold(x0, self.dynamic_thresholding_percentile)
+        return static_threshold(x0)
+
+    def reduce_loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        """Per-sample loss (b,) of the configured `loss_type`, averaged over every other dim."""
+        if self.loss_type == "l1":
+            losses = F.l1_loss(pred, target, reduction="none")
+        elif self.loss_type == "huber":
+            losses = F.smooth_l1_loss(pred, target, reduction="none")
+        else:
+            losses = F.mse_loss(pred, target, reduction="none")
+        return losses.float().flatten(1).mean(dim=1)
+
+    # -- text -------------------------------------------------------------------------------------------------
+
+    def encode_text(
+        self,
+        texts: Sequence[str] | None,
+        text_embeds: Tensor | None,
+        text_masks: Tensor | None,
+        device: torch.device,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Text conditioning as (embeds (b, n, d), mask (b, n) bool) on `device`, from `texts` or `text_embeds`."""
+        if not self.condition_on_text:
+            if exists(texts) or exists(text_embeds):
+                raise ValueError("texts/text_embeds: this cascade was built with condition_on_text=False and takes "
+                                 "no text; build it with condition_on_text=True to condition on text")
+            return None, None
+        if exists(texts) and exists(text_embeds):
+            raise ValueError("texts, text_embeds: pass one of them, not both")
+        if exists(texts):
+            if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
+                raise TypeError("texts: expected a list of strings (one caption per sample)")
+            if exists(text_masks):
+                raise ValueError("text_masks: only used with text_embeds (texts are masked by the encoder)")
+            text_embeds, text_masks = self.text_encoder.encode(list(texts), device)
+        if not exists(text_embeds):
+            raise ValueError("texts/text_embeds: this cascade is conditioned on text; pass texts=[...] or "
+                             f"text_embeds of shape (batch, tokens, {self.text_embed_dim}) "
+                             "(or build it with condition_on_text=False)")
+        check_tensor("text_embeds", text_embeds, shape=("batch", "tokens", self.text_embed_dim),
+                     names=("batch", "tokens", "text_embed_dim"), dtype_floating=True)
+        text_embeds = text_embeds.to(device)
+        if exists(text_masks):
+            check_tensor("text_masks", text_masks, shape=tuple(text_embeds.shape[:2]), names=("batch", "tokens"))
+            text_masks = text_masks.to(device=device, dtype=torch.bool)
+        else:
+            # precomputed embeddings are zero where the caption was padded
+            text_masks = (text_embeds != 0).any(dim=-1)
+        return text_embeds, text_masks
+
+    # -- low-resolution conditioning ----------------------------------------------------------------------------
+
+    def stage_frames(self, index: int, frames: int | None) -> int | None:
+        """Frames generated by stage `index` when the final video has `frames` frames."""
+        if not exists(frames):
+            return None
+        factor = self.temporal_downsample_factor[index]
+        if frames % factor != 0:
+            raise ValueError(f"video frames: expected a multiple of unet {index + 1}'s temporal_downsample_factor "
+                             f"{factor}, got {frames}")
+        return frames // factor
+
+    def noised_lowres_cond(self, lowres: Tensor, index: int, noise_times: Tensor) -> Tensor:
+        """The low-resolution conditioning of stage `index`: the previous stage's image (already in [-1, 1]),
+        resized to this stage's size (and frame count) with `resize_mode`, then noised at `noise_times` (b,).
+
+        Training and sampling both go through here, so both see exactly the same normalisation, order and noise.
+        """
+        size = self.image_sizes[index]
+        lowres = resize_image_to(lowres, size, mode=self.resize_mode)
+        alpha, sigma = self.lowres_noise_schedule.alpha_sigma(noise_times)
+        alpha, sigma = right_pad_dims_to(lowres, alpha), right_pad_dims_to(lowres, sigma)
+        return (alpha * lowres + sigma * torch.randn_like(lowres)).to(lowres.dtype)
+
+    def match_cond_frames(self, lowres: Tensor, frames: int) -> Tensor:
+        if lowres.ndim != 5 or lowres.shape[2] == frames:
+            return lowres
+        if not self.resize_cond_video_frames:
+            raise ValueError(f"the previous stage made {lowres.shape[2]} frames but this stage makes {frames}; "
+                             "build the cascade with resize_cond_video_frames=True to resample them")
+        return resize_video_frames(lowres, frames)
+
+    # -- input checks ---------------------------------------------------------------------------------------------
+
+    def _check_images(self, name: str, x: Any, *, min_size: int | None = None) -> Tensor:
+        ndims = (4, 5) if self.is_video else (4,)
+        layout = "(batch, channels, height, width)" + (" or (batch, channels, frames, height, width)"
+                                                       if self.is_video else "")
+        check_tensor(name, x, ndim=ndims, dtype_floating=True)
+        if x.shape[1] != self.channels:
+            raise ValueError(f"{name}: expected {self.channels} channels in dim 1 {layout}, got shape {tuple(x.shape)}")
+        if exists(min_size) and min(x.shape[-2:]) < min_size:
+            raise ValueError(f"{name}: expected height and width of at least {min_size}, got shape {tuple(x.shape)}")
+        return x
+
+    def _check_cond_images(self, cond_images: Tensor | None, device: torch.device) -> Tensor | None:
+        if not exists(cond_images):
+            return None
+        check_tensor("cond_images", cond_images, ndim=(4, 5) if self.is_video else 4, dtype_floating=True)
+        return self.normalize_img(cond_images.to(device))
+
+    # -- training -------------------------------------------------------------------------------------------------
+
+    def resolve_train_unet_number(self, unet_number: int | None) -> int:
+        if not exists(unet_number):
+            if exists(self.only_train_unet_number):
+                unet_number = self.only_train_unet_number
+            elif self.num_unets == 1:
+                unet_number = 1
+            else:
+                raise ValueError(f"unet_number: required to choose which of the {self.num_unets} unets to train")
+        self._check_unet_number("unet_number", unet_number)
+        if exists(self.only_train_unet_number) and unet_number != self.only_train_unet_number:
+            raise ValueError(f"unet_number: this cascade only trains unet {self.only_train_unet_number} "
+                             f"(only_train_unet_number), got {unet_number}")
+        if is_null_unet(self.unets[unet_number - 1]):
+            raise ValueError(f"unet_number: unet {unet_number} is a NullUnet placeholder and cannot be trained")
+        return unet_number
+
+    def forward(
+        self,
+        images_or_video: Tensor,
+        unet_number: int | None = None,
+        texts: Sequence[str] | None = None,
+        text_embeds: Tensor | None = None,
+        text_masks: Tensor | None = None,
+        cond_images: Tensor | None = None,
+        *,
+        unet: nn.Module | None = None,
+    ) -> Tensor:
+        """The training loss of stage `unet_number` on images (b, c, h, w) or videos (b, c, t, h, w) in [0, 1].
+
+        `texts` (one caption per sample) or `text_embeds` (b, n, text_embed_dim) with optional `text_masks` (b, n)
+        condition on text. Images larger than the stage's size are resized down; a video cascade also takes
+        images (trained as single frames with the temporal layers skipped). `unet` replaces the stage's U-Net in
+        this call (the trainer passes its distributed wrapper).
+        """
+        unet_number = self.resolve_train_unet_number(unet_number)
+        index = unet_number - 1
+        stage_unet = self.unets[index]  # attributes are read here; `unet` may be a distributed wrapper of it
+        unet = unet if exists(unet) else stage_unet
+        size = self.image_sizes[index]
+        x = self._check_images("images_or_video", images_or_video, min_size=size)
+        device = self.device
+        x = x.to(device)
+        batch = x.shape[0]
+        check_batch_match(images_or_video=x, texts=texts, text_embeds=text_embeds, text_masks=text_masks,
+                          cond_images=cond_images)
+        text_embeds, text_masks = self.encode_text(texts, text_embeds, text_masks, device)
+        cond_images = self._check_cond_images(cond_images, device)
+
+        x = self.normalize_img(x)
+        frames = x.shape[2] if x.ndim == 5 else None
+        if exists(frames):
+            x = resize_video_frames(x, self.stage_frames(index, frames))
+
+        lowres_cond_img = lowres_noise_times = None
+        if stage_unet.lowres_cond:
+            # what the previous stage would have produced: this sample at its size (and frame count)
+            lowres = resize_image_to(x, self.image_sizes[index - 1])
+            if exists(frames):
+                lowres = resize_video_frames(lowres, self.stage_frames(index - 1, frames))
+                lowres = self.match_cond_frames(lowres, x.shape[2])
+            if self.per_sample_random_aug_noise_level:
+                lowres_noise_times = torch.rand(batch, device=device)
+            else:
+                lowres_noise_times = torch.rand(1, device=device).expand(batch)
+            lowres_cond_img = self.noised_lowres_cond(lowres, index, lowres_noise_times)
+
+        x_start = resize_image_to(x, size)
+        if exists(cond_images):
+            cond_images = resize_image_to(cond_images, size, mode=self.resize_mode)
+        crop = self.random_crop_sizes[index]
+        if exists(crop) and crop < size:
+            x_start, lowres_cond_img, cond_images = random_crop([x_start, lowres_cond_img, cond_images], crop)
+
+        unet_kwargs = dict(text_embeds=text_embeds, text_mask=text_masks, cond_images=cond_images,
+                           lowres_cond_img=lowres_cond_img, lowres_noise_times=lowres_noise_times)
+        return self.stage_loss(unet, index, x_start, unet_kwargs)
+
+    def self_cond_estimate(self, index: int, predict_x0) -> Tensor | None:
+        """Self-conditioning in training (Chen et al. 2022): half of the time, the network first estimates x0
+        without gradients and gets that estimate as an extra input. Always an x0 estimate (also with the v
+        objective), thresholded exactly as during sampling."""
+        if not getattr(self.unets[index], "self_cond", False) or bool(torch.rand(()) >= 0.5):
+            return None
+        with torch.no_grad():
+            return self.threshold(predict_x0(), index).detach()
+
+    def stage_loss(self, unet: nn.Module, index: int, x_start: Tensor, unet_kwargs: dict) -> Tensor:
+        """The diffusion loss of stage `index` on `x_start` in [-1, 1], calling `unet` (the stage's U-Net or its
+        distributed wrapper) with `unet_kwargs`; implemented by the formulation."""
+        raise NotImplementedError
+
+    # -- sampling -------------------------------------------------------------------------------------------------
+
+    def sample_stage(
+        self,
+        unet: nn.Module,
+        index: int,
+        shape: tuple[int, ...],
+        *,
+        unet_kwargs: dict,
+        cond_scale: float,
+        inpaint: tuple[Tensor, Tensor] | None,
+        inpaint_resample_times: int,
+        init_images: Tensor | None,
+        skip_steps: int | None,
+        sampler: str | None,
+        steps: int | None,
+        use_tqdm: bool,
+        device: torch.device,
+    ) -> Tensor:
+        """Sample one stage; returns x0 in [-1, 1] of `shape`. Implemented by the formulation."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(
+        self,
+        texts: Sequence[str] | None = None,
+        text_masks: Tensor | None = None,
+        text_embeds: Tensor | None = None,
+        video_frames: int | None = None,
+        cond_images: Tensor | None = None,
+        inpaint_images: Tensor | None = None,
+        inpaint_videos: Tensor | None = None,
+        inpaint_masks: Tensor | None = None,
+        inpaint_resample_times: int = 5,
+        init_images: Tensor | None = None,
+        skip_steps: int | Sequence[int] | None = None,
+        batch_size: int = 1,
+        cond_scale: float | Sequence[float] = 1.0,
+        lowres_sample_noise_level: float | None = None,
+        start_at_unet_number: int = 1,
+        start_image_or_video: Tensor | None = None,
+        stop_at_unet_number: int | None = None,
+        return_all_unet_outputs: bool = False,
+        return_pil_images: bool = False,
+        device: torch.device | str | None = None,
+        use_tqdm: bool = True,
+        sampler: str | None = None,
+        steps: int | Sequence[int] | None = None,
+    ) -> Tensor | list:
+        """Generate images (b, c, h, w) or videos (b, c, t, h, w) in [0, 1], stage after stage.
+
+        - `texts` or `text_embeds`/`text_masks` condition on text; `cond_scale` (one or per unet) is the
+          classifier-free guidance scale.
+        - `start_at_unet_number` > 1 starts from `start_image_or_video` (in [0, 1]) as the previous stage's output;
+          `stop_at_unet_number` stops early; `return_all_unet_outputs` returns every stage's output.
+        - Inpainting: `inpaint_images` (b, c, h, w) (or `inpaint_videos`) and `inpaint_masks` (b, h, w) bool, True
+          where new content is generated; pixels where the mask is False are kept from the given image.
+        - `init_images` with `skip_steps`: start every stage from the noised init image and skip the first steps.
+        - `sampler`/`steps` override the cascade's sampler and step count for this call.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            return self._sample(
+                texts=texts, text_masks=text_masks, text_embeds=text_embeds, video_frames=video_frames,
+                cond_images=cond_images, inpaint_images=inpaint_images, inpaint_videos=inpaint_videos,
+                inpaint_masks=inpaint_masks, inpaint_resample_times=inpaint_resample_times, init_images=init_images,
+                skip_steps=skip_steps, batch_size=batch_size, cond_scale=cond_scale,
+                lowres_sample_noise_level=lowres_sample_noise_level, start_at_unet_number=start_at_unet_number,
+                start_image_or_video=start_image_or_video, stop_at_unet_number=stop_at_unet_number,
+                return_all_unet_outputs=return_all_unet_outputs, return_pil_images=return_pil_images,
+                device=device, use_tqdm=use_tqdm, sampler=sampler, steps=steps,
+            )
+        finally:
+            self.train(was_training)
+
+    def _sample(self, *, texts, text_masks, text_embeds, video_frames, cond_images, inpaint_images, inpaint_videos,
+                inpaint_masks, inpaint_resample_times, init_images, skip_steps, batch_size, cond_scale,
+                lowres_sample_noise_level, start_at_unet_number, start_image_or_video, stop_at_unet_number,
+                return_all_unet_outputs, return_pil_images, device, use_tqdm, sampler, steps):
+        device = torch.device(device) if exists(device) else self.device
+        num_unets = self.num_unets
+        self._check_unet_number("start_at_unet_number", start_at_unet_number)
+        stop_at_unet_number = default(stop_at_unet_number, num_unets)
+        self._check_unet_number("stop_at_unet_number", stop_at_unet_number)
+        if stop_at_unet_number < start_at_unet_number:
+            raise ValueError(f"stop_at_unet_number: expected at least start_at_unet_number={start_at_unet_number}, "
+                             f"got {stop_at_unet_number}")
+        cond_scales = per_unet("cond_scale", cond_scale, num_unets)
+        skip_steps = per_unet("skip_steps", skip_steps, num_unets)
+        steps = per_unet("steps", steps, num_unets)
+        lowres_sample_noise_level = default(lowres_sample_noise_level, self.lowres_sample_noise_level)
+        check_in_range("lowres_sample_noise_level", lowres_sample_noise_level, 0.0, 1.0)
+        check_positive_int("inpaint_resample_times", inpaint_resample_times)
+        check_positive_int("batch_size", batch_size)
+
+        # inputs, checked and in [-1, 1]
+        if exists(inpaint_images) and exists(inpaint_videos):
+            raise ValueError("inpaint_images, inpaint_videos: pass one of them, not both")
+        inpaint_images = default(inpaint_images, inpaint_videos)
+        if exists(inpaint_images):
+            inpaint_images, keep_mask = self._check_inpainting(inpaint_images, inpaint_masks)
+            inpaint_images = self.normalize_img(inpaint_images.to(device))
+            keep_mask = keep_mask.to(device)
+        elif exists(inpaint_masks):
+            raise ValueError("inpaint_masks: given without inpaint_images/inpaint_videos")
+        if exists(init_images):
+            self._check_images("init_images", init_images)
+            init_images = self.normalize_img(init_images.to(device))
+        if exists(start_image_or_video):
+            self._check_images("start_image_or_video", start_image_or_video)
+            start_image_or_video = self.normalize_img(start_image_or_video.to(device))
+        cond_images = self._check_cond_images(cond_images, device)
+
+        batch = check_batch_match(texts=texts, text_embeds=text_embeds, text_masks=text_masks,
+                                  inpaint_images=inpaint_images, init_images=init_images, cond_images=cond_images,
+                                  start_image_or_video=start_image_or_video)
+        batch = default(batch, batch_size)
+        text_embeds, text_masks = self.encode_text(texts, text_embeds, text_masks, device)
+
+        # frames of the final video
+        if self.is_video:
+            for name, value in (("inpaint_videos", inpaint_images), ("init_images", init_images)):
+                if exists(value) and value.ndim == 5:
+                    video_frames = default(video_frames, value.shape[2])
+            if not exists(video_frames):
+                raise ValueError("video_frames: required to sample from a video cascade (Unet3D), e.g. video_frames=8")
+            check_positive_int("video_frames", video_frames)
+        elif exists(video_frames):
+            raise ValueError("video_frames: only video cascades (built from Unet3D) generate videos")
+
+        first = start_at_unet_number - 1
+        image = start_image_or_video
+        if first > 0 and not exists(image):
+            raise ValueError(f"start_image_or_video: required when start_at_unet_number={start_at_unet_number} "
+                             "(the output of the previous unet, in [0, 1])")
+        if first == 0 and exists(image):
+            raise ValueError("start_image_or_video: only used with start_at_unet_number > 1")
+
+        outputs = []
+        for index in range(first, stop_at_unet_number):
+            unet = self.unets[index]
+            if is_null_unet(unet):
+                if not exists(image):
+                    raise ValueError(f"unet {index + 1} is a NullUnet placeholder: start sampling after it with "
+                                     f"start_at_unet_number={index + 2} and start_image_or_video=...")
+                outputs.append(image)
+                continue
+            size = self.image_sizes[index]
+            frames = self.stage_frames(index, video_frames) if self.is_video else None
+            shape = (batch, self.channels, *((frames,) if exists(frames) else ()), size, size)
+
+            lowres_cond_img = lowres_noise_times = None
+            if unet.lowres_cond:
+                lowres_noise_times = torch.full((batch,), float(lowres_sample_noise_level), device=device)
+                lowres = self.match_cond_frames(image, frames) if exists(frames) else image
+                lowres_cond_img = self.noised_lowres_cond(lowres, index, lowres_noise_times)
+
+            inpaint = None
+            if exists(inpaint_images):
+                known = self._stage_video_or_image(inpaint_images, size, frames)
+                keep = self._stage_mask(keep_mask, size, frames)
+                inpaint = (known, keep)
+            init = self._stage_video_or_image(init_images, size, frames) if exists(init_images) else None
+            stage_cond_images = (resize_image_to(cond_images, size, mode=self.resize_mode)
+                                 if exists(cond_images) else None)
+
+            unet_kwargs = dict(text_embeds=text_embeds, text_mask=text_masks, cond_images=stage_cond_images,
+                               lowres_cond_img=lowres_cond_img, lowres_noise_times=lowres_noise_times)
+            logger.debug("sampling unet %d of %d at %s", index + 1, num_unets, shape)
+            image = self.sample_stage(
+                unet, index, shape, unet_kwargs=unet_kwargs,
+                cond_scale=cond_scales[index] if self.condition_on_text else 1.0,
+                inpaint=inpaint, inpaint_resample_times=inpaint_resample_times, init_images=init,
+                skip_steps=skip_steps[index], sampler=sampler, steps=steps[index], use_tqdm=use_tqdm, device=device,
+            )
+            outputs.append(image)
+
+        outputs = [self.unnormalize_img(output) for output in outputs]
+        if return_pil_images:
+            outputs = [self._to_pil(output) for output in outputs]
+        return outputs if return_all_unet_outputs else outputs[-1]
+
+    # -- sampling helpers -----------------------------------------------------------------------------------------
+
+    def _check_inpainting(self, images: Tensor, masks: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Checks inpainting inputs; returns the images and the keep mask (b, 1, [t,] h, w), True = keep."""
+        self._check_images("inpaint_images", images)
+        if not exists(masks):
+            raise ValueError("inpaint_masks: required with inpaint_images/inpaint_videos (bool, True where new "
+                             "content is generated)")
+        spatial = tuple(images.shape[-2:])
+        if images.ndim == 5:
+            expected = [(images.shape[0], *spatial), (images.shape[0], images.shape[2], *spatial)]
+            layout = "(batch, height, width) or (batch, frames, height, width)"
+        else:
+            expected = [(images.shape[0], *spatial)]
+            layout = "(batch, height, width)"
+        if not isinstance(masks, Tensor):
+            raise TypeError(f"inpaint_masks: expected a bool torch.Tensor {layout}, got {type(masks).__name__}")
+        if tuple(masks.shape) not in expected:
+            raise ValueError(f"inpaint_masks: expected shape {expected[0]} {layout} matching the inpaint images "
+                             f"{tuple(images.shape)}, got {tuple(masks.shape)}")
+        keep = ~masks.bool()
+        keep = rearrange(keep, "b ... -> b 1 ...")
+        if images.ndim == 5 and keep.ndim == 4:
+            keep = keep.unsqueeze(2).expand(-1, -1, images.shape[2], -1, -1)
+        return images, keep
+
+    def _stage_video_or_image(self, x: Tensor, size: int, frames: int | None) -> Tensor:
+        """An image or video given for the whole cascade, brought to one stage's frame count and size."""
+        if exists(frames):
+            x = resize_video_frames(x, frames) if x.ndim == 5 else repeat(x, "b c h w -> b c t h w", t=frames)
+        return resize_image_to(x, size, mode=self.resize_mode)
+
+    def _stage_mask(self, keep: Tensor, size: int, frames: int | None) -> Tensor:
+        """The keep mask (b, 1, [t,] h, w) at one stage's frame count and size (nearest neighbour)."""
+        mask = keep.float()
+        if exists(frames):
+            mask = resize_video_frames(mask, frames) if mask.ndim == 5 else repeat(mask, "b c h w -> b c t h w",
+                                                                                  t=frames)
+        target = (*mask.shape[2:-2], size, size)
+        if tuple(mask.shape[2:]) != target:
+            mask = F.interpolate(mask, size=target, mode="nearest")
+        return mask > 0.5
+
+    def _to_pil(self, images: Tensor) -> list:
+        from synthesis_core.video import tensor_to_pil, video_to_pil_frames
+
+        images = images.detach().float().cpu()
+        if images.ndim == 5:
+            return [video_to_pil_frames(video) for video in images]
+        return [tensor_to_pil(image) for image in images]

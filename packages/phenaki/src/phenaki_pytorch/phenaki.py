@@ -1,0 +1,524 @@
+"""Phenaki: text-to-video with a frozen C-ViViT tokenizer and a text-conditioned MaskGIT (+ optional Token-Critic).
+
+Training (`phenaki(videos, texts)`): tokenize the videos, mask a cosine-schedule fraction of the tokens and train
+MaskGIT to predict them from the rest and the text; the text is dropped per sample with `cond_drop_prob`, which
+trains the unconditional branch that classifier-free guidance needs.
+
+Sampling (`phenaki.sample(text=..., num_frames=...)`): start from all tokens masked (or a primed prefix from the
+tokens of earlier frames), then for `steps` steps: predict, fill, and re-mask the least trusted tokens
+(lowest confidence, or highest Token-Critic score with annealed noise) following the cosine schedule. The token
+grid is decoded by C-ViViT. A continuation (`prime_frames=`) returns only the new frames.
+
+Long videos: `make_video` chains scenes, each primed with the tail of the video so far; `StorySampler` takes
+`(prompt, seconds)` scenes and splits scenes longer than the model's context into primed chunks.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from synthesis_core.checkpoint import PretrainedMixin
+from synthesis_core.checks import (
+    check_batch_match,
+    check_choice,
+    check_in_range,
+    check_positive_int,
+    check_tensor,
+)
+from synthesis_core.text import DEFAULT_T5_NAME, TextEncoder
+from synthesis_core.utils import default, eval_decorator, exists
+
+from phenaki_pytorch.cvivit import CViViT
+from phenaki_pytorch.maskgit import (
+    MaskGit,
+    SelfCritic,
+    TokenCritic,
+    cosine_schedule,
+    critic_loss,
+    gumbel_noise,
+    gumbel_sample,
+    mask_by_ratio,
+    num_masked_at_step,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Phenaki", "PhenakiLosses", "make_video", "StorySampler", "Story"]
+
+CRITIC_NOISE_SCHEDULES = ("decay", "increase", "fixed")
+
+
+class PhenakiLosses(NamedTuple):
+    maskgit: Tensor
+    critic: Tensor
+
+
+class Phenaki(PretrainedMixin, nn.Module):
+    """Text-to-video: `CViViT` tokenizer (frozen) + `MaskGit` (+ `TokenCritic` or a self-critic).
+
+    ```
+    phenaki = Phenaki(cvivit=cvivit, maskgit=maskgit)          # T5 text encoder by name (loaded lazily)
+    loss = phenaki(videos, texts)                               # or texts=..., text_embeds=..., video_codebook_ids=...
+    video = phenaki.sample(text='a squirrel examines an acorn', num_frames=17, cond_scale=5.)
+    more = phenaki.sample(text='a cat watches', prime_frames=video[:, :, -3:], num_frames=14)  # new frames only
+    ```
+    The text encoder (`synthesis_core.text.TextEncoder`, `text_encoder_name` a hub name or a local folder) is
+    owned by this object but not a submodule: its weights are never in the state dict, and nothing is loaded
+    before the first text is encoded. With precomputed `text_embeds` only, pass `text_encoder_name=None` and
+    `text_embed_dim`.
+    """
+
+    def __init__(
+        self,
+        cvivit: CViViT,
+        maskgit: MaskGit,
+        critic: TokenCritic | None = None,
+        *,
+        self_critic: bool = False,
+        steps: int = 18,
+        text_encoder_name: str | None = DEFAULT_T5_NAME,
+        text_embed_dim: int | None = None,
+        text_max_length: int = 256,
+        cond_drop_prob: float = 0.25,
+        self_cond_prob: float = 0.9,
+        critic_noise_anneal_schedule: str = "decay",
+        critic_loss_weight: float | None = None,
+        critic_train_sample_temperature: float = 1.0,
+    ):
+        super().__init__()
+        if not isinstance(cvivit, CViViT):
+            raise TypeError(f"cvivit: expected a CViViT, got {type(cvivit).__name__}")
+        if not isinstance(maskgit, MaskGit):
+            raise TypeError(f"maskgit: expected a MaskGit, got {type(maskgit).__name__}")
+        if exists(critic) and self_critic:
+            raise ValueError("critic: pass either a TokenCritic or self_critic=True, not both")
+        if exists(critic) and not isinstance(critic, TokenCritic):
+            raise TypeError(f"critic: expected a TokenCritic (or self_critic=True), got {type(critic).__name__}")
+        if maskgit.num_tokens != cvivit.codebook_size:
+            raise ValueError(f"maskgit: num_tokens={maskgit.num_tokens} must equal the tokenizer's codebook size "
+                             f"{cvivit.codebook_size}")
+        if exists(critic) and critic.num_tokens != maskgit.num_tokens:
+            raise ValueError(f"critic: num_tokens={critic.num_tokens} must equal maskgit's {maskgit.num_tokens}")
+        check_positive_int("steps", steps)
+        check_in_range("cond_drop_prob", cond_drop_prob, 0.0, 1.0)
+        check_in_range("self_cond_prob", self_cond_prob, 0.0, 1.0)
+        check_choice("critic_noise_anneal_schedule", critic_noise_anneal_schedule, CRITIC_NOISE_SCHEDULES)
+
+        # the tokenizer is trained beforehand (CViViTTrainer) and frozen here
+        self.cvivit = cvivit.requires_grad_(False).eval()
+        self.maskgit = maskgit
+        self.critic = SelfCritic(maskgit) if self_critic else critic
+
+        self.steps = steps
+        self.cond_drop_prob = cond_drop_prob
+        self.self_cond_prob = self_cond_prob
+        self.critic_noise_anneal_schedule = critic_noise_anneal_schedule
+        self.critic_loss_weight = default(critic_loss_weight, 1.0 if self_critic else 0.0)
+        self.critic_train_sample_temperature = critic_train_sample_temperature
+
+        # text conditioning: the encoder object is owned, not registered (plain attribute; no weights loaded yet)
+        self.text_encoder = None
+        if not maskgit.unconditional:
+            if exists(text_encoder_name):
+                self.text_encoder = TextEncoder(text_encoder_name, max_length=text_max_length)
+                text_embed_dim = default(text_embed_dim, self.text_encoder.dim)
+            text_embed_dim = default(text_embed_dim, maskgit.dim_context)
+            if text_embed_dim != maskgit.dim_context:
+                raise ValueError(f"text_embed_dim: the text embeddings are {text_embed_dim} wide "
+                                 f"({text_encoder_name or 'given'}) but maskgit was built with "
+                                 f"dim_context={maskgit.dim_context}")
+        self.text_embed_dim = text_embed_dim
+
+    def train(self, mode: bool = True) -> Phenaki:
+        super().train(mode)
+        self.cvivit.eval()  # frozen: no dropout, no codebook updates
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.maskgit.device
+
+    # -- inputs ---------------------------------------------------------------------------------------------------
+
+    def encode_texts(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Texts -> `(embeds (b, n, dim) float32, mask (b, n) bool)` with the owned text encoder."""
+        if not exists(self.text_encoder):
+            raise ValueError("texts: this Phenaki has no text encoder (text_encoder_name=None or an unconditional "
+                             "maskgit); pass text_embeds= instead")
+        return self.text_encoder.encode(list(texts), self.device)
+
+    def _text_condition(self, batch: int | None, texts, text_embeds, text_mask
+                        ) -> tuple[Tensor | None, Tensor | None]:
+        if isinstance(texts, str):
+            texts = [texts]
+        if exists(texts) and exists(text_embeds):
+            raise ValueError("texts: pass texts or text_embeds, not both")
+        if exists(texts):
+            if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
+                raise TypeError("texts: expected a list of strings")
+            if self.maskgit.unconditional:
+                raise ValueError("texts: the maskgit is unconditional (unconditional=True), it takes no text")
+            text_embeds, text_mask = self.encode_texts(texts)
+        if exists(text_embeds):
+            if self.maskgit.unconditional:
+                raise ValueError("text_embeds: the maskgit is unconditional (unconditional=True), it takes no text")
+            check_tensor("text_embeds", text_embeds, ndim=3, shape=(None, None, self.maskgit.dim_context),
+                         names=("batch", "text_seq", "dim_context"), dtype_floating=True)
+            if exists(text_mask):
+                check_tensor("text_mask", text_mask, shape=tuple(text_embeds.shape[:2]), names=("batch", "text_seq"))
+            if exists(batch) and text_embeds.shape[0] != batch:
+                what = "texts" if exists(texts) else "text_embeds"
+                raise ValueError(f"batch sizes must match, got videos={batch}, {what}={text_embeds.shape[0]}")
+            text_embeds = text_embeds.to(self.device)
+            text_mask = text_mask.to(self.device).bool() if exists(text_mask) else None
+        return text_embeds, text_mask
+
+    @torch.no_grad()
+    def tokenize(self, videos: Tensor) -> Tensor:
+        """Videos `(b, c, 1 + k * tp, h, w)` in [0, 1] -> codebook ids `(b, 1 + k, h', w')` (frozen tokenizer)."""
+        return self.cvivit(videos, return_only_codebook_ids=True)
+
+    def _video_ids(self, videos: Tensor | None, video_codebook_ids: Tensor | None) -> Tensor:
+        """The `(b, t, h, w)` token grid from videos or from given ids (validated)."""
+        if exists(videos) == exists(video_codebook_ids):
+            raise ValueError("videos: pass exactly one of videos or video_codebook_ids")
+        if exists(videos):
+            return self.tokenize(videos.to(self.device))
+        ids = video_codebook_ids
+        check_tensor("video_codebook_ids", ids, ndim=(2, 4))
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise TypeError(f"video_codebook_ids: expected integer ids, got dtype {ids.dtype}")
+        if ids.ndim == 2:
+            height, width = self.cvivit.patch_grid()
+            if ids.shape[1] % (height * width) != 0:
+                raise ValueError(f"video_codebook_ids: {ids.shape[1]} tokens are not whole frames of {height} x "
+                                 f"{width} tokens; pass the (batch, frames, height, width) grid instead")
+            ids = rearrange(ids, "b (t h w) -> b t h w", h=height, w=width)
+        check_tensor("video_codebook_ids", ids, value_range=(0, self.maskgit.num_tokens - 1))
+        return ids.to(self.device).long()
+
+    def _check_seq_len(self, num_tokens: int, what: str) -> None:
+        if num_tokens > self.maskgit.max_seq_len:
+            raise ValueError(f"{what}: {num_tokens} video tokens exceed maskgit.max_seq_len={self.maskgit.max_seq_len};"
+                             " use fewer frames, a smaller image, or a MaskGit with a larger max_seq_len")
+
+    # -- training -------------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        videos: Tensor | None = None,
+        texts: Sequence[str] | None = None,
+        *,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        video_codebook_ids: Tensor | None = None,
+        cond_drop_prob: float | None = None,
+        return_loss_breakdown: bool = False,
+    ) -> Tensor | tuple[Tensor, PhenakiLosses]:
+        """Masked-token loss on `videos (b, c, 1 + k * tp, h, w)` in [0, 1] (or their `video_codebook_ids`,
+        `(b, t, h', w')` or flat `(b, n)`), conditioned on `texts` or `text_embeds (b, m, dim)` (+ `text_mask`).
+        The text is dropped per sample with `cond_drop_prob` (default: the model's) while training."""
+        ids = self._video_ids(videos, video_codebook_ids)
+        batch, frames, height, width = ids.shape
+        text_embeds, text_mask = self._text_condition(batch, texts, text_embeds, text_mask)
+        seq_len = frames * height * width
+        self._check_seq_len(seq_len, "videos" if exists(videos) else "video_codebook_ids")
+        cond_drop_prob = default(cond_drop_prob, self.cond_drop_prob) if self.training else 0.0
+        check_in_range("cond_drop_prob", cond_drop_prob, 0.0, 1.0)
+        patch_shape = (frames, height, width)
+        ids = rearrange(ids, "b t h w -> b (t h w)")
+        device = ids.device
+
+        mask = mask_by_ratio((batch, seq_len), cosine_schedule(torch.rand(batch, device=device)), device=device)
+        masked_ids = ids.masked_fill(mask, self.maskgit.mask_id)
+
+        # the same condition dropout for the self-conditioning pass and the trained pass
+        context, context_mask = self.maskgit.context_and_mask(batch, text_embeds, text_mask, cond_drop_prob, device)
+        maskgit_kwargs = dict(video_patch_shape=patch_shape)
+        self_cond_embeds = None
+        if self.maskgit.self_cond and self.training and torch.rand(()).item() < self.self_cond_prob:
+            with torch.no_grad():
+                _, self_cond_embeds = self.maskgit.logits(masked_ids, context, context_mask, **maskgit_kwargs)
+        logits, _ = self.maskgit.logits(masked_ids, context, context_mask, self_cond_embeds=self_cond_embeds,
+                                        **maskgit_kwargs)
+
+        # cross-entropy on the masked positions only (ignore_index keeps shapes static: no boolean indexing)
+        labels = ids.masked_fill(~mask, -100)
+        maskgit_loss = F.cross_entropy(rearrange(logits.float(), "b n c -> b c n"), labels, ignore_index=-100)
+
+        loss = maskgit_loss
+        critic_loss_value = maskgit_loss.new_zeros(())
+        if exists(self.critic) and self.critic_loss_weight > 0:
+            critic_loss_value = critic_loss(self.critic, logits, ids, mask, text_embeds=context,
+                                            text_mask=context_mask, video_patch_shape=patch_shape,
+                                            temperature=self.critic_train_sample_temperature)
+            loss = loss + self.critic_loss_weight * critic_loss_value
+
+        if return_loss_breakdown:
+            return loss, PhenakiLosses(maskgit_loss.detach(), critic_loss_value.detach())
+        return loss
+
+    # -- sampling -------------------------------------------------------------------------------------------------
+
+    def _critic_noise_scale(self, step: int, steps: int) -> float:
+        progress = step / steps
+        if self.critic_noise_anneal_schedule == "decay":
+            return 1.0 - progress
+        if self.critic_noise_anneal_schedule == "increase":
+            return progress
+        return 1.0
+
+    @torch.no_grad()
+    @eval_decorator
+    def sample(
+        self,
+        *,
+        num_frames: int,
+        text: str | None = None,
+        texts: Sequence[str] | None = None,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        prime_frames: Tensor | None = None,
+        cond_scale: float = 3.0,
+        starting_temperature: float = 0.9,
+        noise_K: float = 1.0,  # noqa: N803 (the paper's name)
+        steps: int | None = None,
+        batch_size: int = 1,
+        image_size: int | tuple[int, int] | None = None,
+        return_codebook_ids: bool = False,
+        progress: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Generate `num_frames` frames `(b, c, num_frames, h, w)` in [0, 1].
+
+        Without `prime_frames`, `num_frames` is `1 + k * temporal_patch_size`. With `prime_frames`
+        `(b, c, 1 + j * temporal_patch_size, h, w)` (e.g. the tail of an earlier sample), their tokens are kept
+        fixed, `num_frames` (a multiple of `temporal_patch_size`) new frames are generated after them and only the
+        new frames are returned. `text` (one prompt for the whole batch), `texts` (one per sample) or
+        `text_embeds` condition the video; `cond_scale` is the classifier-free guidance scale; `noise_K` the
+        critic noise (annealed by `critic_noise_anneal_schedule`). `return_codebook_ids` also returns the
+        `(b, t, h', w')` token grid (primed tokens included).
+        """
+        steps = default(steps, self.steps)
+        check_positive_int("steps", steps)
+        check_positive_int("num_frames", num_frames)
+        check_in_range("starting_temperature", starting_temperature, 0.0, None)
+        cvivit, maskgit = self.cvivit, self.maskgit
+        device = self.device
+
+        if exists(text) and exists(texts):
+            raise ValueError("text: pass text (one prompt) or texts (one per sample), not both")
+        if exists(text):
+            if not isinstance(text, str):
+                raise TypeError(f"text: expected a string, got {type(text).__name__}")
+
+        # the batch size: from the texts, the embeddings, the prime frames, else batch_size
+        prime_ids = None
+        if exists(prime_frames):
+            prime_frames = cvivit._check_video(prime_frames, "prime_frames")
+            image_size = prime_frames.shape[-2:]
+            prime_ids = self.tokenize(prime_frames.to(device))
+        sizes = dict(texts=texts, text_embeds=text_embeds, prime_frames=prime_ids)
+        batch = check_batch_match(**{k: v for k, v in sizes.items() if exists(v) and not
+                                     (k == "prime_frames" and v.shape[0] == 1)})
+        batch = default(batch, batch_size)
+        if exists(text):
+            texts = [text] * batch
+        text_embeds, text_mask = self._text_condition(batch, texts, text_embeds, text_mask)
+        if exists(prime_ids) and prime_ids.shape[0] != batch:
+            prime_ids = repeat(prime_ids, "1 t h w -> b t h w", b=batch)
+
+        # the token grid: primed token frames + new ones
+        height, width = cvivit.patch_grid(tuple(image_size) if exists(image_size) else None)
+        num_prime_token_frames = prime_ids.shape[1] if exists(prime_ids) else 0
+        new_token_frames = cvivit.num_token_frames(num_frames, include_first_frame=not exists(prime_ids))
+        if new_token_frames == 0:
+            raise ValueError(f"num_frames: expected at least temporal_patch_size ({cvivit.temporal_patch_size}) new "
+                             f"frames after the prime frames, got {num_frames}")
+        frames = num_prime_token_frames + new_token_frames
+        tokens_per_frame = height * width
+        seq_len = frames * tokens_per_frame
+        self._check_seq_len(seq_len, "num_frames")
+        num_prime = num_prime_token_frames * tokens_per_frame
+        num_generated = seq_len - num_prime
+        patch_shape = (frames, height, width)
+
+        ids = torch.full((batch, seq_len), maskgit.mask_id, dtype=torch.long, device=device)
+        if exists(prime_ids):
+            ids[:, :num_prime] = rearrange(prime_ids, "b t h w -> b (t h w)")
+        is_prime = rearrange(torch.arange(seq_len, device=device) < num_prime, "n -> 1 n")
+
+        guidance = dict(cond_scale=cond_scale, text_embeds=text_embeds, text_mask=text_mask,
+                        video_patch_shape=patch_shape)
+        self_cond_embeds = None
+        for step in tqdm(range(steps), desc="phenaki sampling", disable=not progress):
+            progress_fraction = step / steps
+            temperature = starting_temperature * (1.0 - progress_fraction)
+            logits, embeds = maskgit.guided_logits(ids, self_cond_embeds=self_cond_embeds, **guidance)
+            if maskgit.self_cond:
+                self_cond_embeds = embeds
+
+            is_masked = ids == maskgit.mask_id
+            sampled = gumbel_sample(logits, temperature=temperature)
+            ids = torch.where(is_masked, sampled, ids)
+
+            num_to_mask = num_masked_at_step(step, steps, num_generated)
+            if num_to_mask == 0:
+                continue  # only the last step (or a tiny sequence) unmasks everything
+
+            if exists(self.critic):
+                # Token-Critic: re-mask the tokens the critic believes generated; any generated token may go back
+                scores = self.critic.guided_scores(ids, **guidance).float().sigmoid()
+                scores = scores + noise_K * self._critic_noise_scale(step, steps) * torch.rand_like(scores)
+            else:
+                # MaskGIT: re-mask the least confident of the tokens sampled at this step; earlier ones stay
+                log_probs = logits.float().log_softmax(dim=-1)
+                confidence = log_probs.gather(-1, rearrange(sampled, "b n -> b n 1")).squeeze(-1)
+                confidence = confidence + temperature * gumbel_noise(confidence)
+                scores = torch.where(is_masked, -confidence, -math.inf)
+            scores = scores.masked_fill(is_prime, -math.inf)
+
+            remask_indices = scores.topk(num_to_mask, dim=-1).indices
+            ids = ids.scatter(1, remask_indices, maskgit.mask_id)
+
+        grid = rearrange(ids, "b (t h w) -> b t h w", t=frames, h=height)
+        video = cvivit.decode_from_codebook_indices(grid)
+        if exists(prime_ids):
+            video = video[:, :, cvivit.num_frames_from_token_frames(num_prime_token_frames):]
+        return (video, grid) if return_codebook_ids else video
+
+
+# long videos
+
+
+def make_video(
+    phenaki: Phenaki,
+    texts: Sequence[str],
+    num_frames: int | Sequence[int],
+    prime_lengths: int | Sequence[int],
+    **sample_kwargs,
+) -> tuple[Tensor, list[Tensor]]:
+    """Chain scenes into one video: scene 0 from `texts[0]` with `num_frames[0]` frames, scene i > 0 primed with
+    the last `prime_lengths[i - 1]` frames of the video so far. Returns `(video, scenes)` where `scenes` holds each
+    scene's new frames. `sample_kwargs` go to `Phenaki.sample` (cond_scale, steps, batch_size, ...)."""
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not texts:
+        raise TypeError("texts: expected a non-empty list of prompts")
+    num_scenes = len(texts)
+    num_frames = [num_frames] * num_scenes if isinstance(num_frames, int) else list(num_frames)
+    if len(num_frames) != num_scenes:
+        raise ValueError(f"num_frames: expected one frame count per text ({num_scenes}), got {len(num_frames)}")
+    prime_lengths = [prime_lengths] * (num_scenes - 1) if isinstance(prime_lengths, int) else list(prime_lengths)
+    if len(prime_lengths) not in (num_scenes - 1, num_scenes):
+        raise ValueError(f"prime_lengths: expected one prime length per scene after the first ({num_scenes - 1}), "
+                         f"got {len(prime_lengths)}")
+    if len(prime_lengths) == num_scenes:
+        prime_lengths = prime_lengths[1:]  # the first scene has nothing to be primed with
+
+    scenes: list[Tensor] = []
+    video = None
+    for index, (text, frames) in enumerate(zip(texts, num_frames)):
+        if video is None:
+            scene = phenaki.sample(text=text, num_frames=frames, **sample_kwargs)
+        else:
+            prime_length = prime_lengths[index - 1]
+            if prime_length > video.shape[2]:
+                raise ValueError(f"prime_lengths[{index - 1}]: {prime_length} frames requested but the video has "
+                                 f"only {video.shape[2]}")
+            scene = phenaki.sample(text=text, prime_frames=video[:, :, -prime_length:], num_frames=frames,
+                                   **sample_kwargs)
+        scenes.append(scene)
+        video = scene if video is None else torch.cat((video, scene), dim=2)
+    return video, scenes
+
+
+class Story(NamedTuple):
+    """A stitched video `(b, c, frames, h, w)` and, per scene, its `(start, end)` frame range (end exclusive)."""
+
+    video: Tensor
+    boundaries: list[tuple[int, int]]
+
+
+class StorySampler:
+    """Samples one video from a story: a list of `(prompt, seconds)` scenes at `fps` frames per second.
+
+    ```
+    sampler = StorySampler(phenaki, fps=8)
+    video, boundaries = sampler([('a whale breaching', 2.), ('fireworks over the sea', 1.5)])
+    ```
+    Each scene is conditioned on its prompt and primed with the last `prime_length` frames of the video so far
+    (default `1 + temporal_patch_size`); its length is rounded to what the tokenizer can make (the first scene
+    `1 + k * temporal_patch_size` frames, later ones multiples of `temporal_patch_size`). A scene longer than
+    MaskGit's context is sampled in several primed chunks with the same prompt.
+    """
+
+    def __init__(self, phenaki: Phenaki, *, fps: float = 8.0, prime_length: int | None = None,
+                 image_size: int | tuple[int, int] | None = None, **sample_kwargs):
+        if not isinstance(phenaki, Phenaki):
+            raise TypeError(f"phenaki: expected a Phenaki, got {type(phenaki).__name__}")
+        check_in_range("fps", fps, 1e-6, None)
+        self.phenaki = phenaki
+        self.fps = fps
+        cvivit = phenaki.cvivit
+        self.temporal_patch_size = tp = cvivit.temporal_patch_size
+        self.prime_length = default(prime_length, 1 + tp)
+        cvivit.num_token_frames(self.prime_length)  # validates 1 + k * tp
+        self.image_size = image_size
+        height, width = cvivit.patch_grid(image_size)
+        self.max_token_frames = phenaki.maskgit.max_seq_len // (height * width)
+        prime_token_frames = cvivit.num_token_frames(self.prime_length)
+        if self.max_token_frames < prime_token_frames + 1:
+            raise ValueError(f"prime_length: {self.prime_length} prime frames leave no room for new frames in "
+                             f"maskgit.max_seq_len={phenaki.maskgit.max_seq_len} tokens")
+        self.sample_kwargs = sample_kwargs
+
+    def scene_frames(self, seconds: float, first: bool) -> int:
+        """Frames for a scene of `seconds`, rounded to a length the tokenizer makes (at least one token frame)."""
+        check_in_range("seconds", seconds, 0.0, None)
+        tp = self.temporal_patch_size
+        wanted = seconds * self.fps
+        if first:
+            return 1 + tp * max(0, round((wanted - 1) / tp))
+        return tp * max(1, round(wanted / tp))
+
+    def plan(self, scenes: Sequence[tuple[str, float]]) -> list[tuple[str, int]]:
+        """The frame count of every scene."""
+        if isinstance(scenes, (str, bytes)) or not scenes:
+            raise TypeError("scenes: expected a non-empty list of (prompt, seconds) pairs")
+        planned = []
+        for index, scene in enumerate(scenes):
+            if not (isinstance(scene, (tuple, list)) and len(scene) == 2 and isinstance(scene[0], str)):
+                raise TypeError(f"scenes[{index}]: expected a (prompt, seconds) pair, got {scene!r}")
+            planned.append((scene[0], self.scene_frames(float(scene[1]), first=index == 0)))
+        return planned
+
+    def __call__(self, scenes: Sequence[tuple[str, float]]) -> Story:
+        phenaki, tp = self.phenaki, self.temporal_patch_size
+        prime_token_frames = phenaki.cvivit.num_token_frames(self.prime_length)
+        kwargs = dict(self.sample_kwargs, image_size=self.image_size)
+        max_first_frames = 1 + (self.max_token_frames - 1) * tp
+        max_continued_frames = (self.max_token_frames - prime_token_frames) * tp
+
+        video, boundaries = None, []
+        for prompt, frames in self.plan(scenes):
+            start = 0 if video is None else video.shape[2]
+            remaining = frames
+            while remaining > 0:
+                if video is None:
+                    chunk = min(remaining, max_first_frames)
+                    new = phenaki.sample(text=prompt, num_frames=chunk, **kwargs)
+                else:
+                    prime_length = min(self.prime_length, 1 + (video.shape[2] - 1) // tp * tp)
+                    chunk = min(remaining, max_continued_frames)
+                    new = phenaki.sample(text=prompt, prime_frames=video[:, :, -prime_length:], num_frames=chunk,
+                                         **kwargs)
+                video = new if video is None else torch.cat((video, new), dim=2)
+                remaining -= chunk
+            boundaries.append((start, video.shape[2]))
+        return Story(video, boundaries)

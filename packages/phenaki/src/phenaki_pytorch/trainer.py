@@ -1,0 +1,414 @@
+"""Trainers: `CViViTTrainer` (the video tokenizer, VQGAN style) and `PhenakiTrainer` (MaskGIT on its tokens).
+
+Both run on `synthesis_core.training.BaseTrainer`: CPU or GPUs through accelerate (launch with `accelerate launch`
+for several), mixed precision, EMA, NaN guard, atomic safetensors checkpoints in `results_folder` (resume with
+`resume='latest'`), samples written as gifs, never an interactive prompt.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from synthesis_core.checks import check_in_range, check_positive_int
+from synthesis_core.data import VideoFolderDataset
+from synthesis_core.training import BaseTrainer, cycle
+from synthesis_core.utils import default, exists
+from synthesis_core.video import save_video
+
+from phenaki_pytorch.cvivit import CViViT
+from phenaki_pytorch.phenaki import Phenaki
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CViViTTrainer", "PhenakiTrainer", "collate_videos_and_text"]
+
+
+# data
+
+
+def _as_video(x: Tensor) -> Tensor:
+    """An image `(c, h, w)` is a 1-frame video `(c, 1, h, w)`."""
+    return rearrange(x, "c h w -> c 1 h w") if x.ndim == 3 else x
+
+
+def collate_videos_and_text(items: Sequence[Any]) -> dict[str, Any]:
+    """Collates dataset items into a dict: `videos` (float `(b, c, t, h, w)`) or `video_codebook_ids` (integer
+    tokens, pre-tokenised), and optionally `texts` (list of captions) or `text_embeds` + `text_mask`.
+
+    An item is a tensor, or a tuple `(video_or_ids, caption)` or `(video_or_ids, text_embeds, text_mask)`.
+    """
+    first = items[0]
+    parts = list(first) if isinstance(first, (tuple, list)) else [first]
+    rows = [list(item) if isinstance(item, (tuple, list)) else [item] for item in items]
+    batch: dict[str, Any] = {}
+    primary = [row[0] for row in rows]
+    if not isinstance(parts[0], Tensor):
+        raise TypeError(f"dataset: expected each item to start with a video tensor, got {type(parts[0]).__name__}")
+    if parts[0].dtype.is_floating_point:
+        batch["videos"] = torch.stack([_as_video(v) for v in primary])
+    else:
+        batch["video_codebook_ids"] = torch.stack(primary).long()
+    if len(parts) >= 2:
+        if isinstance(parts[1], str):
+            batch["texts"] = [row[1] for row in rows]
+        elif isinstance(parts[1], Tensor):
+            batch["text_embeds"] = torch.stack([torch.as_tensor(row[1]) for row in rows]).float()
+            if len(parts) >= 3:
+                batch["text_mask"] = torch.stack([torch.as_tensor(row[2]) for row in rows]).bool()
+        else:
+            raise TypeError(f"dataset: the second element of an item must be a caption or text embeddings, "
+                            f"got {type(parts[1]).__name__}")
+    return batch
+
+
+def _make_dataloader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = True) -> DataLoader:
+    if len(dataset) == 0:
+        raise ValueError("dataset: it is empty")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      drop_last=len(dataset) >= batch_size, collate_fn=collate_videos_and_text)
+
+
+def _batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+@contextlib.contextmanager
+def _frozen(module: nn.Module | None) -> Iterator[None]:
+    """Turns off gradients for `module`'s parameters (the discriminator during the generator's step), so the
+    generator loss still flows through it to the generator but leaves no gradients on it."""
+    if module is None:
+        yield
+        return
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param, flag in zip(module.parameters(), flags):
+            param.requires_grad_(flag)
+
+
+# the tokenizer
+
+
+class CViViTTrainer(BaseTrainer):
+    """Trains a `CViViT`: generator step (reconstruction + quantizer + perceptual + adaptive GAN loss) then, with
+    `use_vgg_and_gan`, a discriminator step, with the gradient penalty every `apply_grad_penalty_every` steps.
+
+    ```
+    trainer = CViViTTrainer(cvivit, folder='videos/', num_frames=17, image_size=128, batch_size=4,
+                            num_train_steps=100_000, results_folder='results/cvivit')
+    trainer.train()   # checkpoints, reconstruction gifs and results_folder/cvivit (save_pretrained of the EMA)
+    ```
+    `dataset` may be given instead of `folder`: items are videos `(c, t, h, w)` in [0, 1] (or images, or tuples
+    whose first element is the video).
+    """
+
+    def __init__(
+        self,
+        cvivit: CViViT,
+        *,
+        dataset: Dataset | None = None,
+        folder: str | Path | None = None,
+        num_frames: int = 17,
+        image_size: int | None = None,
+        batch_size: int = 4,
+        num_train_steps: int = 100_000,
+        lr: float = 3e-4,
+        discr_lr: float | None = None,
+        warmup_steps: int = 0,
+        grad_accum_every: int = 1,
+        max_grad_norm: float | None = None,
+        discr_max_grad_norm: float | None = None,
+        apply_grad_penalty_every: int = 4,
+        use_ema: bool = True,
+        ema_decay: float = 0.995,
+        ema_update_every: int = 10,
+        save_results_every: int | None = 100,
+        save_model_every: int | None = 1000,
+        num_sample_videos: int = 4,
+        results_folder: str | Path = "./results/cvivit",
+        num_workers: int = 0,
+        resume: str | Path | None = None,
+        **trainer_kwargs: Any,
+    ):
+        super().__init__(results_folder=results_folder, gradient_accumulate_every=grad_accum_every,
+                         **trainer_kwargs)
+        if not isinstance(cvivit, CViViT):
+            raise TypeError(f"cvivit: expected a CViViT, got {type(cvivit).__name__}")
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("num_train_steps", num_train_steps)
+        check_positive_int("apply_grad_penalty_every", apply_grad_penalty_every)
+        if exists(dataset) == exists(folder):
+            raise ValueError("dataset: pass exactly one of dataset= or folder=")
+        if exists(folder):
+            image_size = default(image_size, cvivit.image_size[0] if exists(cvivit.image_size) else None)
+            if not exists(image_size):
+                raise ValueError("image_size: needed to read a folder (the CViViT was built without image_size)")
+            dataset = VideoFolderDataset(folder, image_size=image_size, num_frames=num_frames)
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.num_train_steps = num_train_steps
+        self.apply_grad_penalty_every = apply_grad_penalty_every
+        self.save_results_every = save_results_every
+        self.save_model_every = save_model_every
+        self.num_sample_videos = num_sample_videos
+        self.use_gan = cvivit.use_vgg_and_gan
+
+        # the generator's optimizer must not hold the discriminator: register it while the discriminator is frozen
+        with _frozen(cvivit.discr):
+            self.add_model("cvivit", cvivit, lr=lr, warmup_steps=warmup_steps, total_steps=num_train_steps,
+                           max_grad_norm=max_grad_norm, ema=use_ema, ema_decay=ema_decay,
+                           ema_update_every=ema_update_every)
+        if self.use_gan:
+            self.add_model("discr", cvivit.discr, lr=default(discr_lr, lr), max_grad_norm=discr_max_grad_norm,
+                           ema=False)
+
+        self.dataloader = cycle(self.prepare_dataloader(_make_dataloader(dataset, batch_size, num_workers)))
+        self.config.update(dict(batch_size=batch_size, num_train_steps=num_train_steps, lr=lr,
+                                apply_grad_penalty_every=apply_grad_penalty_every))
+        if exists(resume):
+            self.load(resume)
+
+    @property
+    def step_count(self) -> int:
+        return self.steps["cvivit"]
+
+    def _next_videos(self) -> Tensor:
+        return next(self.dataloader)["videos"].to(self.device)
+
+    def train_step(self) -> dict[str, float]:
+        """One generator step (and one discriminator step with the GAN); returns the losses."""
+        cvivit = self.models["cvivit"]
+        plain = self.unwrap("cvivit")
+        cvivit.train()
+        logs: dict[str, float] = {}
+
+        videos = []
+        with _frozen(plain.discr):
+            for _ in range(self.gradient_accumulate_every):
+                video = self._next_videos()
+                videos.append(video)
+                with self.autocast():
+                    loss, breakdown = cvivit(video, return_loss_breakdown=True)
+                self.backward(loss, "cvivit")
+                logs["loss"] = logs.get("loss", 0.0) + loss.item() / self.gradient_accumulate_every
+                for key, value in breakdown._asdict().items():
+                    logs[key] = logs.get(key, 0.0) + value.item() / self.gradient_accumulate_every
+        self.step("cvivit")
+
+        if self.use_gan:
+            apply_grad_penalty = self.step_count % self.apply_grad_penalty_every == 0
+            for video in videos:
+                with self.autocast():
+                    discr_loss = plain.discriminator_loss(video, apply_grad_penalty=apply_grad_penalty,
+                                                          discr=self.models["discr"])
+                self.backward(discr_loss, "discr")
+                logs["discr_loss"] = logs.get("discr_loss", 0.0) + discr_loss.item() / len(videos)
+            self.step("discr")
+        return logs
+
+    def model_for_sampling(self) -> CViViT:
+        ema = self.ema("cvivit")
+        return ema.ema_model if exists(ema) else self.unwrap("cvivit")
+
+    @torch.no_grad()
+    def save_results(self) -> Path | None:
+        """Writes `samples/recon-{step}.gif`: real videos on the left half, reconstructions on the right."""
+        if not self.is_main:
+            return None
+        model = self.model_for_sampling()
+        was_training = model.training
+        model.eval()
+        videos = torch.cat([self._next_videos() for _ in range(max(1, -(-self.num_sample_videos // self.batch_size)))])
+        videos = videos[: self.num_sample_videos]
+        recons = model(videos, return_recons_only=True)
+        model.train(was_training)
+        side_by_side = torch.cat((videos, recons.to(videos.dtype)), dim=-1).clamp(0, 1).cpu()
+        path = self.results_folder / "samples" / f"recon-{self.step_count:08d}.gif"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_video(side_by_side, path)
+        return path
+
+    def save_model(self) -> Path | None:
+        """Checkpoint (resumable) plus `results_folder/cvivit` (save_pretrained of the EMA model) for Phenaki."""
+        self.save()
+        if not self.is_main:
+            return None
+        return self.model_for_sampling().save_pretrained(self.results_folder / "cvivit")
+
+    def train(self, log_fn: Callable[[dict[str, float]], None] | None = None) -> None:
+        progress = self.progress(self.num_train_steps, initial=self.step_count, desc="cvivit")
+        while self.step_count < self.num_train_steps:
+            logs = self.train_step()
+            step = self.step_count
+            progress.update(1)
+            progress.set_postfix(loss=f"{logs['loss']:.4f}", recon=f"{logs['recon']:.4f}")
+            self.log(logs, step=step)
+            if exists(log_fn):
+                log_fn(logs)
+            if self.run_every(self.save_results_every, step):
+                self.save_results()
+            if self.run_every(self.save_model_every, step):
+                self.save_model()
+        progress.close()
+        self.save_model()
+        logger.info("CViViT training complete after %d steps", self.step_count)
+
+
+# phenaki
+
+
+class PhenakiTrainer(BaseTrainer):
+    """Trains Phenaki's MaskGIT (and a self-critic or TokenCritic trained jointly, if any) on a frozen C-ViViT.
+
+    ```
+    trainer = PhenakiTrainer(phenaki, folder='videos/', num_frames=17, batch_size=4, num_train_steps=100_000,
+                             sample_texts=['a red circle moving left'], results_folder='results/phenaki')
+    trainer.train()
+    ```
+    Data: `folder` (videos with sidecar `name.txt` captions; `text_embeddings=` a `PrecomputedTextEmbeddings`
+    folder to skip the text encoder) or a `dataset` whose items are `(video, caption)`, `(video, text_embeds,
+    text_mask)`, or the same with integer codebook ids `(t, h, w)` instead of the video (pre-tokenised: the
+    tokenizer is then not run during training).
+    """
+
+    def __init__(
+        self,
+        phenaki: Phenaki,
+        *,
+        dataset: Dataset | None = None,
+        folder: str | Path | None = None,
+        num_frames: int = 17,
+        image_size: int | None = None,
+        text_embeddings: Any = None,
+        batch_size: int = 4,
+        num_train_steps: int = 100_000,
+        lr: float = 3e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        grad_accum_every: int = 1,
+        max_grad_norm: float | None = 1.0,
+        use_ema: bool = True,
+        ema_decay: float = 0.995,
+        ema_update_every: int = 10,
+        save_results_every: int | None = 500,
+        save_model_every: int | None = 1000,
+        sample_texts: Sequence[str] | None = None,
+        sample_num_frames: int | None = None,
+        sample_cond_scale: float = 3.0,
+        sample_steps: int | None = None,
+        results_folder: str | Path = "./results/phenaki",
+        num_workers: int = 0,
+        resume: str | Path | None = None,
+        **trainer_kwargs: Any,
+    ):
+        super().__init__(results_folder=results_folder, gradient_accumulate_every=grad_accum_every,
+                         **trainer_kwargs)
+        if not isinstance(phenaki, Phenaki):
+            raise TypeError(f"phenaki: expected a Phenaki, got {type(phenaki).__name__}")
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("num_train_steps", num_train_steps)
+        check_in_range("sample_cond_scale", sample_cond_scale, 0.0, None)
+        if exists(dataset) == exists(folder):
+            raise ValueError("dataset: pass exactly one of dataset= or folder=")
+        if exists(folder):
+            cvivit = phenaki.cvivit
+            image_size = default(image_size, cvivit.image_size[0] if exists(cvivit.image_size) else None)
+            if not exists(image_size):
+                raise ValueError("image_size: needed to read a folder (the CViViT was built without image_size)")
+            with_captions = not phenaki.maskgit.unconditional and not exists(text_embeddings)
+            dataset = VideoFolderDataset(folder, image_size=image_size, num_frames=num_frames,
+                                         with_captions=with_captions, text_embeddings=text_embeddings)
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.num_train_steps = num_train_steps
+        self.save_results_every = save_results_every
+        self.save_model_every = save_model_every
+        self.sample_texts = list(sample_texts) if exists(sample_texts) else None
+        self.sample_num_frames = default(sample_num_frames, num_frames)
+        self.sample_cond_scale = sample_cond_scale
+        self.sample_steps = sample_steps
+
+        # the tokenizer is frozen inside Phenaki: only MaskGIT (and the critic) are optimised
+        self.add_model("phenaki", phenaki, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                       total_steps=num_train_steps, max_grad_norm=max_grad_norm, ema=use_ema, ema_decay=ema_decay,
+                       ema_update_every=ema_update_every)
+        self.dataloader = cycle(self.prepare_dataloader(_make_dataloader(dataset, batch_size, num_workers)))
+        self.config.update(dict(batch_size=batch_size, num_train_steps=num_train_steps, lr=lr))
+        if exists(resume):
+            self.load(resume)
+
+    @property
+    def step_count(self) -> int:
+        return self.steps["phenaki"]
+
+    def train_step(self) -> dict[str, float]:
+        phenaki = self.models["phenaki"]
+        phenaki.train()
+        logs: dict[str, float] = {}
+        for _ in range(self.gradient_accumulate_every):
+            batch = _batch_to_device(next(self.dataloader), self.device)
+            with self.autocast():
+                loss, breakdown = phenaki(**batch, return_loss_breakdown=True)
+            self.backward(loss, "phenaki")
+            logs["loss"] = logs.get("loss", 0.0) + loss.item() / self.gradient_accumulate_every
+            for key, value in breakdown._asdict().items():
+                logs[key] = logs.get(key, 0.0) + value.item() / self.gradient_accumulate_every
+        self.step("phenaki")
+        return logs
+
+    def model_for_sampling(self) -> Phenaki:
+        ema = self.ema("phenaki")
+        return ema.ema_model if exists(ema) else self.unwrap("phenaki")
+
+    @torch.no_grad()
+    def save_results(self) -> Path | None:
+        """Writes `samples/sample-{step}.gif` (one video per sample text; unconditional models: 4 videos)."""
+        if not self.is_main:
+            return None
+        model = self.model_for_sampling()
+        kwargs = dict(num_frames=self.sample_num_frames, cond_scale=self.sample_cond_scale, steps=self.sample_steps)
+        if model.maskgit.unconditional:
+            videos = model.sample(batch_size=4, **kwargs)
+        elif self.sample_texts:
+            videos = model.sample(texts=self.sample_texts, **kwargs)
+        else:
+            return None
+        path = self.results_folder / "samples" / f"sample-{self.step_count:08d}.gif"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_video(videos.float().cpu(), path)
+        return path
+
+    def save_model(self) -> Path | None:
+        """Checkpoint (resumable) plus `results_folder/phenaki` (save_pretrained of the EMA model)."""
+        self.save()
+        if not self.is_main:
+            return None
+        return self.model_for_sampling().save_pretrained(self.results_folder / "phenaki")
+
+    def train(self, log_fn: Callable[[dict[str, float]], None] | None = None) -> None:
+        progress = self.progress(self.num_train_steps, initial=self.step_count, desc="phenaki")
+        while self.step_count < self.num_train_steps:
+            logs = self.train_step()
+            step = self.step_count
+            progress.update(1)
+            progress.set_postfix(loss=f"{logs['loss']:.4f}")
+            self.log(logs, step=step)
+            if exists(log_fn):
+                log_fn(logs)
+            if self.run_every(self.save_results_every, step):
+                self.save_results()
+            if self.run_every(self.save_model_every, step):
+                self.save_model()
+        progress.close()
+        self.save_model()
+        logger.info("Phenaki training complete after %d steps", self.step_count)

@@ -1,0 +1,133 @@
+"""synthesis_core.checks (clear errors on bad input) and synthesis_core.utils (small helpers)."""
+import pytest
+import torch
+from torch import nn
+
+from synthesis_core.checks import (
+    check_batch_match,
+    check_choice,
+    check_divisible,
+    check_in_range,
+    check_positive_int,
+    check_tensor,
+)
+from synthesis_core.utils import (
+    cast_tuple,
+    default,
+    divisible_by,
+    eval_decorator,
+    exists,
+    l2norm,
+    maybe,
+    once,
+    pad_at_dim,
+    prob_mask_like,
+)
+
+# checks
+
+
+def test_check_tensor_message_names_argument_expected_and_received_shape():
+    videos = torch.zeros(2, 3, 5, 32, 32)
+    with pytest.raises(ValueError) as info:
+        check_tensor(
+            "videos",
+            videos,
+            shape=("batch", 3, 8, 32, 32),
+            names=("batch", "channels", "frames", "height", "width"),
+        )
+    assert str(info.value) == (
+        "videos: expected shape (batch, 3, 8, 32, 32) (batch, channels, frames, height, width), got (2, 3, 5, 32, 32)"
+    )
+
+
+def test_check_tensor_accepts_wildcards_and_returns_input():
+    x = torch.zeros(4, 7, 16)
+    assert check_tensor("x", x, ndim=3, shape=("batch", None, 16), dtype_floating=True) is x
+    assert check_tensor("x", x, ndim=(2, 3)) is x
+
+
+def test_check_tensor_rank_and_type_errors():
+    with pytest.raises(TypeError, match="images: expected a torch.Tensor, got list"):
+        check_tensor("images", [1, 2, 3])
+    with pytest.raises(ValueError, match=r"images: expected a 4-dimensional tensor.*got 3 dimensions with shape \(3, 8, 8\)"):
+        check_tensor("images", torch.zeros(3, 8, 8), ndim=4)
+    with pytest.raises(ValueError, match=r"x: expected shape \(batch, 16\), got \(2, 3, 16\)"):
+        check_tensor("x", torch.zeros(2, 3, 16), shape=("batch", 16))
+    with pytest.raises(TypeError, match="ids: expected a floating point tensor, got dtype torch.int64"):
+        check_tensor("ids", torch.zeros(2, dtype=torch.long), dtype_floating=True)
+
+
+def test_check_tensor_value_range():
+    check_tensor("images", torch.rand(2, 3), value_range=(0, 1))
+    with pytest.raises(ValueError, match=r"images: expected values in \[0, 1\], got values in \[-0.5, 1\]"):
+        check_tensor("images", torch.tensor([-0.5, 1.0]), value_range=(0, 1))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        check_tensor("images", torch.tensor([0.5, float("nan")]), value_range=(0, 1))
+    check_tensor("x", torch.tensor([5.0]), value_range=(0, None))
+
+
+def test_check_batch_match():
+    assert check_batch_match(videos=torch.zeros(3, 1), texts=["a", "b", "c"], cond=None) == 3
+    with pytest.raises(ValueError, match="batch sizes must match, got videos=3, texts=2"):
+        check_batch_match(videos=torch.zeros(3, 1), texts=["a", "b"])
+
+
+def test_scalar_checks():
+    assert check_in_range("prob", 0.5, 0, 1) == 0.5
+    with pytest.raises(ValueError, match=r"prob: expected a value in \[0, 1\], got 1.5"):
+        check_in_range("prob", 1.5, 0, 1)
+    with pytest.raises(TypeError, match="prob"):
+        check_in_range("prob", "high", 0, 1)
+    assert check_choice("objective", "v", ("eps", "x0", "v")) == "v"
+    with pytest.raises(ValueError, match="objective: expected one of 'eps', 'x0', 'v', got 'w'"):
+        check_choice("objective", "w", ("eps", "x0", "v"))
+    with pytest.raises(ValueError, match="depth: expected an int > 0, got 0"):
+        check_positive_int("depth", 0)
+    with pytest.raises(TypeError, match="depth"):
+        check_positive_int("depth", 2.0)
+    with pytest.raises(ValueError, match=r"dim: expected a multiple of heads \(4\), got 10"):
+        check_divisible("dim", 10, 4, divisor_name="heads")
+
+
+# utils
+
+
+def test_exists_default_cast_tuple_divisible():
+    assert exists(0) and not exists(None)
+    assert default(None, 3) == 3 and default(2, 3) == 2
+    assert default(None, lambda: [1]) == [1]
+    assert cast_tuple(2, 3) == (2, 2, 2) and cast_tuple((1, 2)) == (1, 2) and cast_tuple([1, 2]) == (1, 2)
+    assert divisible_by(8, 4) and not divisible_by(9, 4)
+
+
+def test_prob_mask_like_extremes_and_rate():
+    assert prob_mask_like((4, 3), 1.0).all() and prob_mask_like(5, 0.0).logical_not().all()
+    mask = prob_mask_like((10000,), 0.3)
+    assert mask.dtype == torch.bool and abs(mask.float().mean().item() - 0.3) < 0.03
+
+
+def test_l2norm_and_pad_at_dim():
+    t = torch.randn(3, 5)
+    assert torch.allclose(l2norm(t).norm(dim=-1), torch.ones(3))
+    padded = pad_at_dim(torch.ones(2, 3, 4), (1, 2), dim=1, value=-1.0)
+    assert padded.shape == (2, 6, 4) and padded[:, 0].eq(-1).all() and padded[:, -2:].eq(-1).all()
+
+
+def test_once_maybe_eval_decorator():
+    calls = []
+    record = once(lambda x: calls.append(x))
+    record(1)
+    record(2)
+    assert calls == [1]
+
+    double = maybe(lambda x: x * 2)
+    assert double(None) is None and double(3) == 6
+
+    class Model(nn.Module):
+        @eval_decorator
+        def sample(self):
+            return self.training
+
+    model = Model().train()
+    assert model.sample() is False and model.training is True

@@ -1,0 +1,226 @@
+"""synthesis_core.layers: each layer against a direct formula, an invariance or a round trip."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from synthesis_core.layers import (
+    PEG,
+    ChannelFeedForward,
+    ChannelLayerNorm,
+    ChannelRMSNorm,
+    Downsample,
+    FeedForward,
+    LayerNorm,
+    LearnedSinusoidalPosEmb,
+    PixelShuffleUpsample,
+    ResnetBlock,
+    RMSNorm,
+    SinusoidalPosEmb,
+    TimestepEmbedding,
+    Upsample,
+    token_shift,
+)
+
+# norms
+
+
+def test_rmsnorm_and_layernorm_match_formulas():
+    x = torch.randn(2, 5, 16)
+    rms = RMSNorm(16)
+    with torch.no_grad():
+        rms.gamma.uniform_(0.5, 1.5)
+    expected = x / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt() * rms.gamma
+    assert torch.allclose(rms(x), expected, atol=1e-5)
+
+    norm = LayerNorm(16)
+    with torch.no_grad():
+        norm.gamma.uniform_(0.5, 1.5)
+    centred = x - x.mean(-1, keepdim=True)
+    expected = centred / centred.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt() * norm.gamma
+    assert torch.allclose(norm(x), expected, atol=1e-5)
+    assert [name for name, _ in norm.named_parameters()] == ["gamma"]  # no bias
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 4, 4), (2, 8, 3, 4, 4)])
+def test_channel_norms_equal_token_norms_over_dim_1(shape):
+    x = torch.randn(shape)
+    channel_ln, token_ln = ChannelLayerNorm(8), LayerNorm(8)
+    channel_rms, token_rms = ChannelRMSNorm(8), RMSNorm(8)
+    with torch.no_grad():
+        for norm in (channel_ln, token_ln, channel_rms, token_rms):
+            norm.gamma.copy_(torch.linspace(0.5, 1.5, 8))
+    assert torch.allclose(channel_ln(x), token_ln(x.movedim(1, -1)).movedim(-1, 1), atol=1e-5)
+    assert torch.allclose(channel_rms(x), token_rms(x.movedim(1, -1)).movedim(-1, 1), atol=1e-5)
+
+
+# feed-forwards
+
+
+@pytest.mark.parametrize("glu", [True, False])
+def test_feedforward_chunked_equals_unchunked_with_gradients(glu):
+    plain = FeedForward(16, mult=2, glu=glu)
+    chunked = FeedForward(16, mult=2, glu=glu, chunk_size=3)
+    chunked.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 10, 16, requires_grad=True)
+    y_plain = plain(x)
+    (grad_plain,) = torch.autograd.grad(y_plain.square().sum(), x)
+    y_chunked = chunked(x)
+    (grad_chunked,) = torch.autograd.grad(y_chunked.square().sum(), x)
+    assert torch.allclose(y_plain, y_chunked, atol=1e-6)
+    assert torch.allclose(grad_plain, grad_chunked, atol=1e-6)
+
+
+def test_feedforward_geglu_formula_and_training_reduces_loss():
+    ff = FeedForward(8, mult=1)
+    x = torch.randn(4, 3, 8)
+    w_in, b_in = ff.net[1][0].weight, ff.net[1][0].bias
+    hidden, gate = F.linear(x, w_in, b_in).chunk(2, dim=-1)
+    expected = F.linear(hidden * F.gelu(gate), ff.net[-1].weight, ff.net[-1].bias)
+    assert torch.allclose(ff(x), expected, atol=1e-6)
+
+    target = torch.randn(4, 3, 8)
+    optimizer = torch.optim.Adam(ff.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = F.mse_loss(ff(x), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_channel_feedforward_is_a_pointwise_map():
+    ff = ChannelFeedForward(8, mult=2)
+    video = torch.randn(1, 8, 3, 4, 4)
+    out = ff(video)
+    # a 1x1 map: each position depends only on its own channels
+    perturbed = video.clone()
+    perturbed[:, :, 1, 2, 3] += 1.0
+    diff = (ff(perturbed) - out).abs().sum(dim=1)
+    assert diff[0, 1, 2, 3] > 0
+    diff[0, 1, 2, 3] = 0
+    assert diff.max() == 0
+    # the same map on images
+    assert torch.allclose(ff(video[:, :, 0]), out[:, :, 0], atol=1e-6)
+
+
+# time embeddings
+
+
+def test_sinusoidal_pos_emb_analytic_values():
+    emb = SinusoidalPosEmb(8)
+    out = emb(torch.tensor([0.0, 1.0]))
+    assert out.shape == (2, 8)
+    assert torch.allclose(out[0], torch.tensor([0.0] * 4 + [1.0] * 4))
+    freqs = torch.exp(torch.arange(4) * -(math.log(10000) / 3))
+    assert torch.allclose(out[1], torch.cat((freqs.sin(), freqs.cos())), atol=1e-6)
+    with pytest.raises(ValueError, match="dim"):
+        SinusoidalPosEmb(7)
+
+
+def test_timestep_embeddings_accept_int_and_float_times():
+    assert LearnedSinusoidalPosEmb(8)(torch.rand(3)).shape == (3, 9)
+    embed = TimestepEmbedding(8, time_dim=12)
+    ints = embed(torch.tensor([0, 5, 999]))
+    assert ints.shape == (3, 12)
+    assert torch.allclose(ints, embed(torch.tensor([0.0, 5.0, 999.0])))
+    assert TimestepEmbedding(8, learned=True)(torch.rand(2)).shape == (2, 32)
+    with pytest.raises(ValueError, match="times"):
+        embed(torch.zeros(2, 1))
+
+
+# token shift and PEG
+
+
+def test_token_shift_moves_channel_groups_by_one_step():
+    x = torch.randn(2, 4, 3, 6)  # (b, t, n, d): two axes -> three groups of two channels
+    out = token_shift(x, dims=(1, 2))
+    assert torch.equal(out[:, 1:, :, 0:2], x[:, :-1, :, 0:2]) and out[:, 0, :, 0:2].eq(0).all()
+    assert torch.equal(out[:, :, 1:, 2:4], x[:, :, :-1, 2:4]) and out[:, :, 0, 2:4].eq(0).all()
+    assert torch.equal(out[..., 4:], x[..., 4:])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_peg_layouts_agree_and_causal_ignores_future(causal):
+    peg = PEG(8, causal=causal)
+    tokens = torch.randn(2, 4, 3, 5, 8)  # (b, t, h, w, d)
+    out_last = peg(tokens)
+    out_first = peg(rearrange(tokens, "b t h w d -> b d t h w"))
+    assert torch.allclose(rearrange(out_first, "b d t h w -> b t h w d"), out_last, atol=1e-6)
+
+    perturbed = tokens.clone()
+    perturbed[:, 2] += 1.0
+    changed = (peg(perturbed) - out_last).abs().amax(dim=(0, 2, 3, 4))
+    assert changed[2] > 0
+    assert (changed[:2].max() == 0) == causal  # only a causal PEG keeps earlier frames untouched
+
+
+def test_peg_ambiguous_layout_raises():
+    with pytest.raises(ValueError, match="channels_last"):
+        PEG(8)(torch.randn(1, 8, 2, 3, 8))
+    assert PEG(8, channels_last=True)(torch.randn(1, 8, 2, 3, 8)).shape == (1, 8, 2, 3, 8)
+
+
+# resampling
+
+
+def test_downsample_is_pixel_unshuffle_then_1x1_conv():
+    down = Downsample(4, 6)
+    x = torch.randn(2, 4, 8, 8)
+    assert torch.allclose(down(x), down.conv(F.pixel_unshuffle(x, 2)), atol=1e-6)
+    with pytest.raises(ValueError, match="even"):
+        down(torch.randn(1, 4, 7, 8))
+
+
+def test_upsamplers_per_frame_on_videos():
+    video = torch.randn(2, 4, 3, 4, 4)
+    for layer in (Upsample(4, 6), PixelShuffleUpsample(4, 6), Downsample(4, 6)):
+        out = layer(video)
+        for frame in range(3):
+            assert torch.allclose(out[:, :, frame], layer(video[:, :, frame]), atol=1e-6)
+    assert Upsample(4)(video[:, :, 0]).shape == (2, 4, 8, 8)
+
+
+def test_pixel_shuffle_upsample_icnr_starts_as_nearest_neighbour():
+    up = PixelShuffleUpsample(4, 6)
+    out = up(torch.randn(1, 4, 5, 5))
+    assert out.shape == (1, 6, 10, 10)
+    blocks = rearrange(out, "b c (h p1) (w p2) -> b c h w (p1 p2)", p1=2, p2=2)
+    assert torch.allclose(blocks, blocks[..., :1].expand_as(blocks), atol=1e-6)
+
+
+def test_resnet_block_film_video_and_errors():
+    block = ResnetBlock(8, 16, time_emb_dim=12, groups=4)
+    images = torch.randn(2, 8, 6, 6)
+    time_emb = torch.randn(2, 12)
+    out = block(images, time_emb)
+    assert out.shape == (2, 16, 6, 6)
+    # the time embedding modulates the output (FiLM), and videos go frame by frame with the same embedding
+    assert not torch.allclose(out, block(images, torch.randn(2, 12)))
+    video = torch.stack((images, images.flip(-1)), dim=2)
+    video_out = block(video, time_emb)
+    assert torch.allclose(video_out[:, :, 0], out, atol=1e-5)
+    assert torch.allclose(video_out[:, :, 1], block(images.flip(-1), time_emb), atol=1e-5)
+    with pytest.raises(ValueError, match="time_emb"):
+        block(images)
+    with pytest.raises(ValueError, match="groups"):
+        ResnetBlock(6, 16, groups=4)
+    # without a time embedding and with equal dims the residual path is the identity
+    plain = ResnetBlock(8, 8, groups=4)
+    with torch.no_grad():
+        plain.block2.proj.weight.zero_()
+        plain.block2.proj.bias.zero_()
+    assert torch.allclose(plain(images), images)
+
+
+def test_layers_run_under_bf16_autocast():
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        video = torch.randn(1, 8, 2, 4, 4)
+        for layer in (ResnetBlock(8, 8, time_emb_dim=4), ChannelFeedForward(8), Downsample(8), Upsample(8)):
+            kwargs = {"time_emb": torch.randn(1, 4)} if isinstance(layer, ResnetBlock) else {}
+            assert torch.isfinite(layer(video, **kwargs)).all()
+        assert torch.isfinite(FeedForward(8, chunk_size=2)(torch.randn(1, 5, 8))).all()
