@@ -117,6 +117,17 @@ def test_rotary_attention_matches_reference():
     assert close(attn(x, rotary_emb=rotary(6)), expected)
 
 
+def test_math_kernel_switch_and_dropout():
+    attn = Attention(16, dim_head=8, heads=2, num_null_kv=1, dropout=0.5, flash=False)
+    x = torch.randn(2, 5, 16)
+    mask = torch.tensor([[True] * 5, [True, False, True, False, True]])
+    attn.eval()
+    assert close(attn(x, mask=mask), reference_attention(attn, x, mask=mask))  # eval: no dropout
+    attn.train()
+    dropped = attn(x, mask=mask)
+    assert not torch.allclose(dropped, attn(x, mask=mask))  # train: random attention dropout
+
+
 def test_causal_attention_ignores_the_future():
     attn = Attention(16, dim_head=8, heads=2, causal=True, num_null_kv=1)
     x = torch.randn(2, 8, 16)
@@ -149,6 +160,10 @@ def test_attention_input_errors_name_the_argument():
         attn(torch.randn(2, 3, 16), mask=torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="attn_bias"):
         attn(torch.randn(2, 3, 16), attn_bias=torch.zeros(3, 3, 3))
+    with pytest.raises(ValueError, match="context"):
+        Attention(16, dim_head=8, heads=2, dim_context=12)(torch.randn(2, 3, 16))
+    with pytest.raises(ValueError, match=r"context: expected shape \(2, \*, 12\)"):
+        Attention(16, dim_head=8, heads=2, dim_context=12)(torch.randn(2, 3, 16), context=torch.randn(2, 4, 16))
 
 
 def test_mask_is_built_in_query_dtype_and_broadcast():
@@ -212,17 +227,18 @@ def test_t5_bias_lookup_and_rectangular_alignment():
     assert torch.equal(rect, bias[:, 3:])
 
 
-def test_continuous_bias_matches_mlp_on_log_offsets_for_unseen_sizes():
-    cpb = ContinuousPositionBias(dim=16, heads=2, num_dims=2, log_distance=True)
-    for sizes in ((2, 3), (3, 5)):
-        bias = cpb(*sizes)
-        n = math.prod(sizes)
+@pytest.mark.parametrize("log_distance", [True, False])
+def test_continuous_bias_matches_mlp_on_offsets_for_unseen_sizes(log_distance):
+    for sizes_seen in ((5,), (2, 3), (3, 5), (2, 2, 3), (3, 1, 2)):
+        cpb = ContinuousPositionBias(dim=16, heads=2, num_dims=len(sizes_seen), log_distance=log_distance)
+        bias = cpb(*sizes_seen)
+        n = math.prod(sizes_seen)
         assert bias.shape == (2, n, n)
-        positions = torch.cartesian_prod(*[torch.arange(s) for s in sizes]).float()
-        offsets = positions[:, None] - positions[None, :]
-        expected = cpb.net(torch.sign(offsets) * torch.log(offsets.abs() + 1))
-        assert torch.allclose(bias, rearrange(expected, "i j h -> h i j"), atol=1e-6)
-    assert ContinuousPositionBias(8, 2, num_dims=3)(2, 2, 3).shape == (2, 12, 12)
+        positions = torch.stack(torch.meshgrid(*[torch.arange(s) for s in sizes_seen], indexing="ij"), dim=-1)
+        positions = positions.reshape(n, len(sizes_seen)).float()
+        offsets = positions[:, None] - positions[None, :]  # query position - key position
+        features = torch.sign(offsets) * torch.log(offsets.abs() + 1) if log_distance else offsets
+        assert torch.allclose(bias, rearrange(cpb.net(features), "i j h -> h i j"), atol=1e-6)
     with pytest.raises(ValueError, match="num_dims"):
         cpb(4)
 

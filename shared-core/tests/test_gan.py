@@ -1,5 +1,6 @@
-"""Behaviour of synthesis_core.gan: adversarial losses, gradient penalty and adaptive weight against analytic values,
-the discriminator on several sizes (and learning), the perceptual loss against a naive reference, default_vgg offline."""
+"""Behaviour of synthesis_core.gan: adversarial losses, gradient penalty and adaptive weight against analytic
+values, the discriminator on several sizes (and learning), the perceptual loss against a naive reference,
+default_vgg offline."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,8 +19,6 @@ from synthesis_core.gan import (
     hinge_discr_loss,
     hinge_gen_loss,
 )
-
-torch.set_num_threads(1)
 
 
 def test_adversarial_losses_analytic():
@@ -195,6 +194,8 @@ def test_perceptual_loss_grayscale_gradients_and_frozen_network():
         loss_fn(torch.rand(1, 2, 16, 16), torch.rand(1, 2, 16, 16))
     with pytest.raises(ValueError, match="target: expected the shape of input"):
         loss_fn(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="at least 2"):
+        loss_fn(torch.rand(1, 3, 1, 8), torch.rand(1, 3, 1, 8))  # a pool before the second chosen layer
     with pytest.raises(ValueError, match="layers"):
         PerceptualLoss(nn.Sequential(nn.Conv2d(3, 4, 1)))  # no relu before a pool to pick by default
 

@@ -17,8 +17,6 @@ from synthesis_core.quantize import (
     orthogonal_loss,
 )
 
-torch.set_num_threads(1)
-
 
 def mixture(num, means, std=0.2):
     which = torch.randint(0, means.shape[0], (num,))
@@ -278,6 +276,12 @@ def test_bfloat16_autocast():
         assert indices.dtype == torch.long and indices.max() < quantizer.codebook_size
         (quantized.float().sum() + loss).backward()
         assert x.grad is not None and x.grad.abs().sum() > 0
+
+    # a model cast to bf16 keeps working (statistics are accumulated in float32)
+    vq_bf16 = VectorQuantize(dim=8, codebook_size=16, threshold_ema_dead_code=0.5).to(torch.bfloat16)
+    quantized, indices, loss = vq_bf16.train()(torch.randn(2, 12, 8, dtype=torch.bfloat16))
+    assert quantized.dtype == torch.bfloat16 and torch.isfinite(loss)
+    assert vq_bf16.embed.dtype == torch.bfloat16 and torch.isfinite(vq_bf16.embed.float()).all()
 
     # with identity projections the codes are chosen in float32 exactly as without autocast
     vq = VectorQuantize(dim=8, codebook_size=64).eval()

@@ -17,6 +17,14 @@ def assert_close(actual, expected, atol=1e-5, rtol=1e-5):
     assert torch.allclose(actual, expected, atol=atol, rtol=rtol), (actual - expected).abs().max().item()
 
 
+@torch.no_grad()
+def sgd_step(model: nn.Module, lr: float) -> None:
+    # plain SGD by hand: the first torch.optim optimizer imports torch._dynamo, many seconds on a busy CPU
+    for param in model.parameters():
+        if param.grad is not None:
+            param.sub_(lr * param.grad)
+
+
 def tiny_unet(cls=Unet, **overrides) -> Unet:
     kwargs = dict(dim=8, dim_mults=(1, 2), cond_dim=16, text_embed_dim=TEXT_DIM, num_resnet_blocks=1,
                   layer_attns=(False, True), layer_cross_attns=(False, True), attn_heads=2, attn_dim_head=8,
@@ -193,15 +201,14 @@ def test_tiny_unet_overfits_one_batch():
     alpha, sigma = torch.cos(t * torch.pi / 2)[:, None, None, None], torch.sin(t * torch.pi / 2)[:, None, None, None]
     x_t = alpha * x0 + sigma * noise
     text = torch.randn(4, 5, TEXT_DIM)
-    optimizer = torch.optim.Adam(unet.parameters(), lr=3e-3)
     losses = []
     for _ in range(30):
         loss = F.mse_loss(unet(x_t, t, text_embeds=text), noise)
-        optimizer.zero_grad()
+        unet.zero_grad()
         loss.backward()
-        optimizer.step()
+        sgd_step(unet, lr=0.3)
         losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0], losses
+    assert losses[-1] < 0.3 * losses[0], losses
 
 
 def test_bf16_autocast_on_cpu():

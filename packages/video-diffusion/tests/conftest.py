@@ -67,6 +67,18 @@ def write_gif(path, num_frames: int, size: int, seed: int) -> None:
 
 
 @pytest.fixture
+def captions():
+    return list(CAPTIONS)
+
+
+@pytest.fixture
+def gif_writer():
+    """`write(path, num_frames, size, seed)`: a moving-texture gif; `.frames(num_frames, size, seed)`: its frames."""
+    write_gif.frames = moving_frames
+    return write_gif
+
+
+@pytest.fixture
 def gif_folder(tmp_path):
     """Four 8x8 gifs of 3 frames."""
     folder = tmp_path / "gifs"

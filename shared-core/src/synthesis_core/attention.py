@@ -162,18 +162,23 @@ class RotaryEmbedding(nn.Module):
         check_positive_int("dim", dim)
         check_divisible("dim", dim, 2)
         self.dim = dim
-        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-        # deterministic from the config: no need to store it in checkpoints
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.theta = theta
+        # deterministic from the config: not stored in checkpoints, and recomputed in float32 in forward so that
+        # casting the model to bf16 / fp16 never degrades the angles
+        self.register_buffer("inv_freq", self._inv_freq(torch.device("cpu")), persistent=False)
+
+    def _inv_freq(self, device: torch.device) -> Tensor:
+        exponents = torch.arange(0, self.dim, 2, dtype=torch.float32, device=device) / self.dim
+        return 1.0 / (self.theta**exponents)
 
     def forward(self, seq_len_or_positions: int | Tensor, device: torch.device | str | None = None) -> Tensor:
+        device = default(device, self.inv_freq.device)
         if isinstance(seq_len_or_positions, Tensor):
-            positions = seq_len_or_positions.to(self.inv_freq.device, torch.float32)
+            positions = seq_len_or_positions.to(device=device, dtype=torch.float32)
         else:
-            positions = torch.arange(seq_len_or_positions, device=self.inv_freq.device, dtype=torch.float32)
-        freqs = positions[..., None] * self.inv_freq
-        freqs = repeat(freqs, "... d -> ... (d r)", r=2)
-        return freqs if device is None else freqs.to(device)
+            positions = torch.arange(seq_len_or_positions, device=device, dtype=torch.float32)
+        freqs = positions[..., None] * self._inv_freq(positions.device)
+        return repeat(freqs, "... d -> ... (d r)", r=2)
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -294,15 +299,18 @@ class ContinuousPositionBias(nn.Module):
             offset_grid = torch.sign(offset_grid) * torch.log(offset_grid.abs() + 1)
         bias_table = self.net(offset_grid)
 
-        # flat index into the table of (query position - key position) for every pair
-        positions = torch.stack(
-            torch.meshgrid(*[torch.arange(size, device=device) for size in dimension_sizes], indexing="ij"), dim=-1
-        )
-        positions = rearrange(positions, "... c -> (...) c")
-        relative = positions[:, None, :] - positions[None, :, :]
-        relative = relative + torch.tensor([size - 1 for size in dimension_sizes], device=device)
-        strides = [math.prod(2 * size - 1 for size in dimension_sizes[axis + 1:]) for axis in range(self.num_dims)]
-        flat_index = (relative * torch.tensor(strides, device=device)).sum(dim=-1)
+        # flat index into the table of (query position - key position) for every pair, built axis by axis
+        # (row-major over the offset grid: the last axis varies fastest)
+        flat_index = None
+        for axis, size in enumerate(dimension_sizes):
+            coordinate = torch.arange(size, device=device)
+            relative = coordinate[:, None] - coordinate[None, :] + (size - 1)  # in [0, 2 * size - 2]
+            position_shape = [1] * self.num_dims
+            position_shape[axis] = size
+            relative = relative.reshape(*position_shape, *position_shape)
+            flat_index = relative if flat_index is None else flat_index * (2 * size - 1) + relative
+        num_positions = math.prod(dimension_sizes)
+        flat_index = flat_index.expand(*dimension_sizes, *dimension_sizes).reshape(num_positions, num_positions)
 
         bias = bias_table[flat_index]
         return rearrange(bias, "i j h -> h i j")
@@ -385,6 +393,11 @@ class Attention(nn.Module):
         if exists(context):
             check_tensor(
                 "context", context, shape=(batch, None, self.dim_context), names=("batch", "context_seq", "dim_context")
+            )
+        elif self.dim_context != self.dim:
+            raise ValueError(
+                f"context: this Attention was built for cross-attention (dim_context={self.dim_context}), "
+                "pass context=(batch, context_seq, dim_context)"
             )
         kv_len = context.shape[1] if exists(context) else seq_len
         if exists(mask):
@@ -529,10 +542,10 @@ class SpaceTimeAttention(nn.Module):
             return {"attn_bias": self.pos_bias(*sizes, device=device)}
         if exists(self.rotary_emb):
             if len(sizes) == 1:
-                return {"rotary_emb": self.rotary_emb(sizes[0])}
+                return {"rotary_emb": self.rotary_emb(sizes[0], device=device)}
             height, width = sizes
-            rows = repeat(self.rotary_emb(height), "h d -> (h w) d", w=width)
-            cols = repeat(self.rotary_emb(width), "w d -> (h w) d", h=height)
+            rows = repeat(self.rotary_emb(height, device=device), "h d -> (h w) d", w=width)
+            cols = repeat(self.rotary_emb(width, device=device), "w d -> (h w) d", h=height)
             return {"rotary_emb": torch.cat((rows, cols), dim=-1)}
         return {}
 
@@ -837,7 +850,7 @@ class Transformer(nn.Module):
         if exists(self.pos_bias):
             position_bias = self.pos_bias(seq_len, device=x.device)
             attn_bias = position_bias if attn_bias is None else attn_bias + position_bias
-        rotary_emb = self.rotary_emb(seq_len) if exists(self.rotary_emb) else None
+        rotary_emb = self.rotary_emb(seq_len, device=x.device) if exists(self.rotary_emb) else None
 
         for block in self.layers:
             x = checkpointed(

@@ -208,7 +208,9 @@ class Discriminator(nn.Module):
         check_positive_int("groups", groups)
         check_positive_int("init_kernel_size", init_kernel_size)
         if init_kernel_size % 2 == 0:
-            raise ValueError(f"init_kernel_size: expected an odd kernel size (keeps the image size), got {init_kernel_size}")
+            raise ValueError(
+                f"init_kernel_size: expected an odd kernel size (keeps the image size), got {init_kernel_size}"
+            )
         dims = tuple(default(dims, lambda: tuple(min(dim * 2**i, dim * 8) for i in range(num_layers))))
         if not dims:
             raise ValueError("dims: expected at least one channel size")
@@ -331,6 +333,9 @@ class PerceptualLoss(nn.Module):
 
         self.network = network
         self.layers = None if layers is None else tuple(layers)
+        # each max-pool before the last used layer halves the image: smaller images cannot go through
+        pools = 0 if layers is None else sum(isinstance(m, nn.MaxPool2d) for m in list(network)[: layers[-1] + 1])
+        self.min_image_size = 2**pools
         self.value_range = tuple(float(v) for v in value_range)
         self.save_network = save_network
         self.eps = eps
@@ -381,6 +386,9 @@ class PerceptualLoss(nn.Module):
         if input.shape != target.shape:
             raise ValueError(f"target: expected the shape of input {tuple(input.shape)}, got {tuple(target.shape)}")
         check_choice("reduction", reduction, ("mean", "none"))
+        if min(input.shape[-2:]) < self.min_image_size:
+            raise ValueError(f"input: height and width must be at least {self.min_image_size} for the chosen layers "
+                             f"of the perceptual network, got {tuple(input.shape[-2:])}; pass fewer layers=")
 
         batch = input.shape[0]
         both = self.normalize(torch.cat((input, target)))

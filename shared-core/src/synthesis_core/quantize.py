@@ -88,15 +88,22 @@ def _broadcast_from_first_rank(t: Tensor) -> Tensor:
 
 def _squared_distances(x: Tensor, codebook: Tensor) -> Tensor:
     """(n, d), (k, d) -> (n, k) squared euclidean distances (float32, clamped at 0 against rounding)."""
-    x_sq = x.pow(2).sum(dim=-1, keepdim=True)
+    return (_nearest_code_scores(x, codebook, use_cosine_sim=False) + x.pow(2).sum(dim=-1, keepdim=True)).clamp(min=0)
+
+
+def _nearest_code_scores(x: Tensor, codebook: Tensor, use_cosine_sim: bool) -> Tensor:
+    """(n, d), (k, d) -> (n, k) scores whose argmin is the nearest code: `||e||^2 - 2 <x, e>` (the squared
+    distance without the per-row constant `||x||^2`) or `-cos` for unit vectors. One fused matmul."""
+    if use_cosine_sim:
+        return -(x @ codebook.t())
     codebook_sq = rearrange(codebook.pow(2).sum(dim=-1), "k -> 1 k")
-    return (x_sq - 2 * x @ codebook.t() + codebook_sq).clamp(min=0)
+    return torch.addmm(codebook_sq, x, codebook.t(), alpha=-2)
 
 
 def _assignment_scores(x: Tensor, codebook: Tensor, use_cosine_sim: bool) -> Tensor:
-    """(n, d), (k, d) -> (n, k) where the best code has the *lowest* score."""
+    """(n, d), (k, d) -> (n, k) distances (squared euclidean, or `-cos` for unit vectors): lower is nearer."""
     if use_cosine_sim:
-        return -(x @ codebook.t())  # both sides are unit vectors
+        return _nearest_code_scores(x, codebook, use_cosine_sim=True)
     return _squared_distances(x, codebook)
 
 
@@ -110,25 +117,30 @@ def _sample_vectors(samples: Tensor, num: int) -> Tensor:
     return samples[index]
 
 
-def _kmeans_plus_plus_init(samples: Tensor, num_clusters: int, use_cosine_sim: bool) -> Tensor:
+def _kmeans_plus_plus_init(
+    samples: Tensor, num_clusters: int, use_cosine_sim: bool, max_rounds: int = 64
+) -> Tensor:
     """k-means++ seeding (D^2 sampling): spreads the initial means so that Lloyd's iterations do not start with
-    two means in one cluster. One pass over the samples per cluster, only run once at codebook init."""
+    two means in one cluster. Exact k-means++ for up to `max_rounds` clusters; larger codebooks draw their means
+    in `max_rounds` batches (each batch by D^2 to the means so far), so the cost stays that of one Lloyd step."""
     num_samples = samples.shape[0]
     if num_samples <= num_clusters:
         # every sample becomes a mean; the rest are repeats (they stay empty and can be revived as dead codes)
         return torch.cat((samples, _sample_vectors(samples, num_clusters - num_samples)))
 
+    per_round = math.ceil(num_clusters / max_rounds)
     first = torch.randint(0, num_samples, (1,), device=samples.device)
-    means = [samples[first]]
-    closest = _assignment_scores(samples, means[0], use_cosine_sim).squeeze(-1)
-    for _ in range(num_clusters - 1):
+    means = samples[first]
+    closest = _assignment_scores(samples, means, use_cosine_sim).squeeze(-1)
+    while means.shape[0] < num_clusters:
         # cosine scores are -cos in [-1, 1]; shift so that the weight is a non-negative distance
         weights = (closest + 1.0) if use_cosine_sim else closest
         weights = weights.clamp(min=0) + 1e-12  # all-zero weights (duplicate samples) fall back to uniform
-        chosen = torch.multinomial(weights, 1)
-        means.append(samples[chosen])
-        closest = torch.minimum(closest, _assignment_scores(samples, means[-1], use_cosine_sim).squeeze(-1))
-    return torch.cat(means)
+        chosen = torch.multinomial(weights, min(per_round, num_clusters - means.shape[0]), replacement=False)
+        new_means = samples[chosen]
+        means = torch.cat((means, new_means))
+        closest = torch.minimum(closest, _assignment_scores(samples, new_means, use_cosine_sim).min(dim=-1).values)
+    return means
 
 
 @torch.no_grad()
@@ -151,7 +163,7 @@ def kmeans(
     cluster_sizes = torch.zeros(num_clusters, device=samples.device)
 
     for iteration in range(num_iters + 1):  # the last round only recomputes the cluster sizes of the final means
-        buckets = _assignment_scores(samples, means, use_cosine_sim).argmin(dim=-1)
+        buckets = _nearest_code_scores(samples, means, use_cosine_sim).argmin(dim=-1)
         ones = torch.ones_like(buckets, dtype=torch.float)
         cluster_sizes = torch.zeros_like(cluster_sizes).index_add_(0, buckets, ones)
         if iteration == num_iters:
@@ -303,24 +315,28 @@ class VectorQuantize(nn.Module):
         dead = rearrange(self.cluster_size < self.threshold_ema_dead_code, "k -> k 1")
         replacements = _broadcast_from_first_rank(_sample_vectors(flat, self.codebook_size).contiguous())
         self.embed.data.copy_(torch.where(dead, replacements, self.embed.data.float()))
-        self.cluster_size.copy_(torch.where(dead.squeeze(-1), self.threshold_ema_dead_code, self.cluster_size))
+        self.cluster_size.copy_(torch.where(dead.squeeze(-1), self.threshold_ema_dead_code, self.cluster_size.float()))
         if self.ema_update:
-            self.embed_avg.copy_(torch.where(dead, replacements * self.threshold_ema_dead_code, self.embed_avg))
+            replaced_avg = replacements * self.threshold_ema_dead_code
+            self.embed_avg.copy_(torch.where(dead, replaced_avg, self.embed_avg.float()))
 
     @torch.no_grad()
     def _update_codebook(self, flat: Tensor, indices: Tensor) -> None:
+        # statistics in float32 whatever the buffers' dtype (a model cast to bf16 keeps exact counts)
         counts = torch.zeros(self.codebook_size, device=flat.device)
         counts.index_add_(0, indices, torch.ones_like(indices, dtype=counts.dtype))
-        self.cluster_size.lerp_(_all_reduce_sum(counts), 1 - self.decay)
+        cluster_size = self.cluster_size.float().lerp(_all_reduce_sum(counts), 1 - self.decay)
+        self.cluster_size.copy_(cluster_size)
         if not self.ema_update:
             return
 
-        embed_sum = torch.zeros_like(self.embed_avg).index_add_(0, indices, flat)
-        self.embed_avg.lerp_(_all_reduce_sum(embed_sum), 1 - self.decay)
+        embed_sum = flat.new_zeros(self.codebook_size, self.codebook_dim).index_add_(0, indices, flat)
+        embed_avg = self.embed_avg.float().lerp(_all_reduce_sum(embed_sum), 1 - self.decay)
+        self.embed_avg.copy_(embed_avg)
 
-        total = self.cluster_size.sum()
-        smoothed_size = (self.cluster_size + self.eps) / (total + self.codebook_size * self.eps) * total
-        embed = self.embed_avg / rearrange(smoothed_size, "k -> k 1")
+        total = cluster_size.sum()
+        smoothed_size = (cluster_size + self.eps) / (total + self.codebook_size * self.eps) * total
+        embed = embed_avg / rearrange(smoothed_size, "k -> k 1")
         self.embed.copy_(l2norm(embed) if self.use_cosine_sim else embed)
 
     # forward
@@ -344,7 +360,7 @@ class VectorQuantize(nn.Module):
                     self._replace_dead_codes(detached)
 
             codebook = self.codebook.float()
-            indices = _assignment_scores(flat.detach(), codebook.detach(), self.use_cosine_sim).argmin(dim=-1)
+            indices = _nearest_code_scores(flat.detach(), codebook.detach(), self.use_cosine_sim).argmin(dim=-1)
             quantized = F.embedding(indices, codebook)  # gradient reaches a learnable codebook only
 
             loss = self.commitment_weight * F.mse_loss(flat, quantized.detach())

@@ -124,9 +124,9 @@ class GlobalContext(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        weights = rearrange(self.to_logits(x), "b 1 h w -> b 1 (h w)").float().softmax(dim=-1).to(x.dtype)
-        pooled = torch.bmm(weights, rearrange(x, "b c h w -> b (h w) c"))  # (b, 1, c)
-        context = self.net(rearrange(pooled, "b 1 c -> b c"))
+        weights = rearrange(self.to_logits(x), "b 1 h w -> b (h w) 1").float().softmax(dim=1).to(x.dtype)
+        pooled = torch.bmm(rearrange(x, "b c h w -> b c (h w)"), weights)  # (b, c, 1); no copy of x
+        context = self.net(rearrange(pooled, "b c 1 -> b c"))
         return x + rearrange(context, "b c -> b c 1 1")
 
 
@@ -313,7 +313,10 @@ class ConditionEncoder(nn.Module):
                 if attn_pool_text else None
             )
             self.to_text_hidden = nn.Sequential(
-                LayerNorm(cond_dim), nn.Linear(cond_dim, time_cond_dim), nn.SiLU(), nn.Linear(time_cond_dim, time_cond_dim)
+                LayerNorm(cond_dim),
+                nn.Linear(cond_dim, time_cond_dim),
+                nn.SiLU(),
+                nn.Linear(time_cond_dim, time_cond_dim),
             )
             self.null_text_tokens = nn.Parameter(torch.randn(max_text_len, cond_dim) * 0.02)
             self.null_text_hidden = nn.Parameter(torch.randn(time_cond_dim) * 0.02)
@@ -604,7 +607,7 @@ class Unet(PretrainedMixin, nn.Module):
     # -- the network ---------------------------------------------------------------------------------------------
 
     def _run_unet(self, x: Tensor, cond: Conditioning, layout: FrameLayout) -> Tensor:
-        """The U-Net proper on stem inputs `((b frames), in_channels, h, w)`; returns `((b frames), channels_out, h, w)`."""
+        """The U-Net proper on stem inputs `((b frames), in_channels, h, w)` -> `((b frames), channels_out, h, w)`."""
         time_emb, context, context_mask = cond.time_emb, cond.context, cond.context_mask
         x = self.init_conv(x)
         stem = x
@@ -653,8 +656,8 @@ class Unet(PretrainedMixin, nn.Module):
         if height % self.downsample_factor or width % self.downsample_factor:
             why = " (memory_efficient adds one level)" if self.memory_efficient else ""
             raise ValueError(
-                f"{name}: height and width must be divisible by {self.downsample_factor} = 2**{self.downsample_factor.bit_length() - 1} "
-                f"for a U-Net of {self.num_levels} levels{why}, got {height}x{width}"
+                f"{name}: height and width must be divisible by {self.downsample_factor} for a U-Net of "
+                f"{self.num_levels} levels{why}, got {height}x{width}"
             )
 
     @staticmethod
@@ -672,7 +675,8 @@ class Unet(PretrainedMixin, nn.Module):
         if not exists(text_embeds):
             raise ValueError("text_embeds: this unet is conditioned on text (cond_on_text=True); "
                              f"pass text_embeds of shape (batch, tokens, {self.text_embed_dim})")
-        check_tensor("text_embeds", text_embeds, ndim=3, names=("batch", "tokens", "text_embed_dim"), dtype_floating=True)
+        check_tensor("text_embeds", text_embeds, ndim=3, names=("batch", "tokens", "text_embed_dim"),
+                     dtype_floating=True)
         if text_embeds.shape[0] != batch or text_embeds.shape[-1] != self.text_embed_dim:
             raise ValueError(f"text_embeds: expected shape ({batch}, tokens, {self.text_embed_dim}) "
                              f"(batch, tokens, text_embed_dim), got {tuple(text_embeds.shape)}")

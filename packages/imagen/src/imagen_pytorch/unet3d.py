@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
+from imagen_pytorch.unet import Block, FrameLayout, Resample, Unet, _per_level
 from synthesis_core.attention import ContinuousPositionBias, SpaceTimeAttention
 from synthesis_core.checks import check_positive_int, check_tensor
 from synthesis_core.utils import exists
-from imagen_pytorch.unet import AttentionStage, Block, FrameLayout, Resample, Unet, _per_level
 
 __all__ = ["Unet3D"]
 

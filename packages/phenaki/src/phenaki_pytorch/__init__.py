@@ -3,6 +3,7 @@ from phenaki_pytorch.__about__ import __version__
 from phenaki_pytorch.cvivit import CViViT
 from phenaki_pytorch.maskgit import CriticTrainer, MaskGit, SelfCritic, TokenCritic
 from phenaki_pytorch.phenaki import Phenaki, StorySampler, make_video
+from phenaki_pytorch.trainer import CViViTTrainer, PhenakiTrainer
 
 __all__ = [
     "__version__",
@@ -14,4 +15,6 @@ __all__ = [
     "Phenaki",
     "make_video",
     "StorySampler",
+    "CViViTTrainer",
+    "PhenakiTrainer",
 ]

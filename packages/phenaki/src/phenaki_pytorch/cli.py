@@ -73,11 +73,10 @@ def train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
-    from synthesis_core.checkpoint import load_model_from_folder
-
     from phenaki_pytorch.maskgit import MaskGit, TokenCritic
     from phenaki_pytorch.phenaki import Phenaki
     from phenaki_pytorch.trainer import PhenakiTrainer
+    from synthesis_core.checkpoint import load_model_from_folder
     from synthesis_core.text import get_encoded_dim
 
     cvivit = load_model_from_folder(args.tokenizer)
@@ -103,10 +102,9 @@ def train(args: argparse.Namespace) -> int:
 
 
 def sample(args: argparse.Namespace) -> int:
+    from phenaki_pytorch.phenaki import StorySampler
     from synthesis_core.checkpoint import load_model_from_folder
     from synthesis_core.video import save_video
-
-    from phenaki_pytorch.phenaki import StorySampler
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     phenaki = load_model_from_folder(args.model, map_location=device)

@@ -38,7 +38,6 @@ from synthesis_core.gan import (
     hinge_discr_loss,
     hinge_gen_loss,
 )
-from synthesis_core.layers import LayerNorm
 from synthesis_core.quantize import make_quantizer
 from synthesis_core.utils import exists
 
@@ -261,13 +260,19 @@ class CViViT(PretrainedMixin, nn.Module):
 
     # -- encoder / decoder ----------------------------------------------------------------------------------------
 
+    def _position_biases(self, frames: int, height: int, width: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The spatial `(heads, h*w, h*w)` and temporal `(heads, t, t)` attention biases of a token grid."""
+        return (self.spatial_rel_pos_bias(height, width, device=device),
+                self.temporal_rel_pos_bias(frames, device=device))
+
     def _space_time_transform(self, tokens: Tensor, spatial: Transformer, temporal: Transformer,
-                              spatial_first: bool) -> Tensor:
-        """Spatial attention within each frame and causal temporal attention per position, on `(b, t, h, w, d)`."""
+                              spatial_first: bool, biases: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Spatial attention within each frame and causal temporal attention per position, on `(b, t, h, w, d)`.
+        `biases` (from `_position_biases`) lets the encoder and the decoder share one computation."""
         batch, frames, height, width, _ = tokens.shape
-        device = tokens.device
-        spatial_bias = self.spatial_rel_pos_bias(height, width, device=device)
-        temporal_bias = self.temporal_rel_pos_bias(frames, device=device)
+        if biases is None:
+            biases = self._position_biases(frames, height, width, tokens.device)
+        spatial_bias, temporal_bias = biases
 
         def space(x: Tensor) -> Tensor:
             x = rearrange(x, "b t h w d -> (b t) (h w) d")
@@ -290,20 +295,20 @@ class CViViT(PretrainedMixin, nn.Module):
         rest_tokens = self.to_rest_frame_tokens(rest_frames)
         return torch.cat((first_tokens, rest_tokens), dim=1)
 
-    def _encode(self, video: Tensor) -> EncodeOutput:
+    def _encode(self, video: Tensor, biases: tuple[Tensor, Tensor] | None = None) -> EncodeOutput:
         tokens = self._video_to_tokens(video * 2 - 1)
         tokens = self._space_time_transform(tokens, self.enc_spatial_transformer, self.enc_temporal_transformer,
-                                            spatial_first=True)
+                                            spatial_first=True, biases=biases)
         _, frames, height, width, _ = tokens.shape
         quantized, indices, quantizer_loss = self.vq(rearrange(tokens, "b t h w d -> b (t h w) d"))
         quantized = rearrange(quantized, "b (t h w) d -> b t h w d", t=frames, h=height, w=width)
         indices = rearrange(indices, "b (t h w) -> b t h w", t=frames, h=height, w=width)
         return EncodeOutput(quantized, indices, quantizer_loss)
 
-    def _decode(self, tokens: Tensor) -> Tensor:
+    def _decode(self, tokens: Tensor, biases: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Quantized tokens `(b, t, h, w, d)` -> video in [-1, 1] (not clamped: the losses see the raw output)."""
         tokens = self._space_time_transform(tokens, self.dec_spatial_transformer, self.dec_temporal_transformer,
-                                            spatial_first=False)
+                                            spatial_first=False, biases=biases)
         first_frame = self.to_first_frame_pixels(tokens[:, :1])
         if tokens.shape[1] == 1:
             return first_frame
@@ -378,7 +383,8 @@ class CViViT(PretrainedMixin, nn.Module):
         self.vq.eval()
         try:
             with torch.no_grad():
-                return self._decode(self._encode(video).tokens)
+                encoded = self._encode(video)
+                return self._decode(encoded.tokens)
         finally:
             self.vq.train(vq_training)
 
@@ -435,8 +441,11 @@ class CViViT(PretrainedMixin, nn.Module):
         if return_discr_loss:
             return self.discriminator_loss(video, apply_grad_penalty=apply_grad_penalty)
 
-        encoded = self._encode(video)
-        recon = self._decode(encoded.tokens)
+        frames = self.num_token_frames(video.shape[2])
+        grid_height, grid_width = (size // patch for size, patch in zip(video.shape[-2:], self.patch_size))
+        biases = self._position_biases(frames, grid_height, grid_width, video.device)
+        encoded = self._encode(video, biases)
+        recon = self._decode(encoded.tokens, biases)
 
         if return_recons_only:
             return ((recon + 1) * 0.5).clamp(0.0, 1.0)

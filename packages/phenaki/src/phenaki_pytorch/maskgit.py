@@ -71,8 +71,9 @@ def mask_by_ratio(shape: tuple[int, int], mask_ratio: Tensor, device: torch.devi
 
 
 def gumbel_noise(t: Tensor) -> Tensor:
-    noise = torch.rand_like(t, dtype=torch.float32).clamp(1e-20, 1.0)
-    return -torch.log(-torch.log(noise).clamp(min=1e-20))
+    # torch.rand (not rand_like): an expanded (stride 0) input must still get independent noise per entry
+    noise = torch.rand(t.shape, device=t.device).clamp(1e-20, 1.0)
+    return -torch.log((-torch.log(noise)).clamp(min=1e-20))
 
 
 def gumbel_sample(logits: Tensor, temperature: float = 1.0, dim: int = -1) -> Tensor:

@@ -25,17 +25,6 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from synthesis_core.checkpoint import PretrainedMixin
-from synthesis_core.checks import (
-    check_batch_match,
-    check_choice,
-    check_in_range,
-    check_positive_int,
-    check_tensor,
-)
-from synthesis_core.text import DEFAULT_T5_NAME, TextEncoder
-from synthesis_core.utils import default, eval_decorator, exists
-
 from phenaki_pytorch.cvivit import CViViT
 from phenaki_pytorch.maskgit import (
     MaskGit,
@@ -48,6 +37,16 @@ from phenaki_pytorch.maskgit import (
     mask_by_ratio,
     num_masked_at_step,
 )
+from synthesis_core.checkpoint import PretrainedMixin
+from synthesis_core.checks import (
+    check_batch_match,
+    check_choice,
+    check_in_range,
+    check_positive_int,
+    check_tensor,
+)
+from synthesis_core.text import DEFAULT_T5_NAME, TextEncoder
+from synthesis_core.utils import default, eval_decorator, exists
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +72,8 @@ class Phenaki(PretrainedMixin, nn.Module):
     The text encoder (`synthesis_core.text.TextEncoder`, `text_encoder_name` a hub name or a local folder) is
     owned by this object but not a submodule: its weights are never in the state dict, and nothing is loaded
     before the first text is encoded. With precomputed `text_embeds` only, pass `text_encoder_name=None` and
-    `text_embed_dim`.
+    `text_embed_dim`. A small trainable encoder (`text_encoder=SimpleTextEncoder(...)`, e.g. for offline demos)
+    is a submodule instead, trained and saved with MaskGIT.
     """
 
     def __init__(
@@ -85,6 +85,7 @@ class Phenaki(PretrainedMixin, nn.Module):
         self_critic: bool = False,
         steps: int = 18,
         text_encoder_name: str | None = DEFAULT_T5_NAME,
+        text_encoder: nn.Module | None = None,
         text_embed_dim: int | None = None,
         text_max_length: int = 256,
         cond_drop_prob: float = 0.25,
@@ -126,8 +127,15 @@ class Phenaki(PretrainedMixin, nn.Module):
 
         # text conditioning: the encoder object is owned, not registered (plain attribute; no weights loaded yet)
         self.text_encoder = None
+        if exists(text_encoder) and not (hasattr(text_encoder, "encode") and hasattr(text_encoder, "dim")):
+            raise TypeError("text_encoder: expected an encoder with .encode(texts, device) and .dim, e.g. a "
+                            "synthesis_core.text.SimpleTextEncoder")
         if not maskgit.unconditional:
-            if exists(text_encoder_name):
+            if exists(text_encoder):
+                # a trainable encoder (e.g. SimpleTextEncoder) is a submodule: trained and saved with the model
+                self.text_encoder = text_encoder
+                text_embed_dim = default(text_embed_dim, text_encoder.dim)
+            elif exists(text_encoder_name):
                 self.text_encoder = TextEncoder(text_encoder_name, max_length=text_max_length)
                 text_embed_dim = default(text_embed_dim, self.text_encoder.dim)
             text_embed_dim = default(text_embed_dim, maskgit.dim_context)
@@ -166,6 +174,8 @@ class Phenaki(PretrainedMixin, nn.Module):
                 raise TypeError("texts: expected a list of strings")
             if self.maskgit.unconditional:
                 raise ValueError("texts: the maskgit is unconditional (unconditional=True), it takes no text")
+            if exists(batch) and len(texts) != batch:
+                raise ValueError(f"batch sizes must match, got videos={batch}, texts={len(texts)}")
             text_embeds, text_mask = self.encode_texts(texts)
         if exists(text_embeds):
             if self.maskgit.unconditional:
@@ -191,6 +201,10 @@ class Phenaki(PretrainedMixin, nn.Module):
         if exists(videos) == exists(video_codebook_ids):
             raise ValueError("videos: pass exactly one of videos or video_codebook_ids")
         if exists(videos):
+            # validate (frames, sizes, sequence length) before running the tokenizer
+            videos = self.cvivit._check_video(videos)
+            height, width = self.cvivit.patch_grid(videos.shape[-2:])
+            self._check_seq_len(self.cvivit.num_token_frames(videos.shape[2]) * height * width, "videos")
             return self.tokenize(videos.to(self.device))
         ids = video_codebook_ids
         check_tensor("video_codebook_ids", ids, ndim=(2, 4))
@@ -251,8 +265,10 @@ class Phenaki(PretrainedMixin, nn.Module):
                                         **maskgit_kwargs)
 
         # cross-entropy on the masked positions only (ignore_index keeps shapes static: no boolean indexing)
+        # (autocast runs cross_entropy in float32 by itself; flat rows keep the logits contiguous)
         labels = ids.masked_fill(~mask, -100)
-        maskgit_loss = F.cross_entropy(rearrange(logits.float(), "b n c -> b c n"), labels, ignore_index=-100)
+        maskgit_loss = F.cross_entropy(rearrange(logits, "b n c -> (b n) c"), rearrange(labels, "b n -> (b n)"),
+                                       ignore_index=-100)
 
         loss = maskgit_loss
         critic_loss_value = maskgit_loss.new_zeros(())
@@ -424,6 +440,7 @@ def make_video(
     scenes: list[Tensor] = []
     video = None
     for index, (text, frames) in enumerate(zip(texts, num_frames)):
+        text = _scene_text(phenaki, text)
         if video is None:
             scene = phenaki.sample(text=text, num_frames=frames, **sample_kwargs)
         else:
@@ -436,6 +453,11 @@ def make_video(
         scenes.append(scene)
         video = scene if video is None else torch.cat((video, scene), dim=2)
     return video, scenes
+
+
+def _scene_text(phenaki: Phenaki, prompt: str) -> str | None:
+    # an unconditional model samples every scene without text: the prompts then only name the scenes
+    return None if phenaki.maskgit.unconditional else prompt
 
 
 class Story(NamedTuple):
@@ -453,7 +475,7 @@ class StorySampler:
     video, boundaries = sampler([('a whale breaching', 2.), ('fireworks over the sea', 1.5)])
     ```
     Each scene is conditioned on its prompt and primed with the last `prime_length` frames of the video so far
-    (default `1 + temporal_patch_size`); its length is rounded to what the tokenizer can make (the first scene
+    (default `1 + temporal_patch_size`, or 1 when MaskGit's context is that short); its length is rounded to what the tokenizer can make (the first scene
     `1 + k * temporal_patch_size` frames, later ones multiples of `temporal_patch_size`). A scene longer than
     MaskGit's context is sampled in several primed chunks with the same prompt.
     """
@@ -467,11 +489,12 @@ class StorySampler:
         self.fps = fps
         cvivit = phenaki.cvivit
         self.temporal_patch_size = tp = cvivit.temporal_patch_size
-        self.prime_length = default(prime_length, 1 + tp)
-        cvivit.num_token_frames(self.prime_length)  # validates 1 + k * tp
         self.image_size = image_size
         height, width = cvivit.patch_grid(image_size)
         self.max_token_frames = phenaki.maskgit.max_seq_len // (height * width)
+        # default: the last 1 + tp frames (two token frames), or the last frame alone when the context is short
+        self.prime_length = default(prime_length, 1 + tp if self.max_token_frames >= 3 else 1)
+        cvivit.num_token_frames(self.prime_length)  # validates 1 + k * tp
         prime_token_frames = cvivit.num_token_frames(self.prime_length)
         if self.max_token_frames < prime_token_frames + 1:
             raise ValueError(f"prime_length: {self.prime_length} prime frames leave no room for new frames in "
@@ -507,6 +530,7 @@ class StorySampler:
 
         video, boundaries = None, []
         for prompt, frames in self.plan(scenes):
+            prompt = _scene_text(phenaki, prompt)
             start = 0 if video is None else video.shape[2]
             remaining = frames
             while remaining > 0:

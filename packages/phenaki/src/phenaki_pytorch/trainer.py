@@ -17,14 +17,13 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from phenaki_pytorch.cvivit import CViViT
+from phenaki_pytorch.phenaki import Phenaki
 from synthesis_core.checks import check_in_range, check_positive_int
 from synthesis_core.data import VideoFolderDataset
 from synthesis_core.training import BaseTrainer, cycle
 from synthesis_core.utils import default, exists
 from synthesis_core.video import save_video
-
-from phenaki_pytorch.cvivit import CViViT
-from phenaki_pytorch.phenaki import Phenaki
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +152,8 @@ class CViViTTrainer(BaseTrainer):
             image_size = default(image_size, cvivit.image_size[0] if exists(cvivit.image_size) else None)
             if not exists(image_size):
                 raise ValueError("image_size: needed to read a folder (the CViViT was built without image_size)")
-            dataset = VideoFolderDataset(folder, image_size=image_size, num_frames=num_frames)
+            dataset = VideoFolderDataset(folder, image_size=image_size, num_frames=num_frames,
+                                         channels=cvivit.channels)
         self.dataset = dataset
         self.batch_size = batch_size
         self.num_train_steps = num_train_steps
@@ -327,7 +327,8 @@ class PhenakiTrainer(BaseTrainer):
                 raise ValueError("image_size: needed to read a folder (the CViViT was built without image_size)")
             with_captions = not phenaki.maskgit.unconditional and not exists(text_embeddings)
             dataset = VideoFolderDataset(folder, image_size=image_size, num_frames=num_frames,
-                                         with_captions=with_captions, text_embeddings=text_embeddings)
+                                         with_captions=with_captions, text_embeddings=text_embeddings,
+                                         channels=cvivit.channels)
         self.dataset = dataset
         self.batch_size = batch_size
         self.num_train_steps = num_train_steps

@@ -29,8 +29,7 @@ from synthesis_core.diffusion import (
     x0_to_target,
 )
 from synthesis_core.utils import default, eval_decorator, exists
-
-from video_diffusion_pytorch.unet import Condition, Unet3D
+from video_diffusion_pytorch.unet import Condition
 
 __all__ = ["GaussianDiffusion", "LOSS_TYPES", "INPUT_RANGES"]
 

@@ -5,6 +5,7 @@ and `VideoFolderDataset`. Samples are written as gifs next to numbered, resumabl
 """
 from __future__ import annotations
 
+import glob
 import logging
 import math
 from collections.abc import Sequence
@@ -18,7 +19,6 @@ from synthesis_core.data import ImageFolderDataset, VideoFolderDataset
 from synthesis_core.training import BaseTrainer, cycle, split_batch
 from synthesis_core.utils import default, exists
 from synthesis_core.video import save_video
-
 from video_diffusion_pytorch.diffusion import GaussianDiffusion
 
 __all__ = ["Trainer"]
@@ -26,15 +26,15 @@ __all__ = ["Trainer"]
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "diffusion"
-VIDEO_EXTS = ("gif", "mp4")
+VIDEO_EXTS = ("gif", "mp4", "webm", "mov", "avi", "mkv")
 
 
-def _has_caption_sidecars(folder: Path, exts: Sequence[str]) -> bool:
-    """Whether any video in `folder` has a `name.txt` caption beside it."""
-    for ext in exts:
-        for path in folder.rglob(f"*.{ext}"):
-            if path.with_suffix(".txt").is_file():
-                return True
+def _has_caption_sidecars(folder: Path) -> bool:
+    """Whether any file or frame folder in `folder` has a `name.txt` caption beside it."""
+    for caption in folder.rglob("*.txt"):
+        siblings = caption.parent.glob(f"{glob.escape(caption.stem)}.*")
+        if (caption.parent / caption.stem).is_dir() or any(p.suffix != ".txt" for p in siblings):
+            return True
     return False
 
 
@@ -50,8 +50,8 @@ class Trainer(BaseTrainer):
 
     Args:
         diffusion_model: a `GaussianDiffusion`.
-        folder: a folder of `.gif` / `.mp4` videos (searched recursively); frames are cropped or padded to
-            `num_frames` (`frame_mode`) and resized to the model's image size.
+        folder: a folder of videos (`.gif`, `.mp4`, ... or sub-folders of png frames; searched recursively); frames
+            are cropped or padded to `num_frames` (`frame_mode`) and resized to the model's image size.
         ema_decay, step_start_ema, update_ema_every: the exponential moving average of the weights (used to sample).
         num_frames: frames per training video (default and only valid value: the model's `num_frames`).
         train_batch_size, train_lr, train_num_steps, gradient_accumulate_every, max_grad_norm: optimisation.
@@ -142,7 +142,7 @@ class Trainer(BaseTrainer):
 
         # text conditioning from sidecar captions, when the model can read text
         model_reads_text = getattr(diffusion_model.model, "text_encoder", None) is not None
-        has_captions = _has_caption_sidecars(folder, exts)
+        has_captions = _has_caption_sidecars(folder)
         self.with_captions = bool(cond_from_captions and has_captions and model_reads_text)
         if cond_from_captions and has_captions and not model_reads_text:
             logger.warning("%s has .txt captions but the model was built without use_bert_text_cond=True: "
@@ -238,8 +238,8 @@ class Trainer(BaseTrainer):
         """The first `count` captions of the data set (cycled), to sample a text-conditioned model with."""
         if not self.with_captions:
             return None
-        captions = [self.dataset.caption(i) if hasattr(self.dataset, "caption") else self.dataset[i][1]
-                    for i in range(min(count, len(self.dataset)))]
+        paths = self.dataset.paths[:count]
+        captions = [self.dataset.captions[path] for path in paths]
         return [captions[i % len(captions)] for i in range(count)]
 
     @torch.no_grad()

@@ -97,6 +97,7 @@ def edm_heun_step(
     return x_hat + (sigma_next - sigma_hat) * (0.5 * d + 0.5 * d_next)
 
 
+@torch.no_grad()
 def sample_edm(
     denoise: Callable[[Tensor, Tensor], Tensor],
     x_T: Tensor,

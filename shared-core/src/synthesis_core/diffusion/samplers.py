@@ -176,6 +176,7 @@ def _check_times(times: Tensor) -> None:
         raise ValueError(f"times: expected strictly descending times (noisiest first), got {times.tolist()}")
 
 
+@torch.no_grad()
 def sample_vp(
     denoise: Denoise,
     x_T: Tensor,
@@ -202,6 +203,9 @@ def sample_vp(
       the new time; with `resample_times=r`, each step is redone r-1 more times after re-noising one step forward
       (RePaint, Lugmayr et al. 2022). The kept region of the output is exactly `known_x0`.
     - `generator` makes the noise deterministic; `progress=False` hides the tqdm bar.
+
+    Runs under `torch.no_grad()` (a closure that needs gradients, e.g. classifier guidance, can use
+    `torch.enable_grad()` inside).
     """
     if not callable(denoise):
         raise TypeError(f"denoise: expected a callable (x_t, time_batch) -> x0_hat, got {type(denoise).__name__}")

@@ -1,0 +1,466 @@
+"""`SpaceTimeUnet`: the Make-A-Video denoiser, a text-conditioned U-Net built from pseudo-3D convolutions and
+spatio-temporal attention that runs on images (time skipped) and on videos with the same weights.
+
+Reading order: the resnet block (RMS-norm, FiLM from the time/text embedding, pseudo-3D convolutions), the U-Net
+(levels of resnet blocks with optional attention, spatial down/upsampling with optional temporal compression,
+a middle, skip connections) and its spatial/temporal parameter bookkeeping for the paper's recipe: train on
+images, then switch the temporal layers on and fine-tune on videos, spatial layers optionally frozen.
+
+Activations run in the channels-last-3d memory format by default: `(b, c, t, h, w)` stored as `(b, t, h, w, c)`,
+so the per-frame convolutions see NHWC frames without any copy (the fast layout of cuDNN's bf16 kernels), the
+spatial attention reads its tokens as a view, and the temporal convolutions are 3D convolutions on the same
+tensor.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from make_a_video_pytorch.blocks import (
+    Pseudo3DConv,
+    SpatioTemporalAttention,
+    TemporalDownsample,
+    TemporalUpsample,
+    is_temporal_parameter,
+)
+from synthesis_core.checkpoint import CheckpointError, PretrainedMixin
+from synthesis_core.checks import check_in_range, check_positive_int, check_tensor
+from synthesis_core.diffusion import cfg_combine
+from synthesis_core.layers import Downsample, LayerNorm, RMSNorm, TimestepEmbedding, Upsample
+from synthesis_core.utils import cast_tuple, exists, prob_mask_like
+
+__all__ = ["SpaceTimeUnet", "SpaceTimeResnetBlock"]
+
+
+class _Block(nn.Module):
+    """RMS norm over channels -> optional FiLM (scale, shift) -> SiLU -> pseudo-3D convolution."""
+
+    def __init__(self, dim: int, dim_out: int, kernel_size: int = 3):
+        super().__init__()
+        self.norm = RMSNorm(dim)
+        self.conv = Pseudo3DConv(dim, dim_out, kernel_size=kernel_size)
+
+    def forward(self, x: Tensor, scale_shift: tuple[Tensor, Tensor] | None = None, enable_time: bool = True) -> Tensor:
+        # channels to the last axis: a view in the channels-last layout, so the fused rms_norm kernel applies
+        x = self.norm(x.movedim(1, -1)).movedim(-1, 1)
+        if exists(scale_shift):
+            scale, shift = scale_shift
+            x = torch.addcmul(shift, x, scale + 1)
+        return self.conv(F.silu(x), enable_time=enable_time)
+
+
+class SpaceTimeResnetBlock(nn.Module):
+    """Two norm-SiLU-pseudo-3D-conv layers with a residual; FiLM from the conditioning vector (time + text).
+
+    On `(b, c, t, h, w)`; with `enable_time=False` it is a 2D resnet block applied to every frame.
+    """
+
+    def __init__(self, dim: int, dim_out: int, cond_dim: int | None = None):
+        super().__init__()
+        self.to_scale_shift = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, dim_out * 2)) if exists(cond_dim) else None
+        self.block1 = _Block(dim, dim_out)
+        self.block2 = _Block(dim_out, dim_out)
+        self.res_conv = nn.Conv3d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
+
+    def forward(self, x: Tensor, cond: Tensor | None = None, enable_time: bool = True) -> Tensor:
+        scale_shift = None
+        if exists(self.to_scale_shift) and exists(cond):
+            film = rearrange(self.to_scale_shift(cond), "b c -> b c 1 1 1")
+            scale_shift = film.chunk(2, dim=1)
+        h = self.block1(x, enable_time=enable_time)
+        h = self.block2(h, scale_shift=scale_shift, enable_time=enable_time)
+        return h + self.res_conv(x)
+
+
+def _per_level(name: str, value, num_levels: int) -> tuple:
+    values = cast_tuple(value, num_levels)
+    if len(values) != num_levels:
+        raise ValueError(f"{name}: expected one value or {num_levels} (one per entry of dim_mults), got {value!r}")
+    return values
+
+
+class SpaceTimeUnet(PretrainedMixin, nn.Module):
+    """A U-Net of pseudo-3D resnet blocks and spatio-temporal attention, for images and videos alike.
+
+    ```
+    unet = SpaceTimeUnet(dim=64, channels=3, dim_mults=(1, 2, 4, 8), text_embed_dim=768)
+    noise_pred = unet(videos, timestep, text_embeds=embeds, text_mask=mask)   # videos (b, 3, 16, 64, 64)
+    noise_pred = unet(images, timestep, text_embeds=embeds, text_mask=mask)   # images (b, 3, 64, 64), time skipped
+    ```
+
+    Args:
+        dim: channels of the first level; level i has `dim * dim_mults[i]`.
+        channels: channels of the images/videos (the output has as many).
+        dim_mults: width multiplier per level; the frame size must be divisible by `2 ** (len(dim_mults) - 1)`.
+        self_attns: per level, whether to add spatio-temporal attention (with cross-attention to the text).
+        temporal_compression: per level, whether the downsampling into it also halves the frames (and the
+            upsampling out of it doubles them); the first level's entry must be False. Videos need a frame count
+            divisible by `2 ** sum(temporal_compression)`.
+        resnet_block_depths: resnet blocks per level (down path; the up path mirrors it).
+        attn_dim_head, attn_heads: attention head size and count.
+        condition_on_timestep: embed the diffusion time (int or float) and FiLM every resnet block with it.
+        text_embed_dim: width of the text embeddings to condition on (None: unconditional). The pooled text is
+            added to the time embedding and every attention layer cross-attends to the tokens; a learned null
+            condition stands in for dropped text (classifier-free guidance).
+        cond_channels: extra input channels concatenated to the input (e.g. known frames + mask for frame
+            interpolation), passed as `cond=`.
+        mid_attn: attention in the middle of the U-Net.
+        ff_mult: feed-forward width multiplier in the attention layers.
+        attn_pos_bias: continuous relative position bias in the attention layers.
+        causal_time_attn: frames attend to earlier frames only.
+        channels_last: run activations in the channels-last-3d memory format (same results, faster convolutions).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        channels: int = 3,
+        dim_mults: Sequence[int] = (1, 2, 4, 8),
+        self_attns: bool | Sequence[bool] = (False, False, False, True),
+        temporal_compression: bool | Sequence[bool] = (False, True, True, True),
+        resnet_block_depths: int | Sequence[int] = (2, 2, 2, 2),
+        attn_dim_head: int = 64,
+        attn_heads: int = 8,
+        condition_on_timestep: bool = True,
+        text_embed_dim: int | None = None,
+        *,
+        cond_channels: int = 0,
+        mid_attn: bool = True,
+        ff_mult: float = 4,
+        attn_pos_bias: bool = True,
+        causal_time_attn: bool = False,
+        channels_last: bool = True,
+    ):
+        super().__init__()
+        check_positive_int("dim", dim)
+        check_positive_int("channels", channels)
+        check_positive_int("cond_channels", cond_channels, allow_zero=True)
+        dim_mults = tuple(dim_mults)
+        if not dim_mults:
+            raise ValueError("dim_mults: expected at least one level, got an empty sequence")
+        for mult in dim_mults:
+            check_positive_int("dim_mults", mult)
+        num_levels = len(dim_mults)
+        self_attns = _per_level("self_attns", self_attns, num_levels)
+        temporal_compression = _per_level("temporal_compression", temporal_compression, num_levels)
+        resnet_block_depths = _per_level("resnet_block_depths", resnet_block_depths, num_levels)
+        for depth in resnet_block_depths:
+            check_positive_int("resnet_block_depths", depth)
+        if temporal_compression[0]:
+            raise ValueError("temporal_compression: the first level has no downsampling into it, its entry must be "
+                             f"False, got {temporal_compression!r}")
+        if exists(text_embed_dim):
+            check_positive_int("text_embed_dim", text_embed_dim)
+
+        self.dim = dim
+        self.channels = channels
+        self.cond_channels = cond_channels
+        self.text_embed_dim = text_embed_dim
+        self.condition_on_timestep = condition_on_timestep
+        self.temporal_compression = tuple(bool(c) for c in temporal_compression)
+        self.temporal_factor = 2 ** sum(self.temporal_compression)
+        self.spatial_factor = 2 ** (num_levels - 1)
+        self.channels_last = channels_last
+
+        # conditioning vector: time embedding + pooled text, FiLMed into every resnet block
+        cond_dim = dim * 4 if (condition_on_timestep or exists(text_embed_dim)) else None
+        self.time_embedding = TimestepEmbedding(dim, time_dim=cond_dim) if condition_on_timestep else None
+        self.text_norm = None
+        if exists(text_embed_dim):
+            self.text_norm = LayerNorm(text_embed_dim)
+            self.text_to_cond = nn.Sequential(nn.Linear(text_embed_dim, cond_dim), nn.SiLU(),
+                                              nn.Linear(cond_dim, cond_dim))
+            self.null_text_cond = nn.Parameter(torch.randn(cond_dim) * 0.02)
+
+        def attention(level_dim: int) -> SpatioTemporalAttention:
+            return SpatioTemporalAttention(
+                level_dim, dim_head=attn_dim_head, heads=attn_heads, ff_mult=ff_mult, pos_bias=attn_pos_bias,
+                causal_time_attn=causal_time_attn, dim_context=text_embed_dim,
+                num_null_kv=1 if exists(text_embed_dim) else 0,
+            )
+
+        dims = [dim * mult for mult in dim_mults]
+        self.init_conv = Pseudo3DConv(channels + cond_channels, dim, kernel_size=3)
+
+        self.downs = nn.ModuleList([])
+        for i, (level_dim, depth) in enumerate(zip(dims, resnet_block_depths)):
+            level = nn.ModuleDict()
+            if i > 0:
+                level["downsample"] = Downsample(dims[i - 1], level_dim)
+                if self.temporal_compression[i]:
+                    level["temporal_down"] = TemporalDownsample(level_dim)
+            level["blocks"] = nn.ModuleList([SpaceTimeResnetBlock(level_dim, level_dim, cond_dim)
+                                             for _ in range(depth)])
+            if self_attns[i]:
+                level["attn"] = attention(level_dim)
+            self.downs.append(level)
+
+        self.mid_block1 = SpaceTimeResnetBlock(dims[-1], dims[-1], cond_dim)
+        self.mid_attn = attention(dims[-1]) if mid_attn else None
+        self.mid_block2 = SpaceTimeResnetBlock(dims[-1], dims[-1], cond_dim)
+
+        # the up path mirrors the down path; its first block of each level takes the level's skip connection
+        self.ups = nn.ModuleList([])
+        for i in reversed(range(num_levels)):
+            level_dim, depth = dims[i], resnet_block_depths[i]
+            level = nn.ModuleDict()
+            level["blocks"] = nn.ModuleList(
+                [SpaceTimeResnetBlock(level_dim * 2 if j == 0 else level_dim, level_dim, cond_dim)
+                 for j in range(depth)])
+            if self_attns[i]:
+                level["attn"] = attention(level_dim)
+            if i > 0:
+                if self.temporal_compression[i]:
+                    level["temporal_up"] = TemporalUpsample(level_dim)
+                level["upsample"] = Upsample(level_dim, dims[i - 1])
+            self.ups.append(level)
+
+        self.final_block = SpaceTimeResnetBlock(dim * 2, dim, cond_dim)
+        self.final_norm = RMSNorm(dim)
+        self.final_conv = nn.Conv3d(dim, channels, 1)
+
+    # -- parameter groups (the paper's recipe) --------------------------------------------------------------
+
+    def temporal_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters that mix frames: temporal convolutions, temporal attention, temporal resampling."""
+        return (p for name, p in self.named_parameters() if is_temporal_parameter(name))
+
+    def spatial_parameters(self) -> Iterator[nn.Parameter]:
+        """Every other parameter: what image training learns (per-frame layers, time and text conditioning)."""
+        return (p for name, p in self.named_parameters() if not is_temporal_parameter(name))
+
+    def freeze_spatial(self, frozen: bool = True) -> SpaceTimeUnet:
+        """Stop (or, with `frozen=False`, resume) training the spatial parameters; returns the U-Net."""
+        for param in self.spatial_parameters():
+            param.requires_grad_(not frozen)
+        return self
+
+    @torch.no_grad()
+    def reset_temporal_parameters(self) -> SpaceTimeUnet:
+        """Put every temporal part back to its identity initialisation; returns the U-Net."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_temporal_parameters"):
+                module.reset_temporal_parameters()
+        return self
+
+    def load_spatial_state_dict(self, state_dict: Mapping[str, Tensor]) -> SpaceTimeUnet:
+        """Load the spatial weights of another U-Net of the same configuration (e.g. one trained on images); the
+        temporal parts of this one are left as they are. Mismatching keys or shapes raise a `CheckpointError`."""
+        spatial = {k: v for k, v in state_dict.items() if not is_temporal_parameter(k)}
+        expected = {k: v for k, v in self.state_dict().items() if not is_temporal_parameter(k)}
+        missing = sorted(set(expected) - set(spatial))
+        unexpected = sorted(set(spatial) - set(expected))
+        mismatched = [f"{k}: {tuple(spatial[k].shape)} vs {tuple(expected[k].shape)}"
+                      for k in expected if k in spatial and spatial[k].shape != expected[k].shape]
+        if missing or unexpected or mismatched:
+            raise CheckpointError(
+                "state_dict: the spatial weights do not fit this SpaceTimeUnet (was it built with the same dim, "
+                f"dim_mults, self_attns, resnet_block_depths, text_embed_dim?): missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]}, shape mismatches {mismatched[:5]}")
+        self.load_state_dict(spatial, strict=False)
+        return self
+
+    # -- inputs -----------------------------------------------------------------------------------------------
+
+    def _check_input(self, x: Tensor, enable_time: bool) -> None:
+        check_tensor("x", x, ndim=(4, 5), dtype_floating=True)
+        names = ("batch", "channels", "height", "width") if x.ndim == 4 else \
+            ("batch", "channels", "frames", "height", "width")
+        check_tensor("x", x, shape=("batch", self.channels, *(None,) * (x.ndim - 2)), names=names)
+        height, width = x.shape[-2:]
+        if height % self.spatial_factor or width % self.spatial_factor:
+            raise ValueError(f"x: height and width must be divisible by {self.spatial_factor} (2 ** (levels - 1)), "
+                             f"got {height}x{width} in shape {tuple(x.shape)}")
+        if x.ndim == 5 and enable_time and x.shape[2] % self.temporal_factor:
+            raise ValueError(
+                f"x: the number of frames must be divisible by {self.temporal_factor}, the temporal compression of "
+                f"this U-Net (temporal_compression={self.temporal_compression}), got {x.shape[2]} frames in shape "
+                f"{tuple(x.shape)}; use a multiple of {self.temporal_factor} or enable_time=False")
+
+    def _timestep_batch(self, timestep: Tensor | float | int | None, batch: int, device: torch.device) -> Tensor | None:
+        if timestep is None:
+            if self.condition_on_timestep:
+                raise ValueError("timestep: this U-Net was built with condition_on_timestep=True, pass the diffusion "
+                                 "time (an int or float, or a (batch,) tensor)")
+            return None
+        if isinstance(timestep, bool) or not isinstance(timestep, (int, float, Tensor)):
+            raise TypeError(f"timestep: expected an int, a float or a tensor, got {type(timestep).__name__}")
+        timestep = torch.as_tensor(timestep, device=device)
+        if timestep.ndim == 0:
+            timestep = timestep.expand(batch)
+        check_tensor("timestep", timestep, shape=(batch,), names=("batch",))
+        return timestep
+
+    def _text_condition(
+        self,
+        text_embeds: Tensor | None,
+        text_mask: Tensor | None,
+        batch: int,
+        drop_text: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(pooled text conditioning (b, cond_dim), context tokens (b, n, d), context mask (b, n)).
+
+        Dropped (or absent) text masks every token, so cross-attention sees only its null key/value, and the
+        pooled conditioning becomes the learned null vector: the same path in training and in sampling.
+        """
+        if text_embeds is None:
+            if exists(text_mask):
+                raise ValueError("text_mask: given without text_embeds")
+            context = self.null_text_cond.new_zeros(batch, 1, self.text_embed_dim)
+            context_mask = torch.zeros(batch, 1, dtype=torch.bool, device=context.device)
+            pooled = repeat(self.null_text_cond, "d -> b d", b=batch)
+            return pooled, context, context_mask
+
+        check_tensor("text_embeds", text_embeds, ndim=3, shape=(batch, None, self.text_embed_dim),
+                     names=("batch", "tokens", "text_embed_dim"), dtype_floating=True)
+        if text_mask is None:
+            text_mask = torch.ones(text_embeds.shape[:2], dtype=torch.bool, device=text_embeds.device)
+        check_tensor("text_mask", text_mask, shape=tuple(text_embeds.shape[:2]), names=("batch", "tokens"))
+        keep = text_mask.bool() & ~rearrange(drop_text, "b -> b 1")
+
+        context = self.text_norm(text_embeds)
+        weights = rearrange(keep.to(context.dtype), "b n -> b n 1")
+        pooled_text = (context * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        pooled = self.text_to_cond(pooled_text)
+        null = self.null_text_cond.to(pooled.dtype)
+        pooled = torch.where(rearrange(keep.any(dim=1), "b -> b 1"), pooled, null)
+        return pooled, context, keep
+
+    def _memory_format(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
+
+    # -- forward ----------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        x: Tensor,
+        timestep: Tensor | float | int | None = None,
+        *,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        cond: Tensor | None = None,
+        cond_drop_prob: float = 0.0,
+        drop_text: Tensor | None = None,
+        enable_time: bool = True,
+    ) -> Tensor:
+        """Predict from noisy images `(b, c, h, w)` or videos `(b, c, t, h, w)`; the output has the input's shape.
+
+        `timestep`: an int/float (all items) or a `(b,)` tensor of ints or floats. `text_embeds (b, n, d)` with
+        `text_mask (b, n)` (True = token) condition a text U-Net; `cond_drop_prob` drops the text of each item
+        with that probability (classifier-free guidance training), `drop_text (b,)` bool drops it for chosen
+        items. `cond (b, cond_channels, [t,] h, w)`: the extra input channels. `enable_time=False` runs a video
+        frame by frame (temporal layers and temporal compression skipped), exactly like a batch of images.
+        """
+        self._check_input(x, enable_time)
+        is_image = x.ndim == 4
+        batch = x.shape[0]
+        if self.cond_channels:
+            if cond is None:
+                raise ValueError(f"cond: this U-Net takes {self.cond_channels} conditioning channels (cond_channels), "
+                                 "pass cond=")
+            check_tensor("cond", cond, shape=(batch, self.cond_channels, *x.shape[2:]),
+                         names=("batch", "cond_channels", *(("frames",) if not is_image else ()), "height", "width"))
+            x = torch.cat((x, cond.to(x.dtype)), dim=1)
+        elif exists(cond):
+            raise ValueError("cond: this U-Net was built with cond_channels=0 and takes no conditioning channels")
+        if exists(text_embeds) and not exists(self.text_embed_dim):
+            raise ValueError("text_embeds: this U-Net was built without text_embed_dim and cannot condition on text")
+        check_in_range("cond_drop_prob", cond_drop_prob, 0.0, 1.0)
+
+        if is_image:
+            # an image is a one-frame video whose temporal layers are skipped
+            x = rearrange(x, "b c h w -> b c 1 h w")
+            enable_time = False
+
+        # conditioning vector: time embedding (+ pooled text)
+        cond_vector = None
+        timestep = self._timestep_batch(timestep, batch, x.device)
+        if exists(self.time_embedding):
+            cond_vector = self.time_embedding(timestep)
+        context = context_mask = None
+        if exists(self.text_embed_dim):
+            if drop_text is None:
+                drop_text = prob_mask_like((batch,), cond_drop_prob, device=x.device)
+            else:
+                check_tensor("drop_text", drop_text, shape=(batch,), names=("batch",))
+                drop_text = drop_text.to(device=x.device, dtype=torch.bool)
+            pooled, context, context_mask = self._text_condition(text_embeds, text_mask, batch, drop_text)
+            cond_vector = pooled if cond_vector is None else cond_vector + pooled.to(cond_vector.dtype)
+
+        def attend(attn: nn.Module, h: Tensor) -> Tensor:
+            return self._memory_format(attn(h, enable_time=enable_time, context=context, context_mask=context_mask))
+
+        x = self._memory_format(x)
+        x = self.init_conv(x, enable_time=enable_time)
+        init_x = x
+
+        skips = []
+        for level in self.downs:
+            if "downsample" in level:
+                x = self._memory_format(level["downsample"](x))
+                if "temporal_down" in level and enable_time:
+                    x = level["temporal_down"](x)
+            for block in level["blocks"]:
+                x = block(x, cond_vector, enable_time=enable_time)
+            if "attn" in level:
+                x = attend(level["attn"], x)
+            skips.append(x)
+
+        x = self.mid_block1(x, cond_vector, enable_time=enable_time)
+        if exists(self.mid_attn):
+            x = attend(self.mid_attn, x)
+        x = self.mid_block2(x, cond_vector, enable_time=enable_time)
+
+        for level in self.ups:
+            x = torch.cat((x, skips.pop()), dim=1)
+            for block in level["blocks"]:
+                x = block(x, cond_vector, enable_time=enable_time)
+            if "attn" in level:
+                x = attend(level["attn"], x)
+            if "upsample" in level:
+                if "temporal_up" in level and enable_time:
+                    x = self._memory_format(level["temporal_up"](x))
+                x = self._memory_format(level["upsample"](x))
+
+        x = self.final_block(torch.cat((x, init_x), dim=1), cond_vector, enable_time=enable_time)
+        x = F.silu(self.final_norm(x.movedim(1, -1)).movedim(-1, 1))
+        out = self.final_conv(x).contiguous()
+        return rearrange(out, "b c 1 h w -> b c h w") if is_image else out
+
+    def forward_with_cond_scale(
+        self,
+        x: Tensor,
+        timestep: Tensor | float | int | None = None,
+        *,
+        cond_scale: float = 1.0,
+        rescale_phi: float = 0.0,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        **kwargs,
+    ) -> Tensor:
+        """Classifier-free guided prediction: `uncond + cond_scale * (cond - uncond)` (core `cfg_combine`).
+
+        `cond_scale == 1` (or no text to guide with) is exactly the conditional forward; otherwise the conditional
+        and unconditional passes run as one batch of twice the size.
+        """
+        check_in_range("cond_scale", cond_scale, 0.0, None)
+        if cond_scale == 1 or not exists(self.text_embed_dim) or text_embeds is None:
+            return self.forward(x, timestep, text_embeds=text_embeds, text_mask=text_mask, cond_drop_prob=0.0, **kwargs)
+
+        batch = x.shape[0]
+
+        def doubled(value):
+            if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == batch:
+                return torch.cat((value, value), dim=0)
+            return value
+
+        drop_text = torch.cat((torch.zeros(batch, dtype=torch.bool), torch.ones(batch, dtype=torch.bool))).to(x.device)
+        out = self.forward(doubled(x), doubled(timestep), text_embeds=doubled(text_embeds),
+                           text_mask=doubled(text_mask), drop_text=drop_text,
+                           **{k: doubled(v) for k, v in kwargs.items()})
+        cond_out, uncond_out = out.chunk(2, dim=0)
+        return cfg_combine(cond_out, uncond_out, cond_scale, rescale_phi=rescale_phi)
