@@ -26,7 +26,7 @@ def pixel_stats(images):
 # samplers against the exact answer
 
 
-@pytest.mark.parametrize("sampler, steps", [("ddpm", 100), ("ddim", 25), ("dpmpp_2m", 25)])
+@pytest.mark.parametrize("sampler, steps", [("ddpm", 250), ("ddim", 100), ("dpmpp_2m", 25)])
 def test_vp_samplers_reproduce_the_data_distribution(gaussian_unet, sampler, steps):
     imagen = Imagen(gaussian_unet(MU, S), image_sizes=16, condition_on_text=False, dynamic_thresholding=False,
                     sampler=sampler)
@@ -47,7 +47,7 @@ def test_default_sampler_is_dpm_solver_with_at_most_25_steps(recording_unet):
     assert len(unet.calls) == 6
 
 
-@pytest.mark.parametrize("sampler, steps", [("heun", 16), ("euler", 64)])
+@pytest.mark.parametrize("sampler, steps", [("heun", 32), ("euler", 128)])
 def test_edm_sampler_reproduces_the_data_distribution(gaussian_unet, sampler, steps):
     unet = gaussian_unet(MU, S, edm_sigma_data=0.5)
     imagen = ElucidatedImagen(unet, image_sizes=16, condition_on_text=False, dynamic_thresholding=False,
@@ -224,8 +224,12 @@ def test_classifier_free_dropout_is_applied_in_training(recording_unet, tiny_une
     assert unet.calls[-1]["cond_drop_prob"] == 0.35
 
     # with a real unet, dropping every condition trains the null path only: the text gets no gradient
+    unet = tiny_unet(text_embed_dim=TEXT_DIM)
+    with torch.no_grad():  # move off the zero-initialised output layers, which would block every input gradient
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
     for prob, uses_text in ((1.0, False), (0.0, True)):
-        imagen = Imagen(tiny_unet(), image_sizes=8, text_embed_dim=TEXT_DIM, cond_drop_prob=prob)
+        imagen = Imagen(unet, image_sizes=8, text_embed_dim=TEXT_DIM, cond_drop_prob=prob)
         embeds = torch.randn(2, 4, TEXT_DIM, requires_grad=True)
         imagen(torch.rand(2, 3, 8, 8), text_embeds=embeds).backward()
         assert (embeds.grad is not None and bool(embeds.grad.abs().sum() > 0)) == uses_text

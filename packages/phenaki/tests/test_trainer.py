@@ -116,3 +116,4 @@ def test_cli_trains_a_tokenizer_then_phenaki_then_samples(tmp_path, monkeypatch)
                      "--fps", "10", "--sample-steps", "1", "--out", "story.gif"]) == 0
     assert (tmp_path / "story.gif").is_file()
     assert cli_main(["sample", "--model", "phe/phenaki", "--num-frames", "4", "--out", "bad.gif"]) == 2
+

@@ -20,6 +20,18 @@ from torch.utils.data import Dataset
 
 from synthesis_core.checks import check_tensor
 
+__all__ = [
+    "COLORS",
+    "SHAPES",
+    "DIRECTIONS",
+    "make_caption",
+    "caption_attributes",
+    "all_captions",
+    "shape_mask",
+    "ShapesVideoDataset",
+    "CaptionScorer",
+]
+
 COLORS: dict[str, tuple[float, float, float]] = {
     "red": (0.9, 0.1, 0.1),
     "green": (0.1, 0.8, 0.15),

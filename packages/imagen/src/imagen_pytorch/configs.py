@@ -166,6 +166,7 @@ class ImagenConfig(_JsonConfig):
     p2_loss_weight_gamma: float = 0.0
     sampler: str = "dpmpp_2m"
     sample_steps: int | list[int | None] | None = None
+    karras_sampling_times: bool = True
 
     def create(self) -> Imagen:
         return Imagen([build_unet(unet) for unet in self.unets], **_model_kwargs(self))

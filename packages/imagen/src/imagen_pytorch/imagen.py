@@ -48,6 +48,8 @@ class Imagen(PretrainedMixin, CascadeBase):
     `dynamic_thresholding`, `temporal_downsample_factor`, `sample_steps`) take one value or one per unet.
     `pred_objectives`: 'noise', 'x_start' or 'v'. `timesteps` sets the default number of sampling steps
     (all of them for 'ddpm', at most 25 for 'dpmpp_2m' and 'ddim'); training time is continuous.
+    `karras_sampling_times` spaces the sampling times so their noise levels follow Karras et al. (finer steps
+    at low noise), which makes few-step sampling noticeably more accurate than evenly spaced times.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class Imagen(PretrainedMixin, CascadeBase):
         p2_loss_weight_gamma: float = 0.0,
         sampler: str = "dpmpp_2m",
         sample_steps: int | Sequence[int | None] | None = None,
+        karras_sampling_times: bool = True,
     ):
         super().__init__(
             unets, image_sizes=image_sizes, text_encoder_name=text_encoder_name, text_embed_dim=text_embed_dim,
@@ -105,6 +108,7 @@ class Imagen(PretrainedMixin, CascadeBase):
         self.p2_loss_weight_gamma = check_in_range("p2_loss_weight_gamma", p2_loss_weight_gamma, 0.0, None)
         self.sampler = check_choice("sampler", sampler, SAMPLERS)
         self.sample_steps = per_unet("sample_steps", sample_steps, num_unets)
+        self.karras_sampling_times = karras_sampling_times
         for index, steps in enumerate(self.sample_steps):
             if exists(steps):
                 check_positive_int(f"sample_steps[{index}]", steps)
@@ -166,7 +170,7 @@ class Imagen(PretrainedMixin, CascadeBase):
         schedule, objective = self.noise_schedules[index], self.pred_objectives[index]
         sampler = check_choice("sampler", default(sampler, self.sampler), SAMPLERS)
         steps = check_positive_int("steps", default(steps, lambda: self.default_sample_steps(index, sampler)))
-        times = sampling_times(schedule, steps, device=device)
+        times = sampling_times(schedule, steps, karras=self.karras_sampling_times, device=device)
 
         x = torch.randn(shape, device=device)
         if exists(init_images):

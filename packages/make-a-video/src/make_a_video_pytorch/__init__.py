@@ -1,4 +1,21 @@
-"""Make-A-Video: pseudo-3D convolutions and spatio-temporal attention for text-to-video."""
-from make_a_video_pytorch.__about__ import __version__
+"""Make-A-Video: pseudo-3D convolutions and spatio-temporal attention for text-to-video.
 
-__all__ = ["__version__"]
+The README's building blocks (`Pseudo3DConv`, `SpatioTemporalAttention`), the U-Net made of them
+(`SpaceTimeUnet`), the diffusion model around it (`MakeAVideo`), frame interpolation (`FrameInterpolator`) and
+the trainer (`MakeAVideoTrainer`, also behind the `make-a-video` command).
+"""
+from make_a_video_pytorch.__about__ import __version__
+from make_a_video_pytorch.blocks import Pseudo3DConv, SpatioTemporalAttention
+from make_a_video_pytorch.make_a_video import FrameInterpolator, MakeAVideo
+from make_a_video_pytorch.trainer import MakeAVideoTrainer
+from make_a_video_pytorch.unet import SpaceTimeUnet
+
+__all__ = [
+    "Pseudo3DConv",
+    "SpatioTemporalAttention",
+    "SpaceTimeUnet",
+    "MakeAVideo",
+    "FrameInterpolator",
+    "MakeAVideoTrainer",
+    "__version__",
+]

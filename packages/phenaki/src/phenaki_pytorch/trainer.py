@@ -228,8 +228,10 @@ class CViViTTrainer(BaseTrainer):
         model = self.model_for_sampling()
         was_training = model.training
         model.eval()
-        videos = torch.cat([self._next_videos() for _ in range(max(1, -(-self.num_sample_videos // self.batch_size)))])
-        videos = videos[: self.num_sample_videos]
+        # the same first videos of the dataset every time (read directly: the training loader is not consumed,
+        # which would desynchronise the processes under DDP)
+        count = min(self.num_sample_videos, len(self.dataset))
+        videos = collate_videos_and_text([self.dataset[i] for i in range(count)])["videos"].to(self.device)
         recons = model(videos, return_recons_only=True)
         model.train(was_training)
         side_by_side = torch.cat((videos, recons.to(videos.dtype)), dim=-1).clamp(0, 1).cpu()

@@ -1,0 +1,528 @@
+"""Text-to-video diffusion around a `SpaceTimeUnet`, and the frame interpolator that raises its frame rate.
+
+The schedule, parameterisations, loss weighting, guidance and samplers are the core's (`synthesis_core.diffusion`);
+this module wires them to the U-Net and implements the paper's recipe as API:
+
+1. train on images: `model(images, ...)` with `(b, c, h, w)` batches trains the spatial layers only;
+2. `MakeAVideo.from_image_model(image_model, num_frames=16)` builds the video model: the image weights plus
+   temporal layers at their identity initialisation (so it starts as the image model applied to each frame);
+3. fine-tune on videos, optionally with `freeze_spatial=True` (only the temporal layers learn);
+4. `FrameInterpolator`: a model conditioned on keyframes (known frames + a mask channel concatenated to its input)
+   that fills the frames in between: `interpolator.interpolate(video, factor=2)` doubles the frame rate of a
+   sampled video and returns the given keyframes exactly.
+
+Pixels are floats in [0, 1] at the API and [-1, 1] inside.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from einops import rearrange, reduce
+from torch import Tensor, nn
+
+from make_a_video_pytorch.unet import SpaceTimeUnet
+from synthesis_core.checkpoint import PretrainedMixin
+from synthesis_core.checks import check_batch_match, check_choice, check_in_range, check_positive_int, check_tensor
+from synthesis_core.diffusion import (
+    BETA_SCHEDULES,
+    VP_SAMPLERS,
+    DiscreteSchedule,
+    dynamic_threshold,
+    min_snr_weight,
+    normalize_objective,
+    pred_to_x0,
+    sample_vp,
+    sampling_times,
+    static_threshold,
+    x0_to_target,
+)
+from synthesis_core.text import DEFAULT_T5_NAME, TextEncoder
+from synthesis_core.utils import default, eval_decorator, exists
+
+__all__ = ["MakeAVideo", "FrameInterpolator"]
+
+logger = logging.getLogger(__name__)
+
+
+def _image_size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        check_positive_int("image_size", image_size)
+        return image_size, image_size
+    if isinstance(image_size, (tuple, list)) and len(image_size) == 2:
+        for size in image_size:
+            check_positive_int("image_size", size)
+        return int(image_size[0]), int(image_size[1])
+    raise TypeError(f"image_size: expected an int or a (height, width) pair, got {image_size!r}")
+
+
+class MakeAVideo(PretrainedMixin, nn.Module):
+    """Text-to-video (and text-to-image) denoising diffusion with a `SpaceTimeUnet`.
+
+    ```
+    unet = SpaceTimeUnet(dim=64, dim_mults=(1, 2, 4, 8), text_embed_dim=768)
+    model = MakeAVideo(unet, image_size=64, num_frames=16)
+    loss = model(images, texts=captions)            # (b, 3, 64, 64): image pretraining, spatial layers only
+    loss = model(videos, texts=captions)            # (b, 3, 16, 64, 64) in [0, 1]
+    videos = model.sample(texts=['a whale breaching'], cond_scale=3.)   # (1, 3, 16, 64, 64) in [0, 1]
+    ```
+
+    Args:
+        unet: the `SpaceTimeUnet` denoiser.
+        image_size: frame size, an int or (height, width).
+        num_frames: frames of sampled videos (training accepts any count the U-Net's temporal compression divides).
+        channels: image channels (must match the U-Net).
+        timesteps: steps of the discrete diffusion schedule (`beta_schedule`).
+        text_encoder_name: T5/BERT hub name or local folder used to encode `texts` (loaded on first use, never
+            part of the state dict); `text_embeds` can always be given instead.
+        text_embed_dim: width of the text embeddings; must match the U-Net's (default: the U-Net's).
+        cond_drop_prob: probability of dropping the text of a training item (trains the unconditional branch for
+            classifier-free guidance).
+        objective: what the U-Net predicts: 'v' (default), 'eps' or 'x0' (aliases as in the core).
+        sampler, sample_steps: default sampler ('ddpm', 'ddim', 'dpmpp_2m') and number of model calls.
+        freeze_spatial: freeze the U-Net's spatial parameters (video fine-tuning of the temporal layers only).
+        min_snr_gamma: min-SNR loss weighting (0 disables it).
+        dynamic_thresholding: Imagen's dynamic thresholding of x0 when sampling (else clamped to [-1, 1]).
+    """
+
+    def __init__(
+        self,
+        unet: SpaceTimeUnet,
+        *,
+        image_size: int | Sequence[int],
+        num_frames: int,
+        channels: int = 3,
+        timesteps: int = 1000,
+        text_encoder_name: str = DEFAULT_T5_NAME,
+        text_embed_dim: int | None = None,
+        cond_drop_prob: float = 0.1,
+        objective: str = "v",
+        sampler: str = "dpmpp_2m",
+        sample_steps: int = 25,
+        freeze_spatial: bool = False,
+        beta_schedule: str = "cosine",
+        min_snr_gamma: float = 5.0,
+        dynamic_thresholding: bool = False,
+        text_max_length: int = 256,
+    ):
+        super().__init__()
+        if not isinstance(unet, nn.Module) or not hasattr(unet, "temporal_factor"):
+            raise TypeError(f"unet: expected a SpaceTimeUnet, got {type(unet).__name__}")
+        check_positive_int("num_frames", num_frames)
+        check_positive_int("channels", channels)
+        check_positive_int("timesteps", timesteps)
+        check_positive_int("sample_steps", sample_steps)
+        check_in_range("cond_drop_prob", cond_drop_prob, 0.0, 1.0)
+        check_in_range("min_snr_gamma", min_snr_gamma, 0.0, None)
+        check_choice("sampler", sampler, VP_SAMPLERS)
+        check_choice("beta_schedule", beta_schedule, tuple(BETA_SCHEDULES))
+        if sample_steps > timesteps:
+            raise ValueError(f"sample_steps: expected at most timesteps={timesteps}, got {sample_steps}")
+        if unet.channels != channels:
+            raise ValueError(f"channels: the unet takes {unet.channels} channels, got channels={channels}")
+        self.image_size = _image_size_pair(image_size)
+        for name, size in zip(("height", "width"), self.image_size):
+            if size % unet.spatial_factor:
+                raise ValueError(f"image_size: the {name} {size} must be divisible by {unet.spatial_factor}, the "
+                                 "spatial downsampling of the unet (2 ** (len(dim_mults) - 1))")
+        if num_frames % unet.temporal_factor:
+            raise ValueError(f"num_frames: expected a multiple of {unet.temporal_factor}, the temporal compression "
+                             f"of the unet (temporal_compression={unet.temporal_compression}), got {num_frames}")
+        if exists(text_embed_dim) and text_embed_dim != unet.text_embed_dim:
+            raise ValueError(f"text_embed_dim: the unet was built with text_embed_dim={unet.text_embed_dim}, "
+                             f"got text_embed_dim={text_embed_dim}")
+
+        self.unet = unet
+        self.num_frames = num_frames
+        self.channels = channels
+        self.cond_drop_prob = cond_drop_prob
+        self.objective = normalize_objective(objective)
+        self.sampler = sampler
+        self.sample_steps = sample_steps
+        self.min_snr_gamma = min_snr_gamma
+        self.dynamic_thresholding = dynamic_thresholding
+        self.schedule = DiscreteSchedule.from_name(beta_schedule, timesteps)
+        # a plain attribute (not a submodule): its frozen weights never enter the state dict, and load lazily
+        self.text_encoder = TextEncoder(text_encoder_name, max_length=text_max_length) \
+            if exists(unet.text_embed_dim) else None
+        if freeze_spatial:
+            unet.freeze_spatial()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def conditions_on_text(self) -> bool:
+        return exists(self.unet.text_embed_dim)
+
+    def _schedule_on(self, device: torch.device) -> DiscreteSchedule:
+        if self.schedule.alphas_cumprod.device != device:
+            self.schedule.to(device)
+        return self.schedule
+
+    # -- the paper's recipe --------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_image_model(
+        cls,
+        image_model: MakeAVideo | SpaceTimeUnet,
+        *,
+        num_frames: int | None = None,
+        freeze_spatial: bool = False,
+        **overrides,
+    ) -> MakeAVideo:
+        """The video model of an image-trained one: its spatial weights, temporal layers at their identity init.
+
+        `image_model` is a `MakeAVideo` trained on images (its settings are kept unless overridden) or a bare
+        `SpaceTimeUnet` (then pass `image_size=` and `num_frames=`). The result's per-frame outputs equal the
+        image model's (exactly without temporal compression; with it, for videos whose frames are equal).
+        """
+        if isinstance(image_model, MakeAVideo):
+            image_unet = image_model.unet
+            settings = {k: v for k, v in image_model.pretrained_config.items() if k != "unet"}
+        elif isinstance(image_model, SpaceTimeUnet):
+            image_unet = image_model
+            settings = {}
+        else:
+            raise TypeError(f"image_model: expected a MakeAVideo or a SpaceTimeUnet, got {type(image_model).__name__}")
+        settings.update(overrides)
+        if exists(num_frames):
+            settings["num_frames"] = num_frames
+        if "num_frames" not in settings or "image_size" not in settings:
+            raise ValueError("num_frames: pass num_frames= and image_size= when building from a bare SpaceTimeUnet")
+        settings["freeze_spatial"] = freeze_spatial
+
+        # a fresh U-Net of the same configuration has identity temporal layers; it takes the spatial weights only
+        video_unet = type(image_unet).from_config(image_unet.pretrained_config)
+        video_unet.load_spatial_state_dict(image_unet.state_dict())
+        video_unet.to(next(image_unet.parameters()).device)
+        return cls(video_unet, **settings)
+
+    # -- inputs ----------------------------------------------------------------------------------------------
+
+    def _check_pixels(self, name: str, x: Tensor, *, allow_images: bool = True) -> Tensor:
+        """Validate a batch of videos (or images) in [0, 1]; return it in [-1, 1]."""
+        height, width = self.image_size
+        check_tensor(name, x, ndim=(4, 5) if allow_images else 5, dtype_floating=True)
+        if x.ndim == 4:
+            check_tensor(name, x, shape=("batch", self.channels, height, width),
+                         names=("batch", "channels", "height", "width"))
+        else:
+            check_tensor(name, x, shape=("batch", self.channels, "frames", height, width),
+                         names=("batch", "channels", "frames", "height", "width"))
+        check_tensor(name, x, value_range=(0.0, 1.0))
+        return x * 2 - 1
+
+    def encode_text(
+        self,
+        texts: Sequence[str] | None = None,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        device: torch.device | None = None,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """`texts` (encoded by the text encoder) or `text_embeds`/`text_mask` -> `(embeds, mask)` on `device`."""
+        if not self.conditions_on_text:
+            if exists(texts) or exists(text_embeds):
+                raise ValueError("texts: this model's unet was built without text_embed_dim, so it is unconditional; "
+                                 "build SpaceTimeUnet(text_embed_dim=...) to condition on text")
+            return None, None
+        if exists(texts) and exists(text_embeds):
+            raise ValueError("texts: pass either texts or text_embeds, not both")
+        device = default(device, self.device)
+        if exists(texts):
+            if exists(text_mask):
+                raise ValueError("text_mask: only used with text_embeds (texts are masked by the tokenizer)")
+            text_embeds, text_mask = self.text_encoder.encode(texts, device=device)
+            if text_embeds.shape[-1] != self.unet.text_embed_dim:
+                raise ValueError(f"text_encoder_name: {self.text_encoder.name!r} gives {text_embeds.shape[-1]}-wide "
+                                 f"embeddings, the unet expects text_embed_dim={self.unet.text_embed_dim}")
+        if exists(text_embeds):
+            check_tensor("text_embeds", text_embeds, ndim=3, shape=("batch", None, self.unet.text_embed_dim),
+                         names=("batch", "tokens", "text_embed_dim"), dtype_floating=True)
+            text_embeds = text_embeds.to(device)
+            if exists(text_mask):
+                check_tensor("text_mask", text_mask, shape=tuple(text_embeds.shape[:2]), names=("batch", "tokens"))
+                text_mask = text_mask.to(device=device, dtype=torch.bool)
+        elif exists(text_mask):
+            raise ValueError("text_mask: given without text_embeds")
+        return text_embeds, text_mask
+
+    # -- training -------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        videos_or_images: Tensor,
+        texts: Sequence[str] | None = None,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        *,
+        enable_time: bool = True,
+        noise: Tensor | None = None,
+        times: Tensor | None = None,
+    ) -> Tensor:
+        """The diffusion loss of a batch of videos `(b, c, t, h, w)` or images `(b, c, h, w)` in [0, 1].
+
+        Images train the spatial layers only (time is skipped); so do videos with `enable_time=False` (every frame
+        as an image). `texts` or `text_embeds` (+ `text_mask`) condition a text model. `noise` and `times` may be
+        given for reproducibility.
+        """
+        x0 = self._check_pixels("videos_or_images", videos_or_images)
+        return self.diffusion_loss(x0, texts=texts, text_embeds=text_embeds, text_mask=text_mask,
+                                   enable_time=enable_time, noise=noise, times=times)
+
+    def diffusion_loss(
+        self,
+        x0: Tensor,
+        *,
+        texts: Sequence[str] | None = None,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        cond: Tensor | None = None,
+        loss_mask: Tensor | None = None,
+        enable_time: bool = True,
+        noise: Tensor | None = None,
+        times: Tensor | None = None,
+    ) -> Tensor:
+        """The loss for `x0` already in [-1, 1]; `cond` goes to the U-Net's conditioning channels and `loss_mask`
+        (broadcastable to `x0`, 1 = counted) restricts the loss to part of each sample."""
+        batch = x0.shape[0]
+        text_embeds, text_mask = self.encode_text(texts, text_embeds, text_mask, device=x0.device)
+        check_batch_match(videos_or_images=x0, text_embeds=text_embeds)
+        schedule = self._schedule_on(x0.device)
+        if times is None:
+            times = schedule.sample_training_times(batch, device=x0.device)
+        else:
+            check_tensor("times", times, shape=(batch,), names=("batch",))
+        if noise is None:
+            noise = torch.randn_like(x0)
+        else:
+            check_tensor("noise", noise, shape=tuple(x0.shape))
+
+        x_t = schedule.add_noise(x0, times, noise)
+        pred = self.unet(x_t, times, text_embeds=text_embeds, text_mask=text_mask, cond=cond,
+                         cond_drop_prob=self.cond_drop_prob, enable_time=enable_time)
+        alpha, sigma = schedule.alpha_sigma(times)
+        target = x0_to_target(x0, noise, alpha, sigma, self.objective)
+
+        squared_error = (pred.float() - target.float()).pow(2)
+        if exists(loss_mask):
+            loss_mask = loss_mask.to(squared_error.dtype).expand_as(squared_error)
+            losses = reduce(squared_error * loss_mask, "b ... -> b", "sum") / \
+                reduce(loss_mask, "b ... -> b", "sum").clamp(min=1.0)
+        else:
+            losses = reduce(squared_error, "b ... -> b", "mean")
+        if self.min_snr_gamma > 0:
+            losses = losses * min_snr_weight(schedule.snr(times), gamma=self.min_snr_gamma, objective=self.objective)
+        return losses.mean()
+
+    # -- sampling -------------------------------------------------------------------------------------------
+
+    def _denoiser(self, text_embeds, text_mask, cond, cond_scale: float, rescale_phi: float,
+                  schedule: DiscreteSchedule):
+        """The closure the core's samplers call: guided U-Net prediction -> thresholded x0 estimate."""
+
+        def denoise(x_t: Tensor, time_batch: Tensor) -> Tensor:
+            pred = self.unet.forward_with_cond_scale(x_t, time_batch, cond_scale=cond_scale, rescale_phi=rescale_phi,
+                                                     text_embeds=text_embeds, text_mask=text_mask, cond=cond)
+            alpha, sigma = schedule.alpha_sigma(time_batch)
+            x0 = pred_to_x0(pred.float(), x_t, alpha, sigma, self.objective)
+            return dynamic_threshold(x0) if self.dynamic_thresholding else static_threshold(x0)
+
+        return denoise
+
+    def _run_sampler(
+        self,
+        shape: tuple[int, ...],
+        *,
+        text_embeds: Tensor | None,
+        text_mask: Tensor | None,
+        cond: Tensor | None,
+        cond_scale: float,
+        rescale_phi: float,
+        sampler: str | None,
+        steps: int | None,
+        generator: torch.Generator | None,
+        progress: bool,
+        inpaint: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        sampler = check_choice("sampler", default(sampler, self.sampler), VP_SAMPLERS)
+        steps = check_positive_int("steps", default(steps, self.sample_steps))
+        check_in_range("cond_scale", cond_scale, 0.0, None)
+        device = self.device
+        schedule = self._schedule_on(device)
+        times = sampling_times(schedule, steps, device=device)
+        noise_device = generator.device if exists(generator) else device
+        x_T = torch.randn(shape, generator=generator, device=noise_device).to(device)
+        denoise = self._denoiser(text_embeds, text_mask, cond, cond_scale, rescale_phi, schedule)
+        x0 = sample_vp(denoise, x_T, times, schedule, sampler=sampler, generator=generator, progress=progress,
+                       inpaint=inpaint)
+        return ((x0 + 1) / 2).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    @eval_decorator
+    def sample(
+        self,
+        texts: Sequence[str] | None = None,
+        text_embeds: Tensor | None = None,
+        batch_size: int = 1,
+        num_frames: int | None = None,
+        cond_scale: float = 3.0,
+        sampler: str | None = None,
+        steps: int | None = None,
+        *,
+        text_mask: Tensor | None = None,
+        rescale_phi: float = 0.0,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+    ) -> Tensor:
+        """Generate videos `(batch, channels, num_frames, h, w)` in [0, 1].
+
+        `texts` or `text_embeds` set the batch size (else `batch_size`); `cond_scale` is the classifier-free
+        guidance scale (1 = the plain conditional prediction). `sampler` / `steps` default to the constructor's.
+        `generator` makes the noise deterministic.
+        """
+        text_embeds, text_mask = self.encode_text(texts, text_embeds, text_mask)
+        if exists(text_embeds):
+            batch_size = text_embeds.shape[0]
+        check_positive_int("batch_size", batch_size)
+        num_frames = check_positive_int("num_frames", default(num_frames, self.num_frames))
+        if num_frames % self.unet.temporal_factor:
+            raise ValueError(f"num_frames: expected a multiple of {self.unet.temporal_factor}, the temporal "
+                             f"compression of the unet, got {num_frames}")
+        if self.unet.cond_channels:
+            raise ValueError("unet: this model's unet takes conditioning channels (a FrameInterpolator?); "
+                             "use interpolate(video, factor) on a FrameInterpolator")
+        height, width = self.image_size
+        shape = (batch_size, self.channels, num_frames, height, width)
+        return self._run_sampler(shape, text_embeds=text_embeds, text_mask=text_mask, cond=None,
+                                 cond_scale=cond_scale, rescale_phi=rescale_phi, sampler=sampler, steps=steps,
+                                 generator=generator, progress=progress)
+
+
+class FrameInterpolator(MakeAVideo):
+    """Masked frame interpolation: a `MakeAVideo` whose U-Net also sees the known frames and a mask channel.
+
+    The U-Net must be built with `cond_channels=channels + 1`: the input is the noisy video concatenated with the
+    known frames (zero elsewhere) and the mask (1 at known frames). Training keeps every `factor`-th frame of a
+    video as known (a factor drawn from `factors` per batch) and learns the others; `interpolate(video, factor)`
+    puts the frames of a low-frame-rate video at every `factor`-th position of a `factor` times longer video,
+    fills in the rest by sampling, and returns the given keyframes exactly.
+
+    ```
+    interp_unet = SpaceTimeUnet(dim=64, dim_mults=(1, 2, 4), cond_channels=4, temporal_compression=False)
+    interpolator = FrameInterpolator(interp_unet, image_size=64, num_frames=16)
+    loss = interpolator(videos_16_frames, texts=captions)
+    smooth = interpolator.interpolate(model.sample(texts=prompts, num_frames=8), factor=2)   # 16 frames
+    ```
+    All other arguments are `MakeAVideo`'s; `cond_drop_prob` drops the text only, never the keyframes.
+    """
+
+    def __init__(self, unet: SpaceTimeUnet, *, factors: int | Sequence[int] = (2,), **kwargs):
+        super().__init__(unet, **kwargs)
+        factors = tuple(factors) if isinstance(factors, (tuple, list)) else (factors,)
+        if not factors:
+            raise ValueError("factors: expected at least one interpolation factor, got an empty sequence")
+        for factor in factors:
+            check_positive_int("factors", factor)
+            if factor < 2:
+                raise ValueError(f"factors: an interpolation factor must be at least 2, got {factors!r}")
+        if unet.cond_channels != self.channels + 1:
+            raise ValueError(f"unet: a FrameInterpolator's unet needs cond_channels={self.channels + 1} (the known "
+                             f"frames and a mask channel), got cond_channels={unet.cond_channels}")
+        self.factors = factors
+
+    @staticmethod
+    def keyframe_mask(batch: int, frames: int, factor: int, device: torch.device | None = None) -> Tensor:
+        """`(batch, 1, frames, 1, 1)` float mask, 1 at every `factor`-th frame (0, factor, 2 factor, ...)."""
+        keep = (torch.arange(frames, device=device) % factor == 0).float()
+        return rearrange(keep, "t -> 1 1 t 1 1").expand(batch, 1, frames, 1, 1)
+
+    @staticmethod
+    def keyframe_condition(x0: Tensor, keep: Tensor) -> Tensor:
+        """The U-Net's conditioning channels: the known frames (zero elsewhere) and the mask."""
+        keep = keep.to(x0.dtype)
+        return torch.cat((x0 * keep, keep.expand(-1, 1, *x0.shape[2:])), dim=1)
+
+    def forward(
+        self,
+        videos: Tensor,
+        texts: Sequence[str] | None = None,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        *,
+        factor: int | None = None,
+        keyframe_mask: Tensor | None = None,
+        noise: Tensor | None = None,
+        times: Tensor | None = None,
+    ) -> Tensor:
+        """The loss of filling in the non-key frames of `videos (b, c, t, h, w)` in [0, 1].
+
+        Keyframes are every `factor`-th frame (default: drawn from `factors`), or where `keyframe_mask`
+        (`(b, t)` or `(b, 1, t, 1, 1)`, 1 = known) says. The loss counts the unknown frames only.
+        """
+        x0 = self._check_pixels("videos", videos, allow_images=False)
+        batch, _, frames = x0.shape[:3]
+        if exists(keyframe_mask):
+            if keyframe_mask.ndim == 2:
+                check_tensor("keyframe_mask", keyframe_mask, shape=(batch, frames), names=("batch", "frames"))
+                keyframe_mask = rearrange(keyframe_mask, "b t -> b 1 t 1 1")
+            check_tensor("keyframe_mask", keyframe_mask, shape=(batch, 1, frames, 1, 1))
+            keep = keyframe_mask.to(device=x0.device, dtype=x0.dtype)
+        else:
+            if factor is None:
+                factor = self.factors[int(torch.randint(len(self.factors), ()))]
+            check_positive_int("factor", factor)
+            keep = self.keyframe_mask(batch, frames, factor, device=x0.device)
+        return self.diffusion_loss(x0, texts=texts, text_embeds=text_embeds, text_mask=text_mask,
+                                   cond=self.keyframe_condition(x0, keep), loss_mask=1 - keep, noise=noise,
+                                   times=times)
+
+    @torch.no_grad()
+    @eval_decorator
+    def interpolate(
+        self,
+        video: Tensor,
+        factor: int = 2,
+        texts: Sequence[str] | None = None,
+        text_embeds: Tensor | None = None,
+        *,
+        text_mask: Tensor | None = None,
+        cond_scale: float = 1.0,
+        rescale_phi: float = 0.0,
+        sampler: str | None = None,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+    ) -> Tensor:
+        """Raise the frame rate of `video (b, c, t, h, w)` in [0, 1] by `factor`: returns `(b, c, t * factor, h, w)`
+        whose frames `0, factor, 2 factor, ...` are exactly the given frames and the others are generated."""
+        x_known = self._check_pixels("video", video, allow_images=False).to(self.device)
+        check_positive_int("factor", factor)
+        if factor < 2:
+            raise ValueError(f"factor: expected an interpolation factor of at least 2, got {factor}")
+        batch, channels, frames, height, width = x_known.shape
+        out_frames = frames * factor
+        if out_frames % self.unet.temporal_factor:
+            raise ValueError(f"factor: the interpolated video has {frames} * {factor} = {out_frames} frames, which "
+                             f"must be a multiple of {self.unet.temporal_factor} (the unet's temporal compression)")
+        text_embeds, text_mask = self.encode_text(texts, text_embeds, text_mask)
+        check_batch_match(video=x_known, text_embeds=text_embeds)
+
+        keep = self.keyframe_mask(batch, out_frames, factor, device=x_known.device)
+        known = torch.zeros(batch, channels, out_frames, height, width, device=x_known.device, dtype=x_known.dtype)
+        known[:, :, ::factor] = x_known
+        # the keyframes condition the U-Net and are re-imposed (noised to the current time) at every step
+        out = self._run_sampler(tuple(known.shape), text_embeds=text_embeds, text_mask=text_mask,
+                                cond=self.keyframe_condition(known, keep), cond_scale=cond_scale,
+                                rescale_phi=rescale_phi, sampler=sampler, steps=steps, generator=generator,
+                                progress=progress, inpaint=(known, keep))
+        # exactly the given pixels (the [0, 1] -> [-1, 1] -> [0, 1] round trip may round the last bit)
+        out[:, :, ::factor] = video.to(out)
+        return out
+
+    def sample(self, *args, **kwargs) -> Tensor:
+        """A FrameInterpolator fills in frames between keyframes; it does not sample videos from scratch."""
+        raise TypeError("FrameInterpolator.sample: an interpolator needs keyframes, use interpolate(video, factor) "
+                        "on a video sampled by a MakeAVideo")

@@ -1,0 +1,603 @@
+"""The demo: train a small text-to-video model on the built-in shapes dataset, then sample prompts and score them.
+
+    python3 tools/dev.py demo                                   # the default model, 3 minutes, CPU or GPU
+    python3 tools/dev.py demo --model imagen --minutes 10 --device cuda
+    python3 tools/dev.py demo --text-encoder /path/to/t5-small  # a frozen T5/BERT from a local folder
+    python3 tools/demo.py --smoke --out /tmp/demo               # a seconds-long run of the whole pipeline
+
+The data is `synthesis_core.datasets.ShapesVideoDataset` ("a red circle moving left", drawn on the fly, nothing
+to download). The captions condition the model through a small word-level encoder trained together with it
+(`SimpleTextEncoder`), or through a frozen T5/BERT loaded from a local folder (`--text-encoder`). Training runs
+until the `--minutes` budget is spent (counted from the start of the script, imports included), then one video is
+sampled per prompt and the caption scorer measures colour, shape and motion from their pixels.
+
+Written to `--out`: one gif per prompt (the first `--gifs` prompts), `samples.png` (a contact sheet: one prompt
+per row, its frames left to right, the prompt written on the left) and `score.json` (the scores, the settings,
+the timings).
+
+Each model has a small adapter below (`build_<model>`) holding the model-specific glue: how to build it at demo
+size, its training loss on `(videos, captions)` and how to sample videos for captions.
+"""
+from __future__ import annotations
+
+import time
+
+STARTED = time.monotonic()  # the --minutes budget counts from here, imports included
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from einops import rearrange, reduce  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from synthesis_core.datasets import COLORS, DIRECTIONS, SHAPES, CaptionScorer, ShapesVideoDataset  # noqa: E402
+from synthesis_core.text import SimpleTextEncoder, TextEncoder  # noqa: E402
+from synthesis_core.video import save_video  # noqa: E402
+
+logger = logging.getLogger("demo")
+
+MODELS = ("video-diffusion", "imagen", "make-a-video", "phenaki", "nuwa")
+DEFAULT_MODEL = "video-diffusion"
+PACKAGES = {
+    "video-diffusion": ("video_diffusion_pytorch", "video-diffusion-pytorch"),
+    "imagen": ("imagen_pytorch", "imagen-pytorch"),
+    "make-a-video": ("make_a_video_pytorch", "make-a-video-pytorch"),
+    "phenaki": ("phenaki_pytorch", "phenaki-pytorch"),
+    "nuwa": ("nuwa_pytorch", "nuwa-pytorch"),
+}
+
+
+class DemoError(Exception):
+    """A problem the user can fix (a missing package, an impossible setting): reported as one clear line."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# settings
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class DemoConfig:
+    """Everything that shapes a run; each model starts from its preset and command-line flags override it."""
+
+    image_size: int = 16
+    num_frames: int = 8
+    batch_size: int = 16
+    lr: float = 1e-3
+    dim: int = 32              # base width of the model
+    text_dim: int = 32         # width of the trained text encoder
+    text_depth: int = 1        # transformer layers of the trained text encoder
+    sample_steps: int = 25     # model calls (diffusion steps / MaskGIT iterations) per sample
+    cond_scale: float = 3.0    # classifier-free guidance scale
+    tokenizer_fraction: float = 0.4  # two-stage models (phenaki, nuwa): share of the budget for the tokenizer
+    num_samples: int = 48      # videos sampled and scored (the prompts cycle through every caption)
+    gifs: int = 12             # prompts written as gifs and onto the contact sheet
+    max_steps: int | None = None  # stop training after this many steps even if time is left
+    sample_batch_size: int = 16
+
+
+# per model: the settings that make it learn within a few CPU minutes (measured with tools/bench.py --quality)
+PRESETS: dict[str, dict] = {
+    "video-diffusion": {},
+    "imagen": {},
+    "make-a-video": {},
+    "phenaki": {"num_frames": 9, "dim": 64, "lr": 3e-4, "sample_steps": 12},
+    "nuwa": {"num_frames": 8, "dim": 64, "lr": 3e-4},
+}
+
+# a run of seconds that still goes through every stage (tests, a quick check of an installation)
+SMOKE: dict = {"image_size": 8, "num_frames": 4, "batch_size": 2, "dim": 8, "text_dim": 8, "sample_steps": 2,
+               "num_samples": 2, "gifs": 2, "max_steps": 2, "sample_batch_size": 2}
+SMOKE_PER_MODEL: dict[str, dict] = {"phenaki": {"num_frames": 5, "dim": 16}, "nuwa": {"num_frames": 4, "dim": 16}}
+
+
+def make_config(model: str, smoke: bool = False, **overrides) -> DemoConfig:
+    settings = {**PRESETS[model]}
+    if smoke:
+        settings.update(SMOKE)
+        settings.update(SMOKE_PER_MODEL.get(model, {}))
+    settings.update({key: value for key, value in overrides.items() if value is not None})
+    return DemoConfig(**settings)
+
+
+def demo_prompts(count: int, images: bool = False) -> list[str]:
+    """`count` prompts cycling through every caption so that each block of 12 has every colour-shape pair once
+    and the directions rotate: the first handful already shows the whole vocabulary."""
+    prompts = []
+    for index in range(count):
+        pair, block = index % (len(COLORS) * len(SHAPES)), index // (len(COLORS) * len(SHAPES))
+        color, shape = list(COLORS)[pair % len(COLORS)], SHAPES[pair // len(COLORS)]
+        direction = DIRECTIONS[(pair + block) % len(DIRECTIONS)]
+        prompts.append(f"a {color} {shape}" + ("" if images else f" moving {direction}"))
+    return prompts
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# text conditioning
+# ----------------------------------------------------------------------------------------------------------------
+
+class CaptionEncoder(nn.Module):
+    """Captions -> `(embeds (b, n, dim), mask (b, n))`.
+
+    Either a `SimpleTextEncoder` trained with the model (its parameters are part of this module, so the demo's
+    optimizer updates them), or a frozen T5/BERT from a local folder whose embeddings of every caption the dataset
+    can produce are computed once up front.
+    """
+
+    def __init__(self, captions: Sequence[str], dim: int, depth: int, pretrained: str | None = None,
+                 device: torch.device | str = "cpu"):
+        super().__init__()
+        self.trained = None
+        if pretrained is None:
+            self.trained = SimpleTextEncoder.from_captions(captions, dim=dim, depth=depth, max_length=8, heads=2,
+                                                           dim_head=max(dim // 2, 4))
+            self.dim = dim
+            return
+        encoder = TextEncoder(pretrained, max_length=32)
+        embeds, mask = encoder.encode(list(captions), device)
+        self.dim = encoder.dim
+        self.table = {caption: index for index, caption in enumerate(captions)}
+        self.register_buffer("frozen_embeds", embeds.float(), persistent=False)
+        self.register_buffer("frozen_mask", mask.bool(), persistent=False)
+
+    @property
+    def vocab_size(self) -> int:
+        if self.trained is None:
+            raise DemoError("this model trains its own text encoder on token ids; --text-encoder is not supported")
+        return len(self.trained.vocab)
+
+    def tokenize(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
+        if self.trained is None:
+            raise DemoError("this model trains its own text encoder on token ids; --text-encoder is not supported")
+        return self.trained.tokenize(captions)
+
+    def forward(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
+        if self.trained is not None:
+            return self.trained.encode(captions)
+        rows = torch.tensor([self.table[caption] for caption in captions], device=self.frozen_embeds.device)
+        return self.frozen_embeds[rows], self.frozen_mask[rows]
+
+    def pooled(self, captions: Sequence[str]) -> Tensor:
+        """One vector per caption: the mean of its token embeddings (for models conditioned on a vector)."""
+        embeds, mask = self(captions)
+        weights = rearrange(mask.to(embeds.dtype), "b n -> b n 1")
+        return reduce(embeds * weights, "b n d -> b d", "sum") / reduce(weights, "b n 1 -> b 1", "sum").clamp(min=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model adapters: build at demo size, training loss on (videos, captions), sampling from captions
+# ----------------------------------------------------------------------------------------------------------------
+
+class DemoModel(nn.Module):
+    """Everything the demo trains (the text encoder included), behind one small interface.
+
+    `loss(videos, captions, progress)` gets videos `(b, 3, t, h, w)` in [0, 1] and the fraction of the budget
+    spent (two-stage models switch from their tokenizer to their generator at `tokenizer_fraction`);
+    `generate(captions)` returns videos `(b, 3, t, h, w)` in [0, 1].
+    """
+
+    num_frames: int
+
+    def loss(self, videos: Tensor, captions: Sequence[str], progress: float) -> Tensor:
+        raise NotImplementedError
+
+    def generate(self, captions: Sequence[str]) -> Tensor:
+        raise NotImplementedError
+
+    def stage(self, progress: float) -> str:
+        return "train"
+
+
+def import_package(model: str):
+    module, distribution = PACKAGES[model]
+    try:
+        return __import__(module)
+    except ImportError as err:
+        raise DemoError(f"--model {model} needs the package {distribution} (import {module}), which cannot be "
+                        f"imported here ({err}). Install it (`pip install -e packages/...` or `pip install "
+                        f"{distribution}`) or pick another --model from {', '.join(MODELS)}.") from err
+
+
+def import_names(model: str, *names: str) -> list:
+    package = import_package(model)
+    missing = [name for name in names if not hasattr(package, name)]
+    if missing:
+        raise DemoError(f"--model {model}: the installed {PACKAGES[model][1]} does not provide "
+                        f"{', '.join(missing)} yet; pick another --model from {', '.join(MODELS)}.")
+    return [getattr(package, name) for name in names]
+
+
+class VideoDiffusionDemo(DemoModel):
+    """video-diffusion-pytorch: `Unet3D` + `GaussianDiffusion`, conditioned on the pooled caption embedding."""
+
+    def __init__(self, config: DemoConfig, text: CaptionEncoder):
+        super().__init__()
+        Unet3D, GaussianDiffusion = import_names("video-diffusion", "Unet3D", "GaussianDiffusion")
+        self.text = text
+        self.num_frames = config.num_frames
+        self.cond_scale = config.cond_scale
+        self.sample_steps = config.sample_steps
+        unet = Unet3D(dim=config.dim, cond_dim=text.dim, dim_mults=(1, 2), attn_heads=2, attn_dim_head=16,
+                      init_kernel_size=3, use_sparse_linear_attn=False)
+        self.diffusion = GaussianDiffusion(unet, image_size=config.image_size, num_frames=config.num_frames,
+                                           timesteps=1000, loss_type="l2", objective="v", null_cond_prob=0.1,
+                                           sampler="ddim")
+
+    def loss(self, videos, captions, progress):
+        return self.diffusion(videos, cond=self.text.pooled(captions))
+
+    def generate(self, captions):
+        return self.diffusion.sample(cond=self.text.pooled(captions), cond_scale=self.cond_scale,
+                                     steps=self.sample_steps, progress=False)
+
+
+class ImagenDemo(DemoModel):
+    """imagen-pytorch: one `Unet3D` stage of `Imagen` (continuous time), cross-attending to the caption tokens."""
+
+    def __init__(self, config: DemoConfig, text: CaptionEncoder):
+        super().__init__()
+        Unet3D, Imagen = import_names("imagen", "Unet3D", "Imagen")
+        self.text = text
+        self.num_frames = config.num_frames
+        self.cond_scale = config.cond_scale
+        self.sample_steps = config.sample_steps
+        unet = Unet3D(dim=config.dim, dim_mults=(1, 2), text_embed_dim=text.dim, num_resnet_blocks=1,
+                      layer_attns=(False, True), layer_cross_attns=(False, True), attn_heads=2, attn_dim_head=16,
+                      max_text_len=8, init_cross_embed=False, init_conv_kernel_size=3, use_global_context_attn=False,
+                      attn_pool_num_latents=4)
+        self.imagen = Imagen(unets=unet, image_sizes=config.image_size, text_embed_dim=text.dim, timesteps=1000,
+                             cond_drop_prob=0.1, pred_objectives="v", sampler="ddim")
+
+    def loss(self, videos, captions, progress):
+        embeds, mask = self.text(captions)
+        return self.imagen(videos, text_embeds=embeds, text_masks=mask, unet_number=1)
+
+    def generate(self, captions):
+        embeds, mask = self.text(captions)
+        return self.imagen.sample(text_embeds=embeds, text_masks=mask, video_frames=self.num_frames,
+                                  cond_scale=self.cond_scale, steps=self.sample_steps, use_tqdm=False)
+
+
+class MakeAVideoDemo(DemoModel):
+    """make-a-video-pytorch: a `SpaceTimeUnet` (pseudo-3D convs, spatio-temporal attention) in `MakeAVideo`."""
+
+    def __init__(self, config: DemoConfig, text: CaptionEncoder):
+        super().__init__()
+        SpaceTimeUnet, MakeAVideo = import_names("make-a-video", "SpaceTimeUnet", "MakeAVideo")
+        self.text = text
+        self.num_frames = config.num_frames
+        self.cond_scale = config.cond_scale
+        self.sample_steps = config.sample_steps
+        unet = SpaceTimeUnet(dim=config.dim, dim_mults=(1, 2), self_attns=(False, True),
+                             temporal_compression=(False, False), resnet_block_depths=(1, 1), attn_dim_head=16,
+                             attn_heads=2, text_embed_dim=text.dim, ff_mult=2)
+        self.diffusion = MakeAVideo(unet, image_size=config.image_size, num_frames=config.num_frames,
+                                    timesteps=1000, objective="v", sampler="ddim", sample_steps=config.sample_steps)
+
+    def loss(self, videos, captions, progress):
+        embeds, mask = self.text(captions)
+        return self.diffusion(videos, text_embeds=embeds, text_mask=mask)
+
+    def generate(self, captions):
+        embeds, mask = self.text(captions)
+        return self.diffusion.sample(text_embeds=embeds, text_mask=mask, cond_scale=self.cond_scale,
+                                     steps=self.sample_steps, progress=False)
+
+
+class PhenakiDemo(DemoModel):
+    """phenaki-pytorch: a C-ViViT tokenizer trained first, then MaskGIT on its tokens conditioned on the captions."""
+
+    def __init__(self, config: DemoConfig, text: CaptionEncoder):
+        super().__init__()
+        CViViT, MaskGit, Phenaki = import_names("phenaki", "CViViT", "MaskGit", "Phenaki")
+        if (config.num_frames - 1) % 2:
+            raise DemoError(f"--frames: phenaki's tokenizer takes 1 + 2k frames (e.g. 5, 9), got {config.num_frames}")
+        self.text = text
+        self.num_frames = config.num_frames
+        self.cond_scale = config.cond_scale
+        self.sample_steps = config.sample_steps
+        self.tokenizer_fraction = config.tokenizer_fraction
+        patch = max(config.image_size // 4, 1)
+        tokens = (1 + (config.num_frames - 1) // 2) * (config.image_size // patch) ** 2
+        self.cvivit = CViViT(dim=config.dim, codebook_size=256, image_size=config.image_size, patch_size=patch,
+                             temporal_patch_size=2, spatial_depth=1, temporal_depth=1, dim_head=16, heads=2,
+                             use_vgg_and_gan=False)
+        self.maskgit = MaskGit(num_tokens=256, max_seq_len=tokens, dim=config.dim, dim_context=text.dim, depth=2,
+                               heads=2, dim_head=16)
+        self._make_phenaki = lambda: Phenaki(cvivit=self.cvivit, maskgit=self.maskgit, text_encoder_name=None,
+                                             text_embed_dim=text.dim, steps=config.sample_steps)
+        self.phenaki = None  # built when the tokenizer is done (building it freezes the tokenizer)
+
+    def stage(self, progress):
+        return "tokenizer" if progress < self.tokenizer_fraction and self.phenaki is None else "generator"
+
+    def _generator(self):
+        if self.phenaki is None:
+            self.phenaki = self._make_phenaki()
+        return self.phenaki
+
+    def loss(self, videos, captions, progress):
+        if self.stage(progress) == "tokenizer":
+            return self.cvivit(videos)
+        embeds, mask = self.text(captions)
+        return self._generator()(videos, text_embeds=embeds, text_mask=mask)
+
+    def generate(self, captions):
+        embeds, mask = self.text(captions)
+        return self._generator().sample(num_frames=self.num_frames, text_embeds=embeds, text_mask=mask,
+                                        cond_scale=self.cond_scale, batch_size=len(captions))
+
+
+class NuwaDemo(DemoModel):
+    """nuwa-pytorch: a VQGAN-VAE trained first, then the NUWA transformer on its tokens, with NUWA's own text
+    encoder reading the caption token ids."""
+
+    def __init__(self, config: DemoConfig, text: CaptionEncoder):
+        super().__init__()
+        VQGanVAE, NUWA = import_names("nuwa", "VQGanVAE", "NUWA")
+        self.text = text
+        self.num_frames = config.num_frames
+        self.tokenizer_fraction = config.tokenizer_fraction
+        self.vae = VQGanVAE(dim=config.dim, image_size=config.image_size, num_layers=2)
+        self.nuwa = NUWA(vae=self.vae, dim=config.dim, text_num_tokens=text.vocab_size, text_enc_depth=1,
+                         text_enc_heads=2, text_max_seq_len=8, max_video_frames=config.num_frames,
+                         image_size=config.image_size, dec_depth=2, dec_heads=2)
+        self.vae_done = False
+
+    def stage(self, progress):
+        return "tokenizer" if progress < self.tokenizer_fraction and not self.vae_done else "generator"
+
+    def loss(self, videos, captions, progress):
+        frames = rearrange(videos, "b c t h w -> b t c h w")
+        if self.stage(progress) == "tokenizer":
+            return self.vae(rearrange(frames, "b t c h w -> (b t) c h w"), return_loss=True)
+        if not self.vae_done:
+            self.vae_done = True
+            self.vae.requires_grad_(False)
+        ids, _ = self.text.tokenize(captions)
+        return self.nuwa(text=ids, video=frames, return_loss=True)
+
+    def generate(self, captions):
+        ids, _ = self.text.tokenize(captions)
+        video = self.nuwa.generate(text=ids, num_frames=self.num_frames)
+        return rearrange(video, "b t c h w -> b c t h w").clamp(0, 1)
+
+
+ADAPTERS: dict[str, Callable[[DemoConfig, CaptionEncoder], DemoModel]] = {
+    "video-diffusion": VideoDiffusionDemo,
+    "imagen": ImagenDemo,
+    "make-a-video": MakeAVideoDemo,
+    "phenaki": PhenakiDemo,
+    "nuwa": NuwaDemo,
+}
+
+
+def build_model(model: str, config: DemoConfig, text_encoder: str | None = None,
+                device: torch.device | str = "cpu") -> DemoModel:
+    """The demo's model for `model`, with its caption encoder (trained with it, or frozen from `text_encoder`)."""
+    if model not in ADAPTERS:
+        raise DemoError(f"--model: expected one of {', '.join(MODELS)}, got {model!r}")
+    dataset = ShapesVideoDataset(1, image_size=config.image_size, num_frames=config.num_frames)
+    captions = all_dataset_captions(dataset)
+    text = CaptionEncoder(captions, config.text_dim, config.text_depth, pretrained=text_encoder, device=device)
+    return ADAPTERS[model](config, text).to(device)
+
+
+def all_dataset_captions(dataset: ShapesVideoDataset) -> list[str]:
+    from synthesis_core.datasets import all_captions
+
+    return all_captions(images=dataset.images)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# training and sampling
+# ----------------------------------------------------------------------------------------------------------------
+
+def batches(dataset: ShapesVideoDataset, batch_size: int, seed: int):
+    """An endless stream of shuffled `(videos, captions)` batches (the dataset draws each video on the fly)."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(dataset), generator=generator).tolist()
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            items = [dataset[index] for index in order[start:start + batch_size]]
+            yield torch.stack([video for video, _ in items]), [caption for _, caption in items]
+
+
+def train(model: DemoModel, config: DemoConfig, *, deadline: float, device: torch.device, seed: int,
+          progress_bar: bool = True) -> dict:
+    """Trains until `deadline` (a `time.monotonic()` value) or `config.max_steps`; returns step count and losses."""
+    dataset = ShapesVideoDataset(100_000, image_size=config.image_size, num_frames=model.num_frames, seed=seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    started = time.monotonic()
+    budget = max(deadline - started, 1e-6)
+    losses: list[float] = []
+    step = 0
+    model.train()
+    bar = tqdm(total=round(budget), desc="training", unit="s", disable=not progress_bar,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{postfix}]")
+    for videos, captions in batches(dataset, config.batch_size, seed):
+        now = time.monotonic()
+        fraction = (now - started) / budget
+        if config.max_steps is not None:
+            fraction = max(fraction, step / config.max_steps)
+        if now >= deadline or (config.max_steps is not None and step >= config.max_steps):
+            break
+        with autocast:
+            loss = model.loss(videos.to(device), captions, fraction)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(float(loss))
+        step += 1
+        recent = losses[-20:]
+        bar.set_postfix_str(f"step {step}, {model.stage(fraction)} loss {sum(recent) / len(recent):.4f}")
+        bar.update(min(time.monotonic() - started, budget) - bar.n)
+    bar.close()
+    return {"steps": step, "train_seconds": time.monotonic() - started, "losses": losses}
+
+
+@torch.no_grad()
+def generate(model: DemoModel, prompts: Sequence[str], batch_size: int, device: torch.device, seed: int) -> Tensor:
+    """One video per prompt, `(n, 3, t, h, w)` in [0, 1] on the CPU."""
+    model.eval()
+    torch.manual_seed(seed)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    videos = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="sampling", unit="batch"):
+        with autocast:
+            videos.append(model.generate(list(prompts[start:start + batch_size])).float().cpu())
+    return torch.cat(videos).clamp(0, 1)
+
+
+def upscale(videos: Tensor, min_size: int = 64) -> Tensor:
+    """Nearest-neighbour enlargement so that tiny frames are visible in a viewer (pixels stay sharp squares)."""
+    factor = max(1, math.ceil(min_size / videos.shape[-1]))
+    if factor == 1:
+        return videos
+    frames = rearrange(videos, "b c t h w -> (b t) c h w")
+    frames = F.interpolate(frames, scale_factor=factor, mode="nearest")
+    return rearrange(frames, "(b t) c h w -> b c t h w", b=videos.shape[0])
+
+
+def labelled_sheet(videos: Tensor, prompts: Sequence[str], path: Path) -> Path:
+    """The core's contact sheet (one video per row) with each row's prompt written to its left."""
+    from PIL import Image, ImageDraw
+
+    save_video(videos, path)
+    sheet = Image.open(path).convert("RGB")
+    row_height = sheet.height // len(prompts)
+    label_width = 8 + 6 * max(len(prompt) for prompt in prompts)
+    canvas = Image.new("RGB", (label_width + sheet.width, sheet.height), (255, 255, 255))
+    canvas.paste(sheet, (label_width, 0))
+    draw = ImageDraw.Draw(canvas)
+    for row, prompt in enumerate(prompts):
+        draw.text((4, row * row_height + row_height // 2 - 5), prompt, fill=(0, 0, 0))
+    canvas.save(path)
+    return path
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------------------------
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="demo", description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", choices=MODELS, default=DEFAULT_MODEL, help="which package's model to train")
+    parser.add_argument("--minutes", type=float, default=3.0,
+                        help="time budget for everything before sampling (imports, building, training)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: cuda when available")
+    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for the gifs, png and scores")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--text-encoder", default=None, metavar="PATH",
+                        help="a local T5/BERT folder to condition on (frozen) instead of training a small encoder")
+    parser.add_argument("--smoke", action="store_true", help="tiny settings that run in seconds (for tests)")
+    tuning = parser.add_argument_group("settings (default: the model's preset)")
+    for field in dataclasses.fields(DemoConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.name == "num_frames":
+            flag = "--frames"
+        kind = float if "float" in str(field.type) else int
+        tuning.add_argument(flag, dest=field.name, type=kind, default=None)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DemoError("--device cuda: no CUDA GPU is available to torch here; use --device cpu")
+    return torch.device(name)
+
+
+def run(args: argparse.Namespace, started: float | None = None) -> dict:
+    """The whole demo; returns what it writes to score.json. The budget counts from `started` (default: now)."""
+    started = time.monotonic() if started is None else started
+    overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(DemoConfig)}
+    config = make_config(args.model, smoke=args.smoke, **overrides)
+    device = pick_device(args.device)
+    deadline = started + args.minutes * 60
+    torch.manual_seed(args.seed)
+
+    model = build_model(args.model, config, text_encoder=args.text_encoder, device=device)
+    parameters = sum(p.numel() for p in model.parameters())
+    text_kind = f"a frozen encoder from {args.text_encoder}" if args.text_encoder else "a small text encoder trained with it"
+    logger.info("training %s (%.2fM parameters, %s) on %dx%d videos of %d frames, batch %d, on %s for %.1f minutes",
+                args.model, parameters / 1e6, text_kind, config.image_size, config.image_size, model.num_frames,
+                config.batch_size, device, args.minutes)
+    stats = train(model, config, deadline=deadline, device=device, seed=args.seed, progress_bar=not args.quiet)
+    trained_at = time.monotonic()
+
+    prompts = demo_prompts(config.num_samples)
+    videos = generate(model, prompts, config.sample_batch_size, device, args.seed)
+    sample_seconds = time.monotonic() - trained_at
+
+    scorer = CaptionScorer()
+    score = scorer.score(videos, prompts)
+    args.out.mkdir(parents=True, exist_ok=True)
+    shown = min(config.gifs, len(prompts))
+    big = upscale(videos[:shown])
+    for index in range(shown):
+        save_video(big[index], args.out / f"{index:02d}-{slug(prompts[index])}.gif", fps=4)
+    labelled_sheet(big, prompts[:shown], args.out / "samples.png")
+
+    result = {
+        "model": args.model,
+        "score": {key: (None if isinstance(value, float) and math.isnan(value) else value)
+                  for key, value in score.items()},
+        "meaning": scorer.describe(score),
+        "steps": stats["steps"],
+        "final_loss": sum(stats["losses"][-20:]) / max(len(stats["losses"][-20:]), 1),
+        "train_seconds": round(stats["train_seconds"], 1),
+        "sample_seconds": round(sample_seconds, 1),
+        "total_seconds": round(time.monotonic() - started, 1),
+        "device": str(device),
+        "torch": torch.__version__,
+        "config": dataclasses.asdict(config),
+        "seed": args.seed,
+        "text_encoder": args.text_encoder or "trained SimpleTextEncoder",
+        "prompts": prompts,
+        "measured": [scorer.measure(video) for video in videos],
+    }
+    (args.out / "score.json").write_text(json.dumps(result, indent=2) + "\n")
+    logger.info("trained %d steps in %.0f s, sampled %d videos in %.0f s", stats["steps"], stats["train_seconds"],
+                len(prompts), sample_seconds)
+    logger.info("caption score: colour %.0f%%, shape %.0f%%, direction %.0f%%, all %.0f%%", 100 * score["color"],
+                100 * score["shape"], 100 * (0 if math.isnan(score["direction"]) else score["direction"]),
+                100 * score["all"])
+    logger.info("%s", result["meaning"])
+    logger.info("wrote %d gifs, %s and %s", shown, args.out / "samples.png", args.out / "score.json")
+    return result
+
+
+def main(argv: Sequence[str] | None = None, started: float | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    args = parse_args(argv)
+    try:
+        run(args, started)
+    except DemoError as err:
+        logger.error("demo: %s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(started=STARTED))
