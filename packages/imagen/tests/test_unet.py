@@ -67,6 +67,7 @@ def test_shapes_and_finite(overrides):
 
 
 def test_starts_by_predicting_zero_and_every_parameter_gets_a_gradient():
+    torch.manual_seed(0)
     unet = tiny_unet(use_linear_cross_attn=True)
     x, t, text = inputs()
     assert torch.equal(unet(x, t, text_embeds=text), torch.zeros_like(x))
@@ -220,6 +221,16 @@ def test_bf16_autocast_on_cpu():
                                            cond_scale=1.0)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     assert (out.float() - reference).abs().mean() < 0.05 * reference.abs().mean() + 1e-3
+
+
+def test_channels_last_gives_the_same_result():
+    # channels-last weights and inputs (fast convolutions on GPUs) make the token reshapes of attention free views
+    unet = as_if_trained(tiny_unet(use_linear_attn=True, combine_upsample_fmaps=True))
+    x, t, text = inputs()
+    reference = unet(x, t, text_embeds=text)
+    unet = unet.to(memory_format=torch.channels_last)
+    out = unet(x.contiguous(memory_format=torch.channels_last), t, text_embeds=text)
+    assert_close(out, reference, atol=1e-5, rtol=1e-4)
 
 
 def test_bad_inputs_give_clear_errors():

@@ -117,3 +117,28 @@ def test_cli_trains_a_tokenizer_then_phenaki_then_samples(tmp_path, monkeypatch)
     assert (tmp_path / "story.gif").is_file()
     assert cli_main(["sample", "--model", "phe/phenaki", "--num-frames", "4", "--out", "bad.gif"]) == 2
 
+
+
+def test_trainers_read_a_folder_of_captioned_gifs(make_cvivit, make_maskgit, simple_text_encoder, moving_squares,
+                                                  tmp_path):
+    from synthesis_core.video import save_video
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    captions = ["a red square moving left", "a blue circle moving right", "a green triangle moving up"]
+    for i, (video, caption) in enumerate(zip(moving_squares(num_videos=3), captions)):
+        save_video(video, folder / f"{i}.gif")
+        (folder / f"{i}.txt").write_text(caption)
+
+    cvivit = make_cvivit()
+    tokenizer_trainer = CViViTTrainer(cvivit, folder=folder, num_frames=5, batch_size=2, num_train_steps=1,
+                                      save_results_every=1, save_model_every=None, results_folder=tmp_path / "tok")
+    tokenizer_trainer.train()
+    assert (tmp_path / "tok" / "samples" / "recon-00000001.gif").is_file()
+
+    phenaki = Phenaki(cvivit, make_maskgit(), text_encoder=simple_text_encoder)
+    trainer = PhenakiTrainer(phenaki, folder=folder, num_frames=5, batch_size=2, num_train_steps=1,
+                             save_results_every=None, save_model_every=None, results_folder=tmp_path / "phe")
+    assert trainer.dataset[0][1] == captions[0]
+    trainer.train()
+    assert trainer.step_count == 1

@@ -205,15 +205,13 @@ class CascadeBase(nn.Module):
         # the text encoder's width, the channel count)
         self.unets = nn.ModuleList()
         for index, unet in enumerate(unets):
-            if not is_null_unet(unet):
-                unet = unet.cast_model_parameters(
-                    lowres_cond=index > 0,
-                    text_embed_dim=self.text_embed_dim if condition_on_text else unet.text_embed_dim,
-                    channels=channels,
-                    channels_out=channels,
-                    cond_on_text=condition_on_text,
-                )
-            self.unets.append(unet)
+            self.unets.append(unet.cast_model_parameters(
+                lowres_cond=index > 0,
+                text_embed_dim=self.text_embed_dim if condition_on_text else unet.text_embed_dim,
+                channels=channels,
+                channels_out=channels,
+                cond_on_text=condition_on_text,
+            ))
         real_unets = [unet for unet in self.unets if not is_null_unet(unet)]
         if not real_unets:
             raise ValueError("unets: expected at least one unet that is not a NullUnet")
@@ -336,7 +334,10 @@ class CascadeBase(nn.Module):
         return (alpha * lowres + sigma * torch.randn_like(lowres)).to(lowres.dtype)
 
     def match_cond_frames(self, lowres: Tensor, frames: int) -> Tensor:
-        if lowres.ndim != 5 or lowres.shape[2] == frames:
+        """The previous stage's output with this stage's frame count (an image is repeated over the frames)."""
+        if lowres.ndim == 4:
+            return repeat(lowres, "b c h w -> b c t h w", t=frames)
+        if lowres.shape[2] == frames:
             return lowres
         if not self.resize_cond_video_frames:
             raise ValueError(f"the previous stage made {lowres.shape[2]} frames but this stage makes {frames}; "
@@ -577,7 +578,7 @@ class CascadeBase(nn.Module):
 
         # frames of the final video
         if self.is_video:
-            for name, value in (("inpaint_videos", inpaint_images), ("init_images", init_images)):
+            for value in (inpaint_images, init_images):  # a given video fixes the frame count
                 if exists(value) and value.ndim == 5:
                     video_frames = default(video_frames, value.shape[2])
             if not exists(video_frames):

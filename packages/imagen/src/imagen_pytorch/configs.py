@@ -253,6 +253,7 @@ class ImagenTrainerConfig(_JsonConfig):
     use_ema: bool = True
     ema_decay: float = 0.995
     ema_update_every: int = 10
+    ema_update_after_step: int = 100
     mixed_precision: str = "no"
     gradient_accumulate_every: int = 1
     max_batch_size: int | None = None

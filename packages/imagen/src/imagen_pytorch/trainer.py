@@ -92,7 +92,8 @@ class ImagenTrainer:
     trainer.save('checkpoint.pt'); trainer.load('checkpoint.pt')
     ```
     Per-unet settings (`lr`, `eps`, `beta1`, `beta2`, `max_grad_norm`, `warmup_steps`, `cosine_decay_max_steps`)
-    take one value or one per unet. `checkpoint_path` (a folder, or an fsspec URL when fsspec is installed) with
+    take one value or one per unet. The EMA copies the weights for the first `ema_update_after_step` updates,
+    then averages them with `ema_decay` every `ema_update_every` updates. `checkpoint_path` (a folder, or an fsspec URL when fsspec is installed) with
     `checkpoint_every` saves numbered checkpoints every that many updates (of any unet) and resumes from the
     newest one at construction. `imagen_checkpoint_path` builds the cascade from a checkpoint and resumes it.
     """
@@ -113,6 +114,7 @@ class ImagenTrainer:
         cosine_decay_max_steps: int | Sequence[int | None] | None = None,
         ema_decay: float = 0.995,
         ema_update_every: int = 10,
+        ema_update_after_step: int = 100,
         only_train_unet_number: int | None = None,
         split_valid_from_train: bool = False,
         split_valid_fraction: float = 0.025,
@@ -174,7 +176,7 @@ class ImagenTrainer:
                 warmup_steps=settings["warmup_steps"][index] or 0,
                 total_steps=settings["cosine_decay_max_steps"][index],
                 max_grad_norm=settings["max_grad_norm"][index], ema=use_ema, ema_decay=ema_decay,
-                ema_update_every=ema_update_every,
+                ema_update_every=ema_update_every, ema_kwargs=dict(update_after_step=ema_update_after_step),
             )
         # stored in every checkpoint: what `load_imagen_from_checkpoint` rebuilds the cascade from
         imagen_config = imagen_config_from_model(imagen)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from synthesis_core.attention import Attention, LinearAttention, PerceiverResampler, Transformer
+from synthesis_core.attention import Attention, LinearAttention, PerceiverResampler, TransformerBlock
 from synthesis_core.checkpoint import PretrainedMixin
 from synthesis_core.checks import check_in_range, check_positive_int, check_tensor
 from synthesis_core.diffusion import cfg_combine
@@ -188,9 +188,13 @@ class AttentionStage(nn.Module):
         full_self, full_cross = self_attn == "full", cross_attn == "full"
         self.global_context = GlobalContext(dim) if global_context and not full_self else None
         self.linear_attn = LinearAttention(dim) if self_attn == "linear" else None  # pre-norm built in
+        # residual pre-norm blocks without a final norm: the U-Net's features keep their scale through the stage
         self.transformer = (
-            Transformer(dim, depth, dim_head=dim_head, heads=heads, dim_context=cond_dim if full_cross else None,
-                        ff_mult=ff_mult, attn_dropout=dropout, ff_dropout=dropout)
+            nn.ModuleList(
+                TransformerBlock(dim, dim_head=dim_head, heads=heads, dim_context=cond_dim if full_cross else None,
+                                 ff_mult=ff_mult, attn_dropout=dropout, ff_dropout=dropout)
+                for _ in range(depth)
+            )
             if full_self else None
         )
         # cross-attention that is not inside the transformer blocks
@@ -218,10 +222,11 @@ class AttentionStage(nn.Module):
         tokens = rearrange(x, "b c h w -> b (h w) c")
         context, context_mask = layout.fold(context), (layout.fold(context_mask) if exists(context_mask) else None)
         if exists(self.transformer):
-            if self.cross_in_transformer:
-                tokens = self.transformer(tokens, context=context, context_mask=context_mask)
-            else:
-                tokens = self.transformer(tokens)
+            for block in self.transformer:
+                if self.cross_in_transformer:
+                    tokens = block(tokens, context=context, context_mask=context_mask)
+                else:
+                    tokens = block(tokens)
         if exists(self.cross_attn):
             tokens = tokens + self.cross_attn(tokens, context, context_mask)  # same (x, context, mask) signature
         return rearrange(tokens, "b (h w) c -> b c h w", h=height)

@@ -28,6 +28,8 @@ logger = logging.getLogger("make_a_video_pytorch.cli")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
+    if not text.strip():
+        return ()
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:

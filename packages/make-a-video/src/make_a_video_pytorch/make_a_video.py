@@ -80,7 +80,8 @@ class MakeAVideo(PretrainedMixin, nn.Module):
         cond_drop_prob: probability of dropping the text of a training item (trains the unconditional branch for
             classifier-free guidance).
         objective: what the U-Net predicts: 'v' (default), 'eps' or 'x0' (aliases as in the core).
-        sampler, sample_steps: default sampler ('ddpm', 'ddim', 'dpmpp_2m') and number of model calls.
+        sampler, sample_steps: default sampler ('ddpm', 'ddim', 'dpmpp_2m') and number of model calls (at most
+            `timesteps`).
         freeze_spatial: freeze the U-Net's spatial parameters (video fine-tuning of the temporal layers only).
         min_snr_gamma: min-SNR loss weighting (0 disables it).
         dynamic_thresholding: Imagen's dynamic thresholding of x0 when sampling (else clamped to [-1, 1]).
@@ -118,7 +119,8 @@ class MakeAVideo(PretrainedMixin, nn.Module):
         check_choice("sampler", sampler, VP_SAMPLERS)
         check_choice("beta_schedule", beta_schedule, tuple(BETA_SCHEDULES))
         if sample_steps > timesteps:
-            raise ValueError(f"sample_steps: expected at most timesteps={timesteps}, got {sample_steps}")
+            logger.info("sample_steps=%d exceeds timesteps=%d: sampling uses every timestep", sample_steps, timesteps)
+            sample_steps = timesteps
         if unet.channels != channels:
             raise ValueError(f"channels: the unet takes {unet.channels} channels, got channels={channels}")
         self.image_size = _image_size_pair(image_size)

@@ -1,4 +1,7 @@
 """NUWA: VQGAN-VAE and 3D nearby-attention transformer for text-to-video."""
 from nuwa_pytorch.__about__ import __version__
+from nuwa_pytorch.nuwa import NUWA
+from nuwa_pytorch.sparse_3dna import Sparse3DNA
+from nuwa_pytorch.vqgan_vae import VQGanVAE
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "NUWA", "Sparse3DNA", "VQGanVAE"]

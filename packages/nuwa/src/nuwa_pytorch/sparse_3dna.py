@@ -239,21 +239,26 @@ class Sparse3DNA(nn.Module):
         dt, dh, dw = self.dilation
         frame, rest = divmod(position, height * width)
         row, col = divmod(rest, width)
-        i, j, l = torch.meshgrid(torch.arange(kt, device=device), torch.arange(kh, device=device),
-                                 torch.arange(kw, device=device), indexing="ij")
-        key_frame = frame - i * dt
-        key_row = row + (j - kh // 2) * dh
-        key_col = col + (l - kw // 2) * dw
-        key_position = (key_frame * height + key_row) * width + key_col
-        valid = ((key_frame >= 0) & (key_row >= 0) & (key_row < height) & (key_col >= 0) & (key_col < width)
-                 & (key_position <= position))
-        kernel_index = (i * kh + j) * kw + l
-        key_position = torch.where(valid, key_position, 0)
-        return key_position.flatten(), valid.flatten(), kernel_index.flatten()
+        # plain Python over at most kt * kh * kw offsets, then one small tensor: cheaper than tensor ops per step
+        key_positions, valid = [], []
+        for i in range(kt):
+            for j in range(kh):
+                for l in range(kw):
+                    key_frame, key_row, key_col = frame - i * dt, row + (j - kh // 2) * dh, col + (l - kw // 2) * dw
+                    key_position = (key_frame * height + key_row) * width + key_col
+                    inside = key_frame >= 0 and 0 <= key_row < height and 0 <= key_col < width
+                    is_valid = inside and key_position <= position
+                    key_positions.append(key_position if is_valid else 0)
+                    valid.append(is_valid)
+        table = torch.tensor([key_positions, valid, range(kt * kh * kw)], dtype=torch.long)
+        table = table.to(device) if exists(device) else table
+        return table[0], table[1].bool(), table[2]
 
-    def forward_step(self, x: Tensor, position: int, cache: KVCache) -> Tensor:
+    def forward_step(self, x: Tensor, position: int, cache: KVCache,
+                     neighbours: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """Attention output `(batch, 1, dim)` of one new token `x (batch, 1, dim)` at sequence `position`; writes its
-        key and value into `cache` (which must hold every earlier position)."""
+        key and value into `cache` (which must hold every earlier position). `neighbours`: `self.neighbours(position)`
+        when the caller already has it (layers with the same window share it)."""
         check_tensor("x", x, ndim=3, shape=("batch", 1, self.dim), names=("batch", "one token", "dim"))
         if not 0 <= position < cache.max_len:
             raise ValueError(f"position: expected a position in [0, {cache.max_len}), got {position}")
@@ -262,7 +267,7 @@ class Sparse3DNA(nn.Module):
         cache.k[:, :, position] = k.to(cache.k.dtype)
         cache.v[:, :, position] = v.to(cache.v.dtype)
 
-        key_position, valid, kernel_index = self.neighbours(position, device=x.device)
+        key_position, valid, kernel_index = neighbours if exists(neighbours) else self.neighbours(position, x.device)
         keys = cache.k[:, :, key_position].to(q.dtype)
         values = cache.v[:, :, key_position].to(q.dtype)
         bias = self.rel_pos_bias.to(q.dtype)[:, kernel_index]

@@ -18,6 +18,7 @@ torch cache (`synthesis_core.gan.default_vgg`), resolved on first use, so buildi
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -239,6 +240,14 @@ class VQGanVAE(PretrainedMixin, nn.Module):
         if exists(vgg) and not use_vgg_and_gan:
             logger.warning("VQGanVAE: vgg was given but use_vgg_and_gan=False, so it is not used")
 
+    def __deepcopy__(self, memo: dict) -> VQGanVAE:
+        # EMA copies share the frozen perceptual network instead of holding a second VGG
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = value if key in ("_vgg", "_perceptual_loss") else copy.deepcopy(value, memo)
+        return new
+
     # sizes and input checks
 
     @property
@@ -390,7 +399,7 @@ class VQGanVAE(PretrainedMixin, nn.Module):
         self._check_pixels("img", images)
         if images.ndim == 5:
             images = rearrange(images, "b f c h w -> (b f) c h w")
-        discr = default(discr, self.discr)
+        discr = discr if exists(discr) else self.discr
         real = images * 2 - 1
         vq_training = self.vq.training
         self.vq.eval()  # a second pass over the same batch must not move the EMA codebook again

@@ -441,6 +441,8 @@ class CViViT(PretrainedMixin, nn.Module):
         if return_discr_loss:
             return self.discriminator_loss(video, apply_grad_penalty=apply_grad_penalty)
 
+        if self.use_vgg_and_gan and not return_recons_only:
+            self._check_discriminator_size(video)
         frames = self.num_token_frames(video.shape[2])
         grid_height, grid_width = (size // patch for size, patch in zip(video.shape[-2:], self.patch_size))
         biases = self._position_biases(frames, grid_height, grid_width, video.device)
@@ -456,7 +458,6 @@ class CViViT(PretrainedMixin, nn.Module):
         perceptual_loss, gen_loss, adaptive_weight = zero, zero, zero
 
         if self.use_vgg_and_gan:
-            self._check_discriminator_size(video)
             frame_indices = torch.randint(0, video.shape[2], (video.shape[0],), device=video.device)
             real_frames = _frame_per_video(target, frame_indices)
             recon_frames = _frame_per_video(recon, frame_indices)

@@ -310,7 +310,7 @@ class Phenaki(PretrainedMixin, nn.Module):
         batch_size: int = 1,
         image_size: int | tuple[int, int] | None = None,
         return_codebook_ids: bool = False,
-        progress: bool = False,
+        progress: bool = True,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Generate `num_frames` frames `(b, c, num_frames, h, w)` in [0, 1].
 
@@ -374,7 +374,7 @@ class Phenaki(PretrainedMixin, nn.Module):
         guidance = dict(cond_scale=cond_scale, text_embeds=text_embeds, text_mask=text_mask,
                         video_patch_shape=patch_shape)
         self_cond_embeds = None
-        for step in tqdm(range(steps), desc="phenaki sampling", disable=not progress):
+        for step in tqdm(range(steps), desc="phenaki sampling", disable=not progress, leave=False):
             progress_fraction = step / steps
             temperature = starting_temperature * (1.0 - progress_fraction)
             logits, embeds = maskgit.guided_logits(ids, self_cond_embeds=self_cond_embeds, **guidance)

@@ -1,0 +1,574 @@
+"""NUWA (Wu et al. 2021): text-to-video as autoregressive generation of VQGAN tokens.
+
+    nuwa = NUWA(vae=vae, dim=512, text_num_tokens=20000, max_video_frames=10, dec_depth=12, ...)
+    loss = nuwa(text=text, video=video, return_loss=True)   # text (b, n) ids, video (b, f, c, h, w) in [0, 1]
+    video = nuwa.generate(text=text, cond_scale=3.)          # (b, f, c, h, w) in [0, 1]
+
+A text encoder (token embeddings, rotary self-attention) feeds a video decoder whose layers are 3D nearby
+self-attention (`Sparse3DNA`, dilations cycling over the layers) followed by cross-attention to the text, and a
+feed-forward. Both stacks are reversible (memory independent of depth) or plain, with the same parameters.
+The video is tokenised by the frozen `VQGanVAE`; the decoder predicts each token from the previous ones (a start
+token shifts the sequence by one), so token `p` is predicted at position `p` from the tokens before it.
+
+Generation samples token by token with a key/value cache (each step attends to the cached neighbourhood only),
+optional classifier-free guidance (the unconditional half of the batch sees the same video tokens, with the text
+masked out) and decodes the frames through the VAE in batches.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from nuwa_pytorch.sparse_3dna import KVCache, Sparse3DNA, to_3d
+from nuwa_pytorch.vqgan_vae import VQGanVAE
+from synthesis_core.attention import Attention, RotaryEmbedding, attend
+from synthesis_core.checkpoint import PretrainedMixin
+from synthesis_core.checks import check_batch_match, check_in_range, check_positive_int, check_tensor
+from synthesis_core.chunked import ReversibleSequence, SequentialResidual
+from synthesis_core.layers import FeedForward, LayerNorm, token_shift
+from synthesis_core.utils import cast_tuple, default, eval_decorator, exists, prob_mask_like
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NUWA", "sample_from_logits", "shift_video_tokens"]
+
+
+# helpers
+
+
+def residual_stack(blocks: Sequence[tuple[nn.Module, nn.Module]], reversible: bool) -> nn.Module:
+    """Reversible or plain two-stream residual stack: the same blocks and parameter names either way."""
+    return ReversibleSequence(blocks) if reversible else SequentialResidual(blocks)
+
+
+def embed_gradient_fraction(x: Tensor, fraction: float) -> Tensor:
+    """CogView's stability trick: only `fraction` of the gradient reaches the embeddings (same forward value)."""
+    if fraction >= 1 or not torch.is_grad_enabled():
+        return x
+    return x * fraction + x.detach() * (1 - fraction)
+
+
+def shift_video_tokens(x: Tensor, video_shape: tuple[int, int, int]) -> Tensor:
+    """Token shift over the video grid for `x (b, n, d)`, `n <= frames * height * width` in raster order: a quarter of
+    the channels come from the previous frame, a quarter from the row above, a quarter from the column to the left
+    (zeros at the borders), so it stays causal. Cheap relative positions for the 3DNA layers."""
+    _, height, width = video_shape
+    seq_len = x.shape[1]
+    frame_len = height * width
+    num_frames = -(-seq_len // frame_len)
+    x = F.pad(x, (0, 0, 0, num_frames * frame_len - seq_len))  # padding comes after every real position
+    x = rearrange(x, "b (f y x) d -> b f y x d", y=height, x=width)
+    x = token_shift(x, dims=(1, 2, 3))
+    return rearrange(x, "b f y x d -> b (f y x) d")[:, :seq_len]
+
+
+def shift_video_tokens_step(history: Tensor, position: int, video_shape: tuple[int, int, int]) -> Tensor:
+    """`shift_video_tokens` for the token at `position` only, from the `history (b, n, d)` of unshifted inputs
+    (which holds `position` and every earlier one). Returns `(b, 1, d)`."""
+    _, height, width = video_shape
+    channels = history.shape[-1]
+    group = channels // 4
+    current = history[:, position:position + 1]
+    if group == 0:
+        return current
+    frame, rest = divmod(position, height * width)
+    row, col = divmod(rest, width)
+    parts = []
+    for index, (coordinate, step) in enumerate(((frame, height * width), (row, width), (col, 1))):
+        channel_slice = slice(index * group, (index + 1) * group)
+        if coordinate > 0:
+            parts.append(history[:, position - step:position - step + 1, channel_slice])
+        else:
+            parts.append(torch.zeros_like(current[..., channel_slice]))
+    return torch.cat((*parts, current[..., 3 * group:]), dim=-1)
+
+
+def sample_from_logits(
+    logits: Tensor,
+    filter_thres: float = 0.9,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """One token per row of `logits (b, num_tokens)`: top-k filtering keeping the best `(1 - filter_thres)` fraction
+    (at least one), then Gumbel-max sampling at `temperature` (0: greedy). Returns `(b,)` long."""
+    logits = logits.float()
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    num_tokens = logits.shape[-1]
+    k = max(int((1 - filter_thres) * num_tokens), 1)
+    values, indices = logits.topk(k, dim=-1)
+    filtered = torch.full_like(logits, float("-inf")).scatter_(-1, indices, values)
+    uniform = torch.rand(logits.shape, generator=generator, device=generator.device if generator else logits.device)
+    gumbel = -torch.log(-torch.log(uniform.to(logits.device).clamp(1e-20, 1.0)).clamp(min=1e-20))
+    return (filtered / temperature + gumbel).argmax(dim=-1)
+
+
+# blocks
+
+
+class TextAttention(nn.Module):
+    """Pre-norm self-attention of the text encoder with rotary positions and a padding mask."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, dropout: float):
+        super().__init__()
+        self.norm = LayerNorm(dim)
+        self.attn = Attention(dim, dim_head=dim_head, heads=heads, dropout=dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, rotary_emb: Tensor | None = None) -> Tensor:
+        return self.attn(self.norm(x), mask=mask, rotary_emb=rotary_emb)
+
+
+class PreNormFeedForward(nn.Module):
+    """Pre-norm feed-forward; over video tokens (`video_shape` given) its input is token-shifted."""
+
+    def __init__(self, dim: int, mult: float, dropout: float, chunk_size: int | None,
+                 video_shape: tuple[int, int, int] | None = None):
+        super().__init__()
+        self.norm = LayerNorm(dim)
+        self.ff = FeedForward(dim, mult=mult, dropout=dropout, chunk_size=chunk_size)
+        self.video_shape = video_shape
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(x)
+        if exists(self.video_shape):
+            x = shift_video_tokens(x, self.video_shape)
+        return self.ff(x)
+
+    def forward_step(self, x: Tensor, position: int, state: DecodingLayerState) -> Tensor:
+        x = self.norm(x)
+        if exists(self.video_shape):
+            state.ff_history[:, position:position + 1] = x.to(state.ff_history.dtype)
+            x = shift_video_tokens_step(state.ff_history, position, self.video_shape).to(x.dtype)
+        return self.ff(x)
+
+
+class CrossAttention(nn.Module):
+    """Attention of video tokens to the text, with one learned null key/value that is never masked (so a fully
+    masked text, e.g. the unconditional pass of classifier-free guidance, still has something to attend to).
+    The text keys/values can be computed once (`context_kv`) and reused at every decoding step."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, dropout: float):
+        super().__init__()
+        inner_dim = heads * dim_head
+        self.heads = heads
+        self.dropout = dropout
+        self.to_q = nn.Linear(dim, inner_dim, bias=False)
+        self.to_kv = nn.Linear(dim, inner_dim * 2, bias=False)
+        self.null_kv = nn.Parameter(torch.randn(2, heads, 1, dim_head))
+        self.to_out = nn.Linear(inner_dim, dim, bias=False)
+
+    def context_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        k, v = (rearrange(t, "b m (h d) -> b h m d", h=self.heads) for t in self.to_kv(context).chunk(2, dim=-1))
+        null_k, null_v = (repeat(t.to(k.dtype), "h 1 d -> b h 1 d", b=k.shape[0]) for t in self.null_kv)
+        return torch.cat((null_k, k), dim=-2), torch.cat((null_v, v), dim=-2)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
+                kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        k, v = kv if exists(kv) else self.context_kv(context)
+        q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=self.heads)
+        out = attend(q, k.to(q.dtype), v.to(q.dtype), key_mask=context_mask, num_null_kv=1,
+                     dropout_p=self.dropout if self.training else 0.0)
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class VideoAttention(nn.Module):
+    """The attention half of a decoder layer: 3D nearby self-attention over the (token-shifted) video tokens, then
+    cross-attention to the text: `f(x) = a + cross(norm(x + a))` with `a = 3dna(shift(norm(x)))`."""
+
+    def __init__(self, dim: int, video_shape: tuple[int, int, int], heads: int, dim_head: int, dropout: float,
+                 kernel_size: int | Sequence[int], dilation: int | Sequence[int], query_num_frames_chunk: int | None,
+                 shift_tokens: bool):
+        super().__init__()
+        self.video_shape = video_shape
+        self.shift_tokens = shift_tokens
+        self.norm = LayerNorm(dim)
+        self.sparse_attn = Sparse3DNA(dim, video_shape, kernel_size=kernel_size, dilation=dilation, heads=heads,
+                                      dim_head=dim_head, dropout=dropout,
+                                      query_num_frames_chunk=query_num_frames_chunk)
+        self.cross_norm = LayerNorm(dim)
+        self.cross_attn = CrossAttention(dim, heads=heads, dim_head=dim_head, dropout=dropout)
+
+    def forward(self, x: Tensor, context: Tensor, context_mask: Tensor | None = None) -> Tensor:
+        h = self.norm(x)
+        if self.shift_tokens:
+            h = shift_video_tokens(h, self.video_shape)
+        attended = self.sparse_attn(h)
+        return attended + self.cross_attn(self.cross_norm(x + attended), context=context, context_mask=context_mask)
+
+    def forward_step(self, x: Tensor, position: int, state: DecodingLayerState) -> Tensor:
+        h = self.norm(x)
+        if self.shift_tokens:
+            state.attn_history[:, position:position + 1] = h.to(state.attn_history.dtype)
+            h = shift_video_tokens_step(state.attn_history, position, self.video_shape).to(h.dtype)
+        attended = self.sparse_attn.forward_step(h, position, state.kv, neighbours=state.neighbours)
+        cross = self.cross_attn(self.cross_norm(x + attended), context_mask=state.context_mask, kv=state.context_kv)
+        return attended + cross
+
+
+@dataclass
+class DecodingLayerState:
+    """What one decoder layer keeps between decoding steps."""
+
+    kv: KVCache
+    context_kv: tuple[Tensor, Tensor]
+    context_mask: Tensor
+    attn_history: Tensor | None  # normed inputs of the attention, for the token shift
+    ff_history: Tensor | None  # normed inputs of the feed-forward, for the token shift
+    neighbours: tuple[Tensor, Tensor, Tensor] | None = None  # the 3DNA window of the current position
+
+
+# the model
+
+
+class NUWA(PretrainedMixin, nn.Module):
+    """Text-to-video transformer over the tokens of a frozen `VQGanVAE`.
+
+    Args:
+        vae: the trained `VQGanVAE` (frozen: NUWA's loss never trains it).
+        dim: model dimension.
+        image_size: frame size; optional, must equal `vae.image_size` when given.
+        text_num_tokens: text vocabulary size (id 0 is padding).
+        text_enc_depth, text_enc_heads, text_enc_dim_head: the text encoder.
+        text_max_seq_len: longest text accepted.
+        max_video_frames: longest video (frames).
+        dec_depth, dec_heads, dec_dim_head: the video decoder.
+        dec_reversible, enc_reversible: reversible stacks (memory independent of depth) instead of plain ones.
+        attn_dropout, ff_dropout, ff_mult, ff_chunk_size: attention / feed-forward details (`ff_chunk_size` runs the
+            feed-forward over chunks of the sequence, same result, less memory).
+        sparse_3dna_kernel_size: int or `(t, h, w)` window of the 3D nearby attention.
+        sparse_3dna_dilation: dilation per layer, cycled over the layers (ints, or `(t, h, w)` triples).
+        sparse_3dna_query_num_frames_chunk: query frames per attention call (caps the attention memory).
+        shift_video_tokens: token shift over frames, rows and columns in the decoder (cheap relative positions).
+        embed_gradient_frac: fraction of the gradient that reaches the token embeddings (CogView stability).
+    """
+
+    def __init__(
+        self,
+        vae: VQGanVAE,
+        dim: int,
+        image_size: int | None = None,
+        text_num_tokens: int = 20000,
+        text_enc_depth: int = 6,
+        text_enc_heads: int = 8,
+        text_enc_dim_head: int = 64,
+        text_max_seq_len: int = 256,
+        max_video_frames: int = 5,
+        dec_depth: int = 6,
+        dec_heads: int = 8,
+        dec_dim_head: int = 64,
+        dec_reversible: bool = True,
+        enc_reversible: bool = True,
+        attn_dropout: float = 0.0,
+        ff_dropout: float = 0.0,
+        ff_mult: float = 4.0,
+        ff_chunk_size: int | None = None,
+        sparse_3dna_kernel_size: int | Sequence[int] = 3,
+        sparse_3dna_dilation: int | Sequence[int] | Sequence[Sequence[int]] = 1,
+        sparse_3dna_query_num_frames_chunk: int | None = None,
+        shift_video_tokens: bool = True,
+        embed_gradient_frac: float = 0.2,
+    ):
+        super().__init__()
+        if not isinstance(vae, VQGanVAE):
+            raise TypeError(f"vae: expected a VQGanVAE, got {type(vae).__name__}")
+        if exists(image_size) and image_size != vae.image_size:
+            raise ValueError(f"image_size: {image_size} does not match the VAE's image_size {vae.image_size}; "
+                             "leave image_size out (it is taken from the VAE) or pass the VAE's")
+        for name, value in (("dim", dim), ("text_num_tokens", text_num_tokens), ("text_enc_depth", text_enc_depth),
+                            ("text_enc_heads", text_enc_heads), ("text_enc_dim_head", text_enc_dim_head),
+                            ("text_max_seq_len", text_max_seq_len), ("max_video_frames", max_video_frames),
+                            ("dec_depth", dec_depth), ("dec_heads", dec_heads), ("dec_dim_head", dec_dim_head)):
+            check_positive_int(name, value)
+        check_in_range("attn_dropout", attn_dropout, 0.0, 1.0)
+        check_in_range("ff_dropout", ff_dropout, 0.0, 1.0)
+        check_in_range("embed_gradient_frac", embed_gradient_frac, 0.0, 1.0)
+
+        # the frozen tokenizer
+        self.vae = vae
+        vae.requires_grad_(False)
+        vae.eval()
+        self.image_size = vae.image_size
+        self.num_video_tokens = vae.codebook_size
+        fmap_size = vae.fmap_size
+        self.video_shape = (max_video_frames, fmap_size, fmap_size)
+        self.max_video_frames = max_video_frames
+        self.text_num_tokens = text_num_tokens
+        self.text_max_seq_len = text_max_seq_len
+        self.embed_gradient_frac = embed_gradient_frac
+
+        # text encoder
+        self.text_token_emb = nn.Embedding(text_num_tokens, dim)
+        self.text_rotary_emb = RotaryEmbedding(text_enc_dim_head)
+        self.text_encoder = residual_stack([
+            (TextAttention(dim, heads=text_enc_heads, dim_head=text_enc_dim_head, dropout=attn_dropout),
+             PreNormFeedForward(dim, mult=ff_mult, dropout=ff_dropout, chunk_size=ff_chunk_size))
+            for _ in range(text_enc_depth)
+        ], reversible=enc_reversible)
+        self.text_norm = LayerNorm(dim)
+
+        # video decoder
+        self.video_bos = nn.Parameter(torch.randn(dim) * 0.02)
+        self.video_token_emb = nn.Embedding(self.num_video_tokens, dim)
+        self.frame_pos_emb = nn.Parameter(torch.randn(max_video_frames, dim) * 0.02)
+        self.row_pos_emb = nn.Parameter(torch.randn(fmap_size, dim) * 0.02)
+        self.col_pos_emb = nn.Parameter(torch.randn(fmap_size, dim) * 0.02)
+
+        dilations = self._layer_dilations(sparse_3dna_dilation, dec_depth)
+        self.video_decoder = residual_stack([
+            (VideoAttention(dim, self.video_shape, heads=dec_heads, dim_head=dec_dim_head, dropout=attn_dropout,
+                            kernel_size=sparse_3dna_kernel_size, dilation=dilation,
+                            query_num_frames_chunk=sparse_3dna_query_num_frames_chunk,
+                            shift_tokens=shift_video_tokens),
+             PreNormFeedForward(dim, mult=ff_mult, dropout=ff_dropout, chunk_size=ff_chunk_size,
+                                video_shape=self.video_shape if shift_video_tokens else None))
+            for dilation in dilations
+        ], reversible=dec_reversible)
+        self.video_norm = LayerNorm(dim)
+        self.to_logits = nn.Linear(dim, self.num_video_tokens)
+
+    @staticmethod
+    def _layer_dilations(dilation, depth: int) -> list[tuple[int, int, int]]:
+        """One `(t, h, w)` dilation per layer: an int, a `(t, h, w)` triple, or a sequence of either, cycled."""
+        if isinstance(dilation, int):
+            per_layer = [dilation]
+        else:
+            per_layer = list(cast_tuple(dilation))
+            if not per_layer:
+                raise ValueError("sparse_3dna_dilation: expected an int or a non-empty sequence")
+        return [to_3d("sparse_3dna_dilation", per_layer[i % len(per_layer)]) for i in range(depth)]
+
+    def train(self, mode: bool = True) -> NUWA:
+        super().train(mode)
+        self.vae.eval()  # frozen: no dropout, no codebook updates
+        return self
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.video_shape[1] * self.video_shape[2]
+
+    # input checks
+
+    def _check_text(self, text: Tensor) -> Tensor:
+        check_tensor("text", text, ndim=2, names=("batch", "text_seq"))
+        if text.is_floating_point() or text.dtype == torch.bool:
+            raise TypeError(f"text: expected integer token ids, got dtype {text.dtype}")
+        if text.shape[1] > self.text_max_seq_len:
+            raise ValueError(f"text: {text.shape[1]} tokens exceed text_max_seq_len={self.text_max_seq_len}")
+        check_tensor("text", text, value_range=(0, self.text_num_tokens - 1))
+        return text.long()
+
+    def _check_num_frames(self, name: str, num_frames: int) -> None:
+        if not 1 <= num_frames <= self.max_video_frames:
+            raise ValueError(f"{name}: expected between 1 and max_video_frames={self.max_video_frames} frames, "
+                             f"got {num_frames}")
+
+    def _video_indices(self, video: Tensor | None, video_indices: Tensor | None) -> Tensor:
+        if exists(video) == exists(video_indices):
+            raise ValueError("video: pass exactly one of video (b, f, c, h, w) or video_indices (b, f * h' * w')")
+        if exists(video):
+            size, channels = self.image_size, self.vae.channels
+            check_tensor("video", video, shape=("batch", "frames", channels, size, size),
+                         names=("batch", "frames", "channels", "height", "width"), dtype_floating=True)
+            self._check_num_frames("video", video.shape[1])
+            return self.vae.get_video_indices(video)
+        check_tensor("video_indices", video_indices, ndim=(2, 4))
+        if video_indices.is_floating_point():
+            raise TypeError(f"video_indices: expected integer codebook indices, got {video_indices.dtype}")
+        if video_indices.ndim == 4:
+            _, height, width = self.video_shape
+            check_tensor("video_indices", video_indices, shape=("batch", "frames", height, width),
+                         names=("batch", "frames", "height", "width"))
+            video_indices = rearrange(video_indices, "b f h w -> b (f h w)")
+        if video_indices.shape[1] % self.tokens_per_frame != 0:
+            raise ValueError(f"video_indices: expected whole frames of {self.tokens_per_frame} tokens, "
+                             f"got {video_indices.shape[1]} tokens")
+        self._check_num_frames("video_indices", video_indices.shape[1] // self.tokens_per_frame)
+        check_tensor("video_indices", video_indices, value_range=(0, self.num_video_tokens - 1))
+        return video_indices.long()
+
+    # encoders
+
+    def encode_text(self, text: Tensor) -> tuple[Tensor, Tensor]:
+        """Text ids `(b, n)` (0 = padding) -> `(embeddings (b, n, dim), mask (b, n) bool)`."""
+        text = self._check_text(text)
+        mask = text != 0
+        x = embed_gradient_fraction(self.text_token_emb(text), self.embed_gradient_frac)
+        rotary_emb = self.text_rotary_emb(text.shape[1], device=text.device)
+        x = self.text_encoder(x, mask=mask, rotary_emb=rotary_emb)
+        return self.text_norm(x), mask
+
+    def _position_emb(self, positions: Tensor) -> Tensor:
+        _, height, width = self.video_shape
+        frame, rest = positions.div(height * width, rounding_mode="floor"), positions % (height * width)
+        row, col = rest.div(width, rounding_mode="floor"), rest % width
+        return self.frame_pos_emb[frame] + self.row_pos_emb[row] + self.col_pos_emb[col]
+
+    def _decoder_inputs(self, prefix: Tensor) -> Tensor:
+        """Inputs of positions `0 .. len(prefix)`: the start token, then the embeddings of the prefix tokens."""
+        batch, length = prefix.shape
+        bos = repeat(self.video_bos, "d -> b 1 d", b=batch)
+        x = torch.cat((bos, self.video_token_emb(prefix)), dim=1)
+        x = embed_gradient_fraction(x, self.embed_gradient_frac)
+        return x + self._position_emb(torch.arange(length + 1, device=prefix.device))
+
+    def _logits(self, prefix: Tensor, text_embeds: Tensor, text_mask: Tensor) -> Tensor:
+        """Logits `(b, len(prefix) + 1, num_video_tokens)` of the tokens at positions `0 .. len(prefix)`."""
+        x = self._decoder_inputs(prefix)
+        x = self.video_decoder(x, context=text_embeds, context_mask=text_mask)
+        return self.to_logits(self.video_norm(x))
+
+    def forward(
+        self,
+        text: Tensor,
+        video: Tensor | None = None,
+        return_loss: bool = False,
+        cond_dropout_prob: float = 0.2,
+        video_indices: Tensor | None = None,
+    ) -> Tensor:
+        """Teacher-forced pass: `text (b, n)` ids and `video (b, f, c, h, w)` in [0, 1] (or its `video_indices`).
+
+        Returns the logits `(b, f * h' * w', num_video_tokens)`, or with `return_loss` the cross entropy of every
+        video token. While training, each sample's text is dropped with `cond_dropout_prob` (for classifier-free
+        guidance at generation).
+        """
+        check_in_range("cond_dropout_prob", cond_dropout_prob, 0.0, 1.0)
+        text = self._check_text(text)
+        indices = self._video_indices(video, video_indices)
+        check_batch_match(text=text, video=indices)
+
+        text_embeds, text_mask = self.encode_text(text)
+        if self.training and cond_dropout_prob > 0:
+            keep = ~prob_mask_like((text.shape[0],), cond_dropout_prob, device=text.device)
+            text_mask = text_mask & rearrange(keep, "b -> b 1")
+
+        logits = self._logits(indices[:, :-1], text_embeds, text_mask)
+        if not return_loss:
+            return logits
+        return F.cross_entropy(rearrange(logits.float(), "b n c -> b c n"), indices)
+
+    # generation
+
+    def _new_decoding_state(self, text_embeds: Tensor, text_mask: Tensor, max_len: int) -> list[DecodingLayerState]:
+        batch, device = text_embeds.shape[0], text_embeds.device
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) \
+            else self.to_logits.weight.dtype
+        dim = self.video_bos.shape[0]
+        states = []
+        for attention, feedforward in self.video_decoder.blocks:
+            sparse_attn = attention.sparse_attn
+            states.append(DecodingLayerState(
+                kv=KVCache(batch, sparse_attn.heads, max_len, sparse_attn.dim_head, device=device, dtype=dtype),
+                context_kv=attention.cross_attn.context_kv(text_embeds),
+                context_mask=text_mask,
+                attn_history=text_embeds.new_zeros(batch, max_len, dim, dtype=dtype) if attention.shift_tokens
+                else None,
+                ff_history=text_embeds.new_zeros(batch, max_len, dim, dtype=dtype)
+                if exists(feedforward.video_shape) else None,
+            ))
+        return states
+
+    def _step_logits(self, previous: Tensor | None, position: int, states: list[DecodingLayerState]) -> Tensor:
+        """Logits `(b, num_video_tokens)` at `position`, given the token decoded at `position - 1` (None at 0)."""
+        batch = states[0].context_mask.shape[0]
+        if previous is None:
+            x = repeat(self.video_bos, "d -> b 1 d", b=batch)
+        else:
+            x = self.video_token_emb(rearrange(previous, "b -> b 1"))
+        x = x + self._position_emb(torch.tensor([position], device=x.device))
+        # layers with the same window share its neighbour lookup
+        windows: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
+        for (attention, _), state in zip(self.video_decoder.blocks, states):
+            sparse_attn = attention.sparse_attn
+            key = (sparse_attn.kernel_size, sparse_attn.dilation)
+            if key not in windows:
+                windows[key] = sparse_attn.neighbours(position, device=x.device)
+            state.neighbours = windows[key]
+        # the two residual streams of the (reversible or plain) stack, one token at a time
+        x1 = x2 = x
+        for (attention, feedforward), state in zip(self.video_decoder.blocks, states):
+            x1 = x1 + attention.forward_step(x2, position, state)
+            x2 = x2 + feedforward.forward_step(x1, position, state)
+        x = (x1 + x2) / 2
+        return self.to_logits(self.video_norm(x))[:, 0]
+
+    @torch.no_grad()
+    @eval_decorator
+    def generate_video_indices(
+        self,
+        text: Tensor,
+        filter_thres: float = 0.9,
+        temperature: float = 1.0,
+        cond_scale: float = 1.0,
+        num_frames: int | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+    ) -> Tensor:
+        """Samples the video tokens `(b, num_frames * h' * w')` for `text (b, n)`; see `generate`."""
+        check_in_range("filter_thres", filter_thres, 0.0, 1.0)
+        check_in_range("temperature", temperature, 0.0, None)
+        check_in_range("cond_scale", cond_scale, 0.0, None)
+        num_frames = default(num_frames, self.max_video_frames)
+        self._check_num_frames("num_frames", num_frames)
+        text_embeds, text_mask = self.encode_text(text)
+        batch = text.shape[0]
+
+        guided = cond_scale != 1
+        if guided:
+            # the unconditional half: the same text embeddings with every text key masked (only the null key is
+            # attended), fed the same video tokens at every step
+            text_embeds = torch.cat((text_embeds, text_embeds))
+            text_mask = torch.cat((text_mask, torch.zeros_like(text_mask)))
+
+        num_tokens = num_frames * self.tokens_per_frame
+        tokens = torch.empty(batch, 0, dtype=torch.long, device=text.device)
+        states = self._new_decoding_state(text_embeds, text_mask, num_tokens) if use_cache else None
+        for position in tqdm(range(num_tokens), desc="generating video tokens", disable=not progress, leave=False):
+            if use_cache:
+                previous = tokens[:, -1] if position > 0 else None
+                if exists(previous) and guided:
+                    previous = torch.cat((previous, previous))
+                logits = self._step_logits(previous, position, states)
+            else:
+                prefix = torch.cat((tokens, tokens)) if guided else tokens
+                logits = self._logits(prefix, text_embeds, text_mask)[:, -1]
+            if guided:
+                cond_logits, uncond_logits = logits.float().chunk(2)
+                logits = uncond_logits + (cond_logits - uncond_logits) * cond_scale
+            sampled = sample_from_logits(logits, filter_thres=filter_thres, temperature=temperature,
+                                         generator=generator)
+            tokens = torch.cat((tokens, rearrange(sampled, "b -> b 1")), dim=1)
+        return tokens
+
+    @torch.no_grad()
+    @eval_decorator
+    def generate(
+        self,
+        text: Tensor,
+        filter_thres: float = 0.9,
+        temperature: float = 1.0,
+        cond_scale: float = 1.0,
+        num_frames: int | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+        decode_frames_per_batch: int | None = 16,
+        progress: bool = True,
+    ) -> Tensor:
+        """Generates videos `(b, num_frames, c, h, w)` in [0, 1] for `text (b, n)` ids.
+
+        `filter_thres`: top-k filtering (keep the best `1 - filter_thres` of the vocabulary); `temperature` (0:
+        greedy); `cond_scale`: classifier-free guidance scale (1: none); `num_frames` (default
+        `max_video_frames`); `use_cache`: key/value cache (same result, each step attends to its cached window only);
+        `generator` for reproducible sampling; the VAE decodes `decode_frames_per_batch` frames at a time.
+        """
+        tokens = self.generate_video_indices(text, filter_thres=filter_thres, temperature=temperature,
+                                             cond_scale=cond_scale, num_frames=num_frames, use_cache=use_cache,
+                                             generator=generator, progress=progress)
+        return self.vae.codebook_indices_to_video(tokens, frames_per_batch=decode_frames_per_batch)
