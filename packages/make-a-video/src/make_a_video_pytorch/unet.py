@@ -69,7 +69,7 @@ class SpaceTimeResnetBlock(nn.Module):
     def forward(self, x: Tensor, cond: Tensor | None = None, enable_time: bool = True) -> Tensor:
         scale_shift = None
         if exists(self.to_scale_shift) and exists(cond):
-            film = rearrange(self.to_scale_shift(cond), "b c -> b c 1 1 1")
+            film = rearrange(self.to_scale_shift(cond), "b c -> b c 1 1 1").to(x.dtype)
             scale_shift = film.chunk(2, dim=1)
         h = self.block1(x, enable_time=enable_time)
         h = self.block2(h, scale_shift=scale_shift, enable_time=enable_time)

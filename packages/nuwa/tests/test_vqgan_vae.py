@@ -1,0 +1,110 @@
+"""VQGanVAE: token round trip, any depth, training signal, GAN losses, lazy VGG, options and input errors."""
+import pytest
+import torch
+
+from nuwa_pytorch import VQGanVAE
+
+
+def test_indices_round_trip_equals_reconstruction(make_vae):
+    vae = make_vae().eval()
+    video = torch.rand(2, 3, 3, 16, 16)  # (batch, frames, channels, height, width)
+    indices = vae.get_video_indices(video)
+    assert indices.shape == (2, 3 * 4 * 4) and indices.dtype == torch.long
+    decoded = vae.codebook_indices_to_video(indices, frames_per_batch=2)
+    assert decoded.shape == video.shape
+    torch.testing.assert_close(decoded, vae(video), atol=1e-5, rtol=1e-5)
+    # the structured layout and the image API agree
+    grid = indices.reshape(2, 3, 4, 4)
+    torch.testing.assert_close(vae.codebook_indices_to_video(grid), decoded)
+    torch.testing.assert_close(vae.get_codebook_indices(video[:, 1]), grid[:, 1].flatten(1))
+    torch.testing.assert_close(vae.decode(vae.encode(video)), decoded, atol=1e-5, rtol=1e-5)
+
+
+def test_three_layers_feature_map_size(make_vae):
+    vae = make_vae(image_size=32, num_layers=3).eval()
+    assert vae.fmap_size == 4
+    images = torch.rand(2, 3, 32, 32)
+    fmap = vae.encode(images)
+    assert fmap.shape == (2, 8 * 4, 4, 4)
+    assert vae.get_codebook_indices(images).shape == (2, 16)
+    assert vae(images).shape == images.shape
+
+
+def test_reconstruction_loss_falls(make_vae):
+    vae = make_vae(vq_kmeans_init=False, l2_recon_loss=True)
+    images = torch.rand(4, 3, 16, 16)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        loss = vae(images, return_loss=True)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3
+
+
+def test_gan_losses_train_separate_parameters(make_vae):
+    from conftest import tiny_vgg
+
+    vae = make_vae(use_vgg_and_gan=True, vgg=tiny_vgg(), discr_dim=8)
+    images = torch.rand(2, 3, 16, 16)
+    loss, recon = vae(images, return_loss=True, return_recons=True)
+    assert torch.isfinite(loss) and recon.shape == images.shape
+    loss.backward()
+    assert all(p.grad is None for p in vae.discr.parameters()), "the generator loss trained the discriminator"
+    assert vae.last_layer.grad.abs().sum() > 0
+    assert all(p.requires_grad for p in vae.discr.parameters())
+
+    vae.zero_grad(set_to_none=True)
+    discr_loss = vae(images, return_discr_loss=True, apply_grad_penalty=True)
+    assert torch.isfinite(discr_loss)
+    discr_loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in vae.discr.parameters())
+    assert vae.last_layer.grad is None, "the discriminator loss trained the decoder"
+    # the perceptual network is not part of the checkpoint
+    assert not any(key.startswith("_vgg") or "network" in key for key in vae.state_dict())
+
+
+def test_missing_vgg_is_a_clear_error_at_first_loss_not_at_construction(make_vae, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch cache: no pretrained VGG16
+    vae = make_vae(use_vgg_and_gan=True)  # construction is offline and fine
+    with pytest.raises(ValueError, match="vgg=.*use_vgg_and_gan=False"):
+        vae(torch.rand(1, 3, 16, 16), return_loss=True)
+
+
+def test_low_dim_cosine_codebook_with_orthogonal_regularisation(make_vae):
+    vae = make_vae(vq_codebook_dim=4, vq_orthogonal_reg_weight=10.0, vq_use_cosine_sim=True)
+    assert not vae.vq.ema_update  # the regulariser needs a codebook learned by gradients
+    loss = vae(torch.rand(2, 3, 16, 16), return_loss=True)
+    loss.backward()
+    assert vae.vq.embed.grad is not None and vae.vq.embed.grad.abs().sum() > 0
+    vae.eval()
+    indices = vae.get_video_indices(torch.rand(1, 2, 3, 16, 16))
+    assert vae.codebook_indices_to_video(indices).shape == (1, 2, 3, 16, 16)
+
+
+def test_save_and_load_pretrained(make_vae, tmp_path):
+    vae = make_vae().eval()
+    vae.save_pretrained(tmp_path / "vae")
+    loaded = VQGanVAE.from_pretrained(tmp_path / "vae").eval()
+    images = torch.rand(1, 3, 16, 16)
+    torch.testing.assert_close(loaded(images), vae(images))
+
+
+def test_bad_inputs(make_vae):
+    with pytest.raises(ValueError, match="image_size: expected a multiple of 2 \\*\\* num_layers = 4"):
+        make_vae(image_size=18)
+    with pytest.raises(ValueError, match="use_attn"):
+        make_vae(use_attn=(True,))
+    vae = make_vae()
+    with pytest.raises(ValueError, match="img: expected shape \\(batch, 3, 16, 16\\)"):
+        vae(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="video: expected shape \\(batch, frames, 3, 16, 16\\)"):
+        vae.get_video_indices(torch.rand(1, 2, 1, 16, 16))
+    with pytest.raises(ValueError, match="whole number of frames"):
+        vae.codebook_indices_to_video(torch.zeros(1, 17, dtype=torch.long))
+    with pytest.raises(ValueError, match="indices: expected values in \\[0, 31\\]"):
+        vae.codebook_indices_to_video(torch.full((1, 16), 32))
+    with pytest.raises(ValueError, match="no discriminator"):
+        vae(torch.rand(1, 3, 16, 16), return_discr_loss=True)
