@@ -15,6 +15,7 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
 def tiny_vgg() -> nn.Sequential:
     """A two-stage VGG-like feature network (ReLU before each max-pool) standing in for VGG16."""
     return nn.Sequential(
