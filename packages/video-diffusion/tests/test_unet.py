@@ -184,12 +184,9 @@ def test_bad_inputs_raise_clear_errors(tiny_bert):
         tiny_unet(use_bert_text_cond=True, text_encoder_name=tiny_bert)(videos(), t, cond="one caption")
 
 
-def test_channels_last_and_full_graph_compile_match_eager():
+def test_channels_last_weights_match_contiguous():
     unet = tiny_unet(cond_dim=4)
     x, t, cond = videos(), torch.tensor([1, 2]), torch.randn(2, 4)
     expected = unet(x, t, cond=cond)
-    # one graph, no breaks (dynamo tracing only: the eager backend keeps the test fast)
-    compiled = torch.compile(unet, backend="eager", fullgraph=True)
-    torch.testing.assert_close(compiled(x, t, cond=cond), expected)
     unet.to(memory_format=torch.channels_last)
     torch.testing.assert_close(unet(x, t, cond=cond), expected, atol=1e-5, rtol=1e-4)

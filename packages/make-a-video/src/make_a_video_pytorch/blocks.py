@@ -4,7 +4,7 @@ Both factorise space and time: a 2D operation inside each frame, then a 1D opera
 The temporal half starts as the identity (a dirac temporal kernel, a zero output projection), so a layer trained
 on images is, on videos, the same layer applied frame by frame until video training teaches it to mix frames.
 Images `(b, c, h, w)` skip the temporal half; videos are `(b, c, t, h, w)`. No Python loop over frames: frames
-are folded into the batch for the spatial half and the temporal half is one strided convolution / one SDPA call.
+are folded into the batch for the spatial half and the temporal half is one convolution / one SDPA call.
 
 Every module here keeps its temporal parameters under attribute names starting with `temporal_`, which is how
 `SpaceTimeUnet` tells spatial from temporal parameters (see `is_temporal_parameter`).
@@ -28,6 +28,7 @@ __all__ = [
     "TemporalUpsample",
     "resolve_enable_time",
     "is_temporal_parameter",
+    "video_conv2d",
     "TEMPORAL_PREFIX",
 ]
 
@@ -60,13 +61,17 @@ def _check_features(name: str, x: Tensor, dim: int) -> None:
         raise ValueError(f"{name}: expected {dim} channels in dim 1 {names}, got shape {tuple(x.shape)}")
 
 
-def _temporal_conv3d(x: Tensor, conv: nn.Conv1d, stride: int = 1) -> Tensor:
-    """Apply a Conv1d's weights along the frame axis of `(b, c, t, h, w)` as one 3D convolution with a
-    `(k, 1, 1)` kernel: no transpose to `(b h w, c, t)` and back, and the memory format (channels-last-3d in
-    the U-Net) is kept."""
-    weight = rearrange(conv.weight, "o i k -> o i k 1 1")
-    padding = conv.padding[0] if isinstance(conv.padding, tuple) else conv.padding
-    return F.conv3d(x, weight, conv.bias, stride=(stride, 1, 1), padding=(padding, 0, 0))
+def video_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int = 1, padding: int = 0) -> Tensor:
+    """A convolution along the frame axis of `(b, c, t, h, w)` (kernel `(k, 1)` over `(t, h*w)`) as one conv2d.
+
+    `(b, c, t, h, w) -> (b, c, t, h*w)` is a view in both the contiguous and the channels-last-3d layouts (in the
+    latter it is exactly an NHWC image), so no transpose to `(b h w, c, t)` and back is needed and the layout is
+    kept. `weight` is a Conv1d weight `(out, in, k)`; k = 1 makes it a pointwise (1x1x1) convolution.
+    """
+    height = x.shape[-2]
+    out = F.conv2d(x.flatten(3), rearrange(weight, "o i k -> o i k 1"), bias, stride=(stride, 1),
+                   padding=(padding, 0))
+    return out.unflatten(3, (height, -1))
 
 
 class Pseudo3DConv(nn.Module):
@@ -126,7 +131,8 @@ class Pseudo3DConv(nn.Module):
 
         if not across_time or self.temporal_conv is None:
             return x
-        return _temporal_conv3d(x, self.temporal_conv)
+        return video_conv2d(x, self.temporal_conv.weight, self.temporal_conv.bias,
+                            padding=self.temporal_conv.padding[0])
 
 
 class SpatioTemporalAttention(nn.Module):
@@ -228,7 +234,7 @@ class TemporalDownsample(nn.Module):
         nn.init.zeros_(self.temporal_conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _temporal_conv3d(x, self.temporal_conv, stride=2)
+        return video_conv2d(x, self.temporal_conv.weight, self.temporal_conv.bias, stride=2)
 
 
 class TemporalUpsample(nn.Module):
@@ -248,5 +254,5 @@ class TemporalUpsample(nn.Module):
         nn.init.zeros_(self.temporal_conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = _temporal_conv3d(x, self.temporal_conv)
+        x = video_conv2d(x, self.temporal_conv.weight, self.temporal_conv.bias)
         return rearrange(x, "b (c r) t h w -> b c (t r) h w", r=2)

@@ -26,6 +26,7 @@ from make_a_video_pytorch.blocks import (
     TemporalDownsample,
     TemporalUpsample,
     is_temporal_parameter,
+    video_conv2d,
 )
 from synthesis_core.checkpoint import CheckpointError, PretrainedMixin
 from synthesis_core.checks import check_in_range, check_positive_int, check_tensor
@@ -46,7 +47,8 @@ class _Block(nn.Module):
 
     def forward(self, x: Tensor, scale_shift: tuple[Tensor, Tensor] | None = None, enable_time: bool = True) -> Tensor:
         # channels to the last axis: a view in the channels-last layout, so the fused rms_norm kernel applies
-        x = self.norm(x.movedim(1, -1)).movedim(-1, 1)
+        # (under CUDA autocast the norm may come out in float32: back to the activations' dtype for what follows)
+        x = self.norm(x.movedim(1, -1)).movedim(-1, 1).to(x.dtype)
         if exists(scale_shift):
             scale, shift = scale_shift
             x = torch.addcmul(shift, x, scale + 1)
@@ -64,7 +66,7 @@ class SpaceTimeResnetBlock(nn.Module):
         self.to_scale_shift = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, dim_out * 2)) if exists(cond_dim) else None
         self.block1 = _Block(dim, dim_out)
         self.block2 = _Block(dim_out, dim_out)
-        self.res_conv = nn.Conv3d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
+        self.res_conv = nn.Conv1d(dim, dim_out, 1) if dim != dim_out else None
 
     def forward(self, x: Tensor, cond: Tensor | None = None, enable_time: bool = True) -> Tensor:
         scale_shift = None
@@ -73,7 +75,8 @@ class SpaceTimeResnetBlock(nn.Module):
             scale_shift = film.chunk(2, dim=1)
         h = self.block1(x, enable_time=enable_time)
         h = self.block2(h, scale_shift=scale_shift, enable_time=enable_time)
-        return h + self.res_conv(x)
+        residual = video_conv2d(x, self.res_conv.weight, self.res_conv.bias) if exists(self.res_conv) else x
+        return h + residual
 
 
 def _per_level(name: str, value, num_levels: int) -> tuple:
@@ -221,7 +224,7 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
 
         self.final_block = SpaceTimeResnetBlock(dim * 2, dim, cond_dim)
         self.final_norm = RMSNorm(dim)
-        self.final_conv = nn.Conv3d(dim, channels, 1)
+        self.final_conv = nn.Conv1d(dim, channels, 1)
 
     # -- parameter groups (the paper's recipe) --------------------------------------------------------------
 
@@ -427,8 +430,8 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
                 x = self._memory_format(level["upsample"](x))
 
         x = self.final_block(torch.cat((x, init_x), dim=1), cond_vector, enable_time=enable_time)
-        x = F.silu(self.final_norm(x.movedim(1, -1)).movedim(-1, 1))
-        out = self.final_conv(x).contiguous()
+        x = F.silu(self.final_norm(x.movedim(1, -1)).movedim(-1, 1).to(x.dtype))
+        out = video_conv2d(x, self.final_conv.weight, self.final_conv.bias).contiguous()
         return rearrange(out, "b c 1 h w -> b c h w") if is_image else out
 
     def forward_with_cond_scale(

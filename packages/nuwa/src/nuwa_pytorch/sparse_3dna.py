@@ -3,11 +3,11 @@
 The video tokens of a `(frames, height, width)` grid are flattened in raster order `(t h w)`. The token at
 `(t, y, x)` attends to the dilated window
 
-    (t - i * dt,  y + (j - kh // 2) * dh,  x + (l - kw // 2) * dw)    for i < kt, j < kh, l < kw
+    (t - i * dt,  y + (j - kh // 2) * dh,  x + (k - kw // 2) * dw)    for i < kt, j < kh, k < kw
 
 (the current frame and the `kt - 1` previous ones, a centred `kh x kw` spatial window), restricted to grid
 positions that exist and, causally, to positions not after the query in raster order. Each head adds a learned
-bias per kernel offset `(i, j, l)` (the relative position bias: a parameter table, so any batch size and any
+bias per kernel offset `(i, j, k)` (the relative position bias: a parameter table, so any batch size and any
 number of frames up to the grid work).
 
 How it is computed (exact, no approximation): a query frame `f` only needs the key frames `f, f - dt, ...`, so
@@ -85,7 +85,7 @@ def neighbourhood_mask(
     slot `i` is the frame `i * dt` before the query's.
 
     Returns `(keep (h*w, kt*h*w) bool, kernel_index (h*w, kt*h*w) long)`: whether the key is in the query's window
-    (and, in slot 0, not after the query in raster order), and the flat kernel offset `i * kh * kw + j * kw + l`
+    (and, in slot 0, not after the query in raster order), and the flat kernel offset `i * kh * kw + j * kw + k`
     that indexes the relative position bias (meaningless where `keep` is False).
     """
     kt, kh, kw = kernel_size
@@ -243,8 +243,8 @@ class Sparse3DNA(nn.Module):
         key_positions, valid = [], []
         for i in range(kt):
             for j in range(kh):
-                for l in range(kw):
-                    key_frame, key_row, key_col = frame - i * dt, row + (j - kh // 2) * dh, col + (l - kw // 2) * dw
+                for k in range(kw):
+                    key_frame, key_row, key_col = frame - i * dt, row + (j - kh // 2) * dh, col + (k - kw // 2) * dw
                     key_position = (key_frame * height + key_row) * width + key_col
                     inside = key_frame >= 0 and 0 <= key_row < height and 0 <= key_col < width
                     is_valid = inside and key_position <= position

@@ -29,9 +29,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from synthesis_core.attention import Attention
-from synthesis_core.chunked import apply_in_slices
 from synthesis_core.checkpoint import PretrainedMixin
 from synthesis_core.checks import check_in_range, check_positive_int, check_tensor
+from synthesis_core.chunked import apply_in_slices
 from synthesis_core.gan import (
     Discriminator,
     PerceptualLoss,

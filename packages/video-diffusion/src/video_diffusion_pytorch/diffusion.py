@@ -7,6 +7,7 @@ API and [-1, 1] inside.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 import torch
@@ -163,8 +164,8 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
 
     def normalize(self, name: str, videos: Tensor) -> Tensor:
         """Pixel values at the API -> [-1, 1] for the model (see `input_range`); clear error when out of range."""
-        low, high = (value.item() for value in videos.detach().aminmax())
-        if not (low == low and high == high) or abs(low) == float("inf") or abs(high) == float("inf"):
+        low, high = torch.stack(videos.detach().float().aminmax()).tolist()  # one synchronisation
+        if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError(f"{name}: expected finite pixel values, got NaN or inf")
         symmetric = self.input_range == "symmetric" or (self.input_range == "auto" and low < 0)
         lower_bound = -1.0 if symmetric else 0.0

@@ -138,7 +138,6 @@ class Trainer(BaseTrainer):
         self.sampler = sampler
         self.sample_steps = sample_steps
         self.max_batch_size = max_batch_size
-        self.batch_size = train_batch_size
 
         # text conditioning from sidecar captions, when the model can read text
         model_reads_text = getattr(diffusion_model.model, "text_encoder", None) is not None
