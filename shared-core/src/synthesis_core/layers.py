@@ -64,7 +64,8 @@ class RMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.gamma.to(x.dtype), eps=self.eps)
+        # autocast runs norms in float32; casting back keeps bf16 activations (and their saved copies) half the size
+        return F.rms_norm(x, (x.shape[-1],), self.gamma.to(x.dtype), eps=self.eps).to(x.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -76,7 +77,7 @@ class LayerNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x, (x.shape[-1],), self.gamma.to(x.dtype), None, eps=self.eps)
+        return F.layer_norm(x, (x.shape[-1],), self.gamma.to(x.dtype), None, eps=self.eps).to(x.dtype)
 
 
 class ChannelLayerNorm(nn.Module):
@@ -378,10 +379,11 @@ class _Block(nn.Module):
         self.proj = nn.Conv2d(dim, dim_out, 3, padding=1)
 
     def forward(self, x: Tensor, scale_shift: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        x = self.norm(x)
+        # autocast computes GroupNorm in float32; cast back so bf16 training stores bf16 activations
+        x = self.norm(x).to(x.dtype)
         if exists(scale_shift):
             scale, shift = scale_shift
-            x = x * (scale + 1) + shift
+            x = x * (scale + 1).to(x.dtype) + shift.to(x.dtype)
         return self.proj(self.dropout(self.act(x)))
 
 
