@@ -194,7 +194,11 @@ class DemoModel(nn.Module):
         raise NotImplementedError
 
     def stage(self, progress: float) -> str:
+        """The name of the training stage at `progress` (a fraction of the budget); one stage by default."""
         return "train"
+
+    def start_stage(self, stage: str) -> None:
+        """Called when `stage` begins (before its optimizer is made): two-stage models build their generator."""
 
 
 def import_package(model: str):
@@ -318,22 +322,28 @@ class PhenakiDemo(DemoModel):
         self.phenaki = None  # built when the tokenizer is done (building it freezes the tokenizer)
 
     def stage(self, progress):
-        return "tokenizer" if progress < self.tokenizer_fraction and self.phenaki is None else "generator"
+        return "tokenizer" if progress < self.tokenizer_fraction else "generator"
 
-    def _generator(self):
-        if self.phenaki is None:
+    def start_stage(self, stage):
+        if stage == "generator" and self.phenaki is None:
             self.phenaki = self._make_phenaki()
-        return self.phenaki
+
+    def train(self, mode: bool = True) -> PhenakiDemo:
+        super().train(mode)
+        if self.phenaki is not None:
+            self.cvivit.eval()  # frozen once the generator trains: no codebook updates
+        return self
 
     def loss(self, videos, captions, progress):
-        if self.stage(progress) == "tokenizer":
+        if self.phenaki is None:
             return self.cvivit(videos)
         embeds, mask = self.text(captions)
-        return self._generator()(videos, text_embeds=embeds, text_mask=mask)
+        return self.phenaki(videos, text_embeds=embeds, text_mask=mask)
 
     def generate(self, captions):
+        self.start_stage("generator")
         embeds, mask = self.text(captions)
-        return self._generator().sample(num_frames=self.num_frames, text_embeds=embeds, text_mask=mask,
+        return self.phenaki.sample(num_frames=self.num_frames, text_embeds=embeds, text_mask=mask,
                                         cond_scale=self.cond_scale, batch_size=len(captions))
 
 
@@ -346,30 +356,42 @@ class NuwaDemo(DemoModel):
         VQGanVAE, NUWA = import_names("nuwa", "VQGanVAE", "NUWA")
         self.text = text
         self.num_frames = config.num_frames
+        self.cond_scale = config.cond_scale
         self.tokenizer_fraction = config.tokenizer_fraction
-        self.vae = VQGanVAE(dim=config.dim, image_size=config.image_size, num_layers=2)
-        self.nuwa = NUWA(vae=self.vae, dim=config.dim, text_num_tokens=text.vocab_size, text_enc_depth=1,
-                         text_enc_heads=2, text_max_seq_len=8, max_video_frames=config.num_frames,
-                         image_size=config.image_size, dec_depth=2, dec_heads=2)
-        self.vae_done = False
+        self.vae = VQGanVAE(dim=config.dim, image_size=config.image_size, num_layers=2, vq_codebook_size=256,
+                            use_attn=False, resnet_groups=8, first_conv_kernel_size=3, use_vgg_and_gan=False)
+        self._make_nuwa = lambda: NUWA(vae=self.vae, dim=config.dim, text_num_tokens=text.vocab_size,
+                                       text_enc_depth=1, text_enc_heads=2, text_enc_dim_head=16, text_max_seq_len=8,
+                                       max_video_frames=config.num_frames, dec_depth=2, dec_heads=2,
+                                       dec_dim_head=16, sparse_3dna_dilation=(1, 2))
+        self.nuwa = None  # built when the tokenizer is done (building it freezes the VAE)
 
     def stage(self, progress):
-        return "tokenizer" if progress < self.tokenizer_fraction and not self.vae_done else "generator"
+        return "tokenizer" if progress < self.tokenizer_fraction else "generator"
+
+    def start_stage(self, stage):
+        if stage == "generator" and self.nuwa is None:
+            self.nuwa = self._make_nuwa().to(next(self.vae.parameters()).device)
+
+    def train(self, mode: bool = True) -> NuwaDemo:
+        super().train(mode)
+        if self.nuwa is not None:
+            self.vae.eval()  # frozen once the generator trains: no codebook updates
+        return self
 
     def loss(self, videos, captions, progress):
         frames = rearrange(videos, "b c t h w -> b t c h w")
-        if self.stage(progress) == "tokenizer":
+        if self.nuwa is None:
             return self.vae(rearrange(frames, "b t c h w -> (b t) c h w"), return_loss=True)
-        if not self.vae_done:
-            self.vae_done = True
-            self.vae.requires_grad_(False)
         ids, _ = self.text.tokenize(captions)
         return self.nuwa(text=ids, video=frames, return_loss=True)
 
     def generate(self, captions):
+        self.start_stage("generator")
         ids, _ = self.text.tokenize(captions)
-        video = self.nuwa.generate(text=ids, num_frames=self.num_frames)
-        return rearrange(video, "b t c h w -> b c t h w").clamp(0, 1)
+        video = self.nuwa.generate(text=ids, num_frames=self.num_frames, cond_scale=self.cond_scale,
+                                           progress=False)
+        return rearrange(video, "b t c h w -> b c t h w")
 
 
 ADAPTERS: dict[str, Callable[[DemoConfig, CaptionEncoder], DemoModel]] = {
@@ -412,40 +434,69 @@ def batches(dataset: ShapesVideoDataset, batch_size: int, seed: int):
             yield torch.stack([video for video, _ in items]), [caption for _, caption in items]
 
 
-def train(model: DemoModel, config: DemoConfig, *, deadline: float, device: torch.device, seed: int,
-          progress_bar: bool = True) -> dict:
-    """Trains until `deadline` (a `time.monotonic()` value) or `config.max_steps`; returns step count and losses."""
-    dataset = ShapesVideoDataset(100_000, image_size=config.image_size, num_frames=model.num_frames, seed=seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    started, cpu_started = time.monotonic(), time.process_time()
-    budget = max(deadline - started, 1e-6)
-    losses: list[float] = []
-    step = 0
-    model.train()
-    bar = tqdm(total=round(budget), desc="training", unit="s", disable=not progress_bar,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{postfix}]")
-    for videos, captions in batches(dataset, config.batch_size, seed):
-        now = time.monotonic()
-        fraction = (now - started) / budget
-        if config.max_steps is not None:
-            fraction = max(fraction, step / config.max_steps)
-        if now >= deadline or (config.max_steps is not None and step >= config.max_steps):
-            break
-        with autocast:
-            loss = model.loss(videos.to(device), captions, fraction)
-        optimizer.zero_grad(set_to_none=True)
+class DemoTrainer:
+    """The training loop, with state that survives pauses (the benchmark samples the model between segments).
+
+    `run(until)` trains until `until` seconds of training time have been spent in total, or `config.max_steps`.
+    The stage of a two-stage model follows the fraction of `budget` seconds spent (or of `max_steps`).
+    """
+
+    def __init__(self, model: DemoModel, config: DemoConfig, *, budget: float, device: torch.device, seed: int):
+        self.model, self.config, self.device = model, config, device
+        self.budget = max(budget, 1e-6)
+        dataset = ShapesVideoDataset(100_000, image_size=config.image_size, num_frames=model.num_frames, seed=seed)
+        self.stream = batches(dataset, config.batch_size, seed)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+        self.steps, self.losses = 0, []
+        self.train_seconds = self.train_cpu_seconds = 0.0
+        self.stage, self.optimizer, self.trainable = None, None, []
+
+    def progress(self) -> float:
+        fraction = self.train_seconds / self.budget
+        if self.config.max_steps is not None:
+            fraction = max(fraction, self.steps / self.config.max_steps)
+        return fraction
+
+    def done(self, until: float) -> bool:
+        return self.train_seconds >= until or (self.config.max_steps is not None and self.steps >= self.config.max_steps)
+
+    def step(self) -> float:
+        fraction = self.progress()
+        if self.model.stage(fraction) != self.stage:
+            # a new stage (two-stage models: tokenizer, then generator) gets a fresh optimizer over what it trains
+            self.stage = self.model.stage(fraction)
+            self.model.start_stage(self.stage)
+            self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+            self.optimizer = torch.optim.AdamW(self.trainable, lr=self.config.lr, weight_decay=0.0)
+        self.model.train()
+        videos, captions = next(self.stream)
+        with self.autocast:
+            loss = self.model.loss(videos.to(self.device), captions, fraction)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(float(loss))
-        step += 1
-        recent = losses[-20:]
-        bar.set_postfix_str(f"step {step}, {model.stage(fraction)} loss {sum(recent) / len(recent):.4f}")
-        bar.update(min(time.monotonic() - started, budget) - bar.n)
-    bar.close()
-    return {"steps": step, "train_seconds": time.monotonic() - started,
-            "train_cpu_seconds": time.process_time() - cpu_started, "losses": losses}
+        torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
+        self.optimizer.step()
+        self.steps += 1
+        self.losses.append(float(loss.detach()))
+        return self.losses[-1]
+
+    def run(self, until: float | None = None, progress_bar: bool = True) -> DemoTrainer:
+        until = self.budget if until is None else until
+        bar = tqdm(total=round(until), initial=round(self.train_seconds), desc="training", unit="s",
+                   disable=not progress_bar, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s{postfix}")
+        while not self.done(until):
+            started, cpu_started = time.monotonic(), time.process_time()
+            self.step()
+            self.train_seconds += time.monotonic() - started
+            self.train_cpu_seconds += time.process_time() - cpu_started
+            bar.set_postfix_str(f"step {self.steps}, {self.stage} loss {self.recent_loss():.4f}")
+            bar.update(min(self.train_seconds, until) - bar.n)
+        bar.close()
+        return self
+
+    def recent_loss(self, last: int = 20) -> float:
+        recent = self.losses[-last:]
+        return sum(recent) / max(len(recent), 1)
 
 
 @torch.no_grad()
@@ -544,7 +595,8 @@ def run(args: argparse.Namespace, started: float | None = None) -> dict:
     logger.info("training %s (%.2fM parameters, %s) on %dx%d videos of %d frames, batch %d, on %s for %.1f minutes",
                 args.model, parameters / 1e6, text_kind, config.image_size, config.image_size, model.num_frames,
                 config.batch_size, device, args.minutes)
-    stats = train(model, config, deadline=deadline, device=device, seed=args.seed, progress_bar=not args.quiet)
+    trainer = DemoTrainer(model, config, budget=deadline - time.monotonic(), device=device, seed=args.seed)
+    trainer.run(progress_bar=not args.quiet)
     trained_at = time.monotonic()
 
     prompts = demo_prompts(config.num_samples)
@@ -565,10 +617,10 @@ def run(args: argparse.Namespace, started: float | None = None) -> dict:
         "score": {key: (None if isinstance(value, float) and math.isnan(value) else value)
                   for key, value in score.items()},
         "meaning": scorer.describe(score),
-        "steps": stats["steps"],
-        "final_loss": sum(stats["losses"][-20:]) / max(len(stats["losses"][-20:]), 1),
-        "train_seconds": round(stats["train_seconds"], 1),
-        "train_cpu_seconds": round(stats["train_cpu_seconds"], 1),
+        "steps": trainer.steps,
+        "final_loss": trainer.recent_loss(),
+        "train_seconds": round(trainer.train_seconds, 1),
+        "train_cpu_seconds": round(trainer.train_cpu_seconds, 1),
         "sample_seconds": round(sample_seconds, 1),
         "total_seconds": round(time.monotonic() - started, 1),
         "device": str(device),
@@ -580,7 +632,7 @@ def run(args: argparse.Namespace, started: float | None = None) -> dict:
         "measured": [scorer.measure(video) for video in videos],
     }
     (args.out / "score.json").write_text(json.dumps(result, indent=2) + "\n")
-    logger.info("trained %d steps in %.0f s, sampled %d videos in %.0f s", stats["steps"], stats["train_seconds"],
+    logger.info("trained %d steps in %.0f s, sampled %d videos in %.0f s", trainer.steps, trainer.train_seconds,
                 len(prompts), sample_seconds)
     logger.info("caption score: colour %.0f%%, shape %.0f%%, direction %.0f%%, all %.0f%%", 100 * score["color"],
                 100 * score["shape"], 100 * (0 if math.isnan(score["direction"]) else score["direction"]),

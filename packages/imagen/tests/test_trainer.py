@@ -47,10 +47,10 @@ def test_loss_falls_when_fitting_one_batch(tiny_unet):
             return imagen(images).item()
 
     before = fixed_loss()
-    for _ in range(30):
+    for _ in range(12):
         trainer(images)
         trainer.update()
-    assert fixed_loss() < 0.5 * before
+    assert fixed_loss() < 0.25 * before
 
 
 def test_checkpoint_round_trip_is_bit_equal_and_samples_identically(cascade, tmp_path):
@@ -200,3 +200,13 @@ def test_learning_rates_warmup_and_only_training_one_unet(cascade):
         ImagenTrainer()
     with pytest.raises(ValueError, match="no training data"):
         ImagenTrainer(cascade()).train_step(unet_number=1)
+
+
+def test_custom_unets_train_and_checkpoint_without_a_config(recording_unet, tmp_path, caplog):
+    trainer = ImagenTrainer(Imagen(recording_unet(), image_sizes=8, condition_on_text=False))
+    assert "will not record the cascade's config" in caplog.text
+    trainer(torch.rand(2, 3, 8, 8))
+    trainer.update()
+    trainer.save(tmp_path / "custom.safetensors")
+    with pytest.raises(ValueError, match="no imagen config"):
+        load_imagen_from_checkpoint(tmp_path / "custom.safetensors")

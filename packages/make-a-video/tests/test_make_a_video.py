@@ -134,18 +134,6 @@ def test_cond_scale_one_samples_the_conditional_prediction(make_model):
     assert not torch.allclose(guided, out)
 
 
-def test_texts_are_encoded_by_a_local_t5_folder(make_model, make_unet, tiny_t5):
-    model = make_model(text_encoder_name=tiny_t5)
-    loss = model(_videos(), texts=["a red square moving left", "a blue circle"])
-    assert loss.ndim == 0 and torch.isfinite(loss)
-    loss.backward()
-    assert model.sample(texts=["a green square"], progress=False).shape == (1, 3, 4, 8, 8)
-    assert not any("shared" in k or "encoder.block" in k for k in model.state_dict())
-    wrong = make_model(unet=make_unet(text_embed_dim=12), text_encoder_name=tiny_t5)
-    with pytest.raises(ValueError, match="text_encoder_name: .* gives 16-wide embeddings"):
-        wrong(_videos(), texts=["a", "b"])
-
-
 def test_bad_inputs_raise_clear_errors(make_model, make_unet):
     model = make_model()
     with pytest.raises(ValueError, match=r"videos_or_images: expected shape \(batch, 3, frames, 8, 8\)"):

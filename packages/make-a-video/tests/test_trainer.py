@@ -1,4 +1,4 @@
-"""MakeAVideoTrainer over captioned image and video folders, its save/load round trip, and the CLI."""
+"""Texts through a local T5 folder, MakeAVideoTrainer over captioned image and video folders (save/load), the CLI."""
 import pytest
 import torch
 
@@ -12,6 +12,18 @@ def _trainer(model, tmp_path, **kwargs):
                     cpu=True, seed=0, ema_update_every=1, ema_update_after_step=0)
     settings.update(kwargs)
     return MakeAVideoTrainer(model, **settings)
+
+
+def test_texts_are_encoded_by_a_local_t5_folder(make_model, make_unet, tiny_t5):
+    model = make_model(text_encoder_name=tiny_t5)
+    loss = model(torch.rand(2, 3, 4, 8, 8), texts=["a red square moving left", "a blue circle"])
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert model.sample(texts=["a green square"], progress=False).shape == (1, 3, 4, 8, 8)
+    assert not any("shared" in k or "encoder.block" in k for k in model.state_dict())
+    wrong = make_model(unet=make_unet(text_embed_dim=12), text_encoder_name=tiny_t5)
+    with pytest.raises(ValueError, match="text_encoder_name: .* gives 16-wide embeddings"):
+        wrong(torch.rand(2, 3, 4, 8, 8), texts=["a", "b"])
 
 
 def test_co_training_on_captioned_folders_and_save_load_round_trip(make_model, tiny_t5, captioned_videos,

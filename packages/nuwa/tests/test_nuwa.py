@@ -149,3 +149,46 @@ def test_bad_inputs(make_vae, make_nuwa):
         model(text)
     with pytest.raises(ValueError, match="num_frames: expected between 1 and max_video_frames=3"):
         model.generate(text, num_frames=4)
+
+
+def make_sketch_model(make_vae, **kwargs):
+    from nuwa_pytorch import NUWASketch
+
+    settings = dict(dim=16, max_video_frames=2, sketch_max_video_frames=2, sketch_enc_depth=1, sketch_enc_heads=2,
+                    sketch_enc_dim_head=8, dec_depth=2, dec_heads=2, dec_dim_head=8, sparse_3dna_dilation=(1, 2))
+    settings.update(kwargs)
+    return NUWASketch(vae=make_vae(), sketch_vae=make_vae(channels=1, vq_codebook_size=8), **settings)
+
+
+def test_sketch_model_trains_and_generates_with_cache(make_vae, tmp_path):
+    model = make_sketch_model(make_vae)
+    sketch, video = torch.rand(2, 1, 1, 16, 16), torch.rand(2, 2, 3, 16, 16)
+    loss = model(sketch, video, return_loss=True)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is None for p in (*model.vae.parameters(), *model.sketch_vae.parameters()))
+    assert model.sketch_token_emb.weight.grad.abs().sum() > 0
+
+    runs = [model.generate_video_indices(sketch, num_frames=1, cond_scale=2.0, use_cache=use_cache,
+                                         generator=torch.Generator().manual_seed(3), progress=False)
+            for use_cache in (True, False)]
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+    assert model.generate(sketch, num_frames=1, progress=False).shape == (2, 1, 3, 16, 16)
+
+    model.eval()
+    model.save_pretrained(tmp_path / "sketch")
+    loaded = type(model).from_pretrained(tmp_path / "sketch").eval()
+    torch.testing.assert_close(loaded(sketch, video), model(sketch, video))
+
+
+def test_sketch_model_bad_inputs(make_vae):
+    model = make_sketch_model(make_vae)
+    video = torch.rand(2, 2, 3, 16, 16)
+    with pytest.raises(ValueError, match="sketch: expected shape \\(batch, sketch_frames, 1, 16, 16\\)"):
+        model(torch.rand(2, 1, 3, 16, 16), video)
+    with pytest.raises(ValueError, match="sketch: expected between 1 and sketch_max_video_frames=2 frames, got 3"):
+        model(torch.rand(2, 3, 1, 16, 16), video)
+    from nuwa_pytorch import NUWASketch
+
+    with pytest.raises(TypeError, match="sketch_vae: expected a VQGanVAE"):
+        NUWASketch(vae=make_vae(), sketch_vae=None, dim=16)

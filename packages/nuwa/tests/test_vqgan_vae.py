@@ -107,6 +107,8 @@ def test_bad_inputs(make_vae):
         make_vae(image_size=18)
     with pytest.raises(ValueError, match="use_attn"):
         make_vae(use_attn=(True,))
+    with pytest.raises(ValueError, match="channels: the perceptual loss takes 1 \\(grey\\) or 3"):
+        make_vae(channels=5, use_vgg_and_gan=True)
     vae = make_vae()
     with pytest.raises(ValueError, match="img: expected shape \\(batch, 3, 16, 16\\)"):
         vae(torch.rand(1, 3, 32, 32))

@@ -69,7 +69,7 @@ def test_crops_and_pads_frames_of_gifs_and_mp4s(gif_writer, tmp_path):
     folder.mkdir()
     gif_writer(folder / "long.gif", 5, 8, seed=1)
     gif_writer(folder / "short.gif", 2, 8, seed=2)
-    frames = torch.stack([torch.from_numpy(np.asarray(f)) for f in gif_writer.frames(4, 8, seed=3)]).float() / 255
+    frames = torch.stack([torch.from_numpy(np.array(f)) for f in gif_writer.frames(4, 8, seed=3)]).float() / 255
     save_video(frames.permute(3, 0, 1, 2), folder / "clip.mp4")
 
     cropping = make_trainer(tiny_diffusion(), folder, tmp_path / "a", frame_mode="crop")

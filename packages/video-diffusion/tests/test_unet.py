@@ -121,13 +121,15 @@ def test_variants_train_and_run_under_bf16_autocast():
     assert torch.isfinite(out.float()).all()
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("mode", [True, "attention"])
+def test_gradient_checkpointing_gives_the_same_gradients(mode):
     plain = tiny_unet().train()
-    checkpointed = tiny_unet(gradient_checkpointing=True).train()
+    checkpointed = tiny_unet(gradient_checkpointing=mode).train()
     checkpointed.load_state_dict(plain.state_dict())
     x, t = videos(), torch.tensor([1, 2])
+    mask = torch.tensor([True, False])
     for unet in (plain, checkpointed):
-        unet(x, t).square().mean().backward()
+        unet(x, t, focus_present_mask=mask).square().mean().backward()
     for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
 

@@ -179,8 +179,12 @@ class ImagenTrainer:
                 ema_update_every=ema_update_every, ema_kwargs=dict(update_after_step=ema_update_after_step),
             )
         # stored in every checkpoint: what `load_imagen_from_checkpoint` rebuilds the cascade from
-        imagen_config = imagen_config_from_model(imagen)
-        self.engine.config["imagen"] = {"type": imagen_config.model_type, **imagen_config.to_dict()}
+        try:
+            imagen_config = imagen_config_from_model(imagen)
+            self.engine.config["imagen"] = {"type": imagen_config.model_type, **imagen_config.to_dict()}
+        except TypeError as error:  # a custom unet class: the trainer works, the file just cannot rebuild it
+            logger.warning("checkpoints will not record the cascade's config (%s); load them with "
+                           "ImagenTrainer(imagen).load(path) instead of load_imagen_from_checkpoint", error)
 
         self.train_dl: DataLoader | None = None
         self.valid_dl: DataLoader | None = None

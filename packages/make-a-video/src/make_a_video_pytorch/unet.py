@@ -37,6 +37,17 @@ from synthesis_core.utils import cast_tuple, exists, prob_mask_like
 __all__ = ["SpaceTimeUnet", "SpaceTimeResnetBlock"]
 
 
+def channel_rms_norm(norm: RMSNorm, x: Tensor) -> Tensor:
+    """`norm` over the channels of `(b, c, ...)`, computed in the activations' own dtype.
+
+    Channels go to the last axis (a view in the channels-last layout, so the fused rms_norm kernel applies).
+    Autocast would run the norm in float32 and keep a float32 copy of its input for the backward pass; the fused
+    kernel accumulates in float32 anyway, so on bf16 activations it is as accurate and stores half as much.
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        return norm(x.movedim(1, -1)).movedim(-1, 1)
+
+
 class _Block(nn.Module):
     """RMS norm over channels -> optional FiLM (scale, shift) -> SiLU -> pseudo-3D convolution."""
 
@@ -46,9 +57,7 @@ class _Block(nn.Module):
         self.conv = Pseudo3DConv(dim, dim_out, kernel_size=kernel_size)
 
     def forward(self, x: Tensor, scale_shift: tuple[Tensor, Tensor] | None = None, enable_time: bool = True) -> Tensor:
-        # channels to the last axis: a view in the channels-last layout, so the fused rms_norm kernel applies
-        # (under CUDA autocast the norm may come out in float32: back to the activations' dtype for what follows)
-        x = self.norm(x.movedim(1, -1)).movedim(-1, 1).to(x.dtype)
+        x = channel_rms_norm(self.norm, x)
         if exists(scale_shift):
             scale, shift = scale_shift
             x = torch.addcmul(shift, x, scale + 1)
@@ -430,7 +439,7 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
                 x = self._memory_format(level["upsample"](x))
 
         x = self.final_block(torch.cat((x, init_x), dim=1), cond_vector, enable_time=enable_time)
-        x = F.silu(self.final_norm(x.movedim(1, -1)).movedim(-1, 1).to(x.dtype))
+        x = F.silu(channel_rms_norm(self.final_norm, x))
         out = video_conv2d(x, self.final_conv.weight, self.final_conv.bias).contiguous()
         return rearrange(out, "b c 1 h w -> b c h w") if is_image else out
 

@@ -1,4 +1,4 @@
-"""NUWA (Wu et al. 2021): text-to-video as autoregressive generation of VQGAN tokens.
+"""NUWA (Wu et al. 2021): text-to-video (and sketch-to-video) as autoregressive generation of VQGAN tokens.
 
     nuwa = NUWA(vae=vae, dim=512, text_num_tokens=20000, max_video_frames=10, dec_depth=12, ...)
     loss = nuwa(text=text, video=video, return_loss=True)   # text (b, n) ids, video (b, f, c, h, w) in [0, 1]
@@ -9,6 +9,8 @@ self-attention (`Sparse3DNA`, dilations cycling over the layers) followed by cro
 feed-forward. Both stacks are reversible (memory independent of depth) or plain, with the same parameters.
 The video is tokenised by the frozen `VQGanVAE`; the decoder predicts each token from the previous ones (a start
 token shifts the sequence by one), so token `p` is predicted at position `p` from the tokens before it.
+
+`NUWASketch` swaps the text encoder for an encoder of the tokens of a sketch (a second frozen VAE).
 
 Generation samples token by token with a key/value cache (each step attends to the cached neighbourhood only),
 optional classifier-free guidance (the unconditional half of the batch sees the same video tokens, with the text
@@ -28,7 +30,7 @@ from tqdm.auto import tqdm
 
 from nuwa_pytorch.sparse_3dna import KVCache, Sparse3DNA, to_3d
 from nuwa_pytorch.vqgan_vae import VQGanVAE
-from synthesis_core.attention import Attention, RotaryEmbedding, attend
+from synthesis_core.attention import Attention, RotaryEmbedding, Transformer, attend
 from synthesis_core.checkpoint import PretrainedMixin
 from synthesis_core.checks import check_batch_match, check_in_range, check_positive_int, check_tensor
 from synthesis_core.chunked import ReversibleSequence, SequentialResidual
@@ -37,7 +39,7 @@ from synthesis_core.utils import cast_tuple, default, eval_decorator, exists, pr
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NUWA", "sample_from_logits", "shift_video_tokens"]
+__all__ = ["NUWA", "NUWASketch", "VideoTokenDecoder", "sample_from_logits", "shift_video_tokens"]
 
 
 # helpers
@@ -224,10 +226,293 @@ class DecodingLayerState:
     neighbours: tuple[Tensor, Tensor, Tensor] | None = None  # the 3DNA window of the current position
 
 
-# the model
+# the video token decoder shared by the models
 
 
-class NUWA(PretrainedMixin, nn.Module):
+class VideoTokenDecoder(nn.Module):
+    """Autoregressive decoder of the video tokens of a `(frames, height, width)` grid, conditioned on a context
+    sequence (text or sketch encodings) through cross-attention.
+
+    Position `p` holds the start token (p = 0) or the embedding of token `p - 1`, plus axial position embeddings,
+    and predicts token `p`. Layers: `VideoAttention` (3DNA with cycling dilations + cross-attention) and a
+    feed-forward, as the two halves of a reversible (or plain, same parameters) residual block.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_tokens: int,
+        video_shape: tuple[int, int, int],
+        depth: int,
+        heads: int,
+        dim_head: int,
+        reversible: bool,
+        attn_dropout: float,
+        ff_dropout: float,
+        ff_mult: float,
+        ff_chunk_size: int | None,
+        kernel_size: int | Sequence[int],
+        dilation: int | Sequence[int] | Sequence[Sequence[int]],
+        query_num_frames_chunk: int | None,
+        shift_video_tokens: bool,
+        embed_gradient_frac: float,
+    ):
+        super().__init__()
+        frames, height, width = video_shape
+        self.video_shape = video_shape
+        self.num_tokens = num_tokens
+        self.embed_gradient_frac = embed_gradient_frac
+        self.bos = nn.Parameter(torch.randn(dim) * 0.02)
+        self.token_emb = nn.Embedding(num_tokens, dim)
+        self.frame_pos_emb = nn.Parameter(torch.randn(frames, dim) * 0.02)
+        self.row_pos_emb = nn.Parameter(torch.randn(height, dim) * 0.02)
+        self.col_pos_emb = nn.Parameter(torch.randn(width, dim) * 0.02)
+        self.layers = residual_stack([
+            (VideoAttention(dim, video_shape, heads=heads, dim_head=dim_head, dropout=attn_dropout,
+                            kernel_size=kernel_size, dilation=layer_dilation,
+                            query_num_frames_chunk=query_num_frames_chunk, shift_tokens=shift_video_tokens),
+             PreNormFeedForward(dim, mult=ff_mult, dropout=ff_dropout, chunk_size=ff_chunk_size,
+                                video_shape=video_shape if shift_video_tokens else None))
+            for layer_dilation in self._layer_dilations(dilation, depth)
+        ], reversible=reversible)
+        self.norm = LayerNorm(dim)
+        self.to_logits = nn.Linear(dim, num_tokens)
+
+    @staticmethod
+    def _layer_dilations(dilation, depth: int) -> list[tuple[int, int, int]]:
+        """One `(t, h, w)` dilation per layer: an int, a `(t, h, w)` triple, or a sequence of either, cycled."""
+        if isinstance(dilation, int):
+            per_layer = [dilation]
+        else:
+            per_layer = list(cast_tuple(dilation))
+            if not per_layer:
+                raise ValueError("sparse_3dna_dilation: expected an int or a non-empty sequence")
+        return [to_3d("sparse_3dna_dilation", per_layer[i % len(per_layer)]) for i in range(depth)]
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.video_shape[1] * self.video_shape[2]
+
+    def _position_emb(self, positions: Tensor) -> Tensor:
+        _, height, width = self.video_shape
+        frame, rest = positions.div(height * width, rounding_mode="floor"), positions % (height * width)
+        row, col = rest.div(width, rounding_mode="floor"), rest % width
+        return self.frame_pos_emb[frame] + self.row_pos_emb[row] + self.col_pos_emb[col]
+
+    def forward(self, prefix: Tensor, context: Tensor, context_mask: Tensor | None = None) -> Tensor:
+        """Logits `(b, len(prefix) + 1, num_tokens)` of the tokens at positions `0 .. len(prefix)`."""
+        batch, length = prefix.shape
+        bos = repeat(self.bos, "d -> b 1 d", b=batch)
+        x = torch.cat((bos, self.token_emb(prefix)), dim=1)
+        x = embed_gradient_fraction(x, self.embed_gradient_frac)
+        x = x + self._position_emb(torch.arange(length + 1, device=prefix.device))
+        x = self.layers(x, context=context, context_mask=context_mask)
+        return self.to_logits(self.norm(x))
+
+    # cached decoding
+
+    def new_decoding_state(self, context: Tensor, context_mask: Tensor, max_len: int) -> list[DecodingLayerState]:
+        batch, device = context.shape[0], context.device
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) \
+            else self.to_logits.weight.dtype
+        dim = self.bos.shape[0]
+
+        def history(enabled: bool) -> Tensor | None:
+            return context.new_zeros(batch, max_len, dim, dtype=dtype) if enabled else None
+
+        return [
+            DecodingLayerState(
+                kv=KVCache(batch, attention.sparse_attn.heads, max_len, attention.sparse_attn.dim_head,
+                           device=device, dtype=dtype),
+                context_kv=attention.cross_attn.context_kv(context),
+                context_mask=context_mask,
+                attn_history=history(attention.shift_tokens),
+                ff_history=history(exists(feedforward.video_shape)),
+            )
+            for attention, feedforward in self.layers.blocks
+        ]
+
+    def step(self, previous: Tensor | None, position: int, states: list[DecodingLayerState]) -> Tensor:
+        """Logits `(b, num_tokens)` at `position`, given the token decoded at `position - 1` (None at 0)."""
+        batch = states[0].context_mask.shape[0]
+        if previous is None:
+            x = repeat(self.bos, "d -> b 1 d", b=batch)
+        else:
+            x = self.token_emb(rearrange(previous, "b -> b 1"))
+        x = x + self._position_emb(torch.tensor([position], device=x.device))
+        # layers with the same window share its neighbour lookup
+        windows: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
+        for (attention, _), state in zip(self.layers.blocks, states):
+            sparse_attn = attention.sparse_attn
+            key = (sparse_attn.kernel_size, sparse_attn.dilation)
+            if key not in windows:
+                windows[key] = sparse_attn.neighbours(position, device=x.device)
+            state.neighbours = windows[key]
+        # the two residual streams of the (reversible or plain) stack, one token at a time
+        x1 = x2 = x
+        for (attention, feedforward), state in zip(self.layers.blocks, states):
+            x1 = x1 + attention.forward_step(x2, position, state)
+            x2 = x2 + feedforward.forward_step(x1, position, state)
+        return self.to_logits(self.norm((x1 + x2) / 2))[:, 0]
+
+    @torch.no_grad()
+    def sample(
+        self,
+        context: Tensor,
+        context_mask: Tensor,
+        num_tokens: int,
+        filter_thres: float = 0.9,
+        temperature: float = 1.0,
+        cond_scale: float = 1.0,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+    ) -> Tensor:
+        """Samples `(b, num_tokens)` video tokens for the context `(b, m, dim)`; classifier-free guidance when
+        `cond_scale != 1`: the batch is doubled, the unconditional half has its context masked out (only the null
+        key is attended) and is fed the same video tokens at every step."""
+        batch = context.shape[0]
+        guided = cond_scale != 1
+        if guided:
+            context = torch.cat((context, context))
+            context_mask = torch.cat((context_mask, torch.zeros_like(context_mask)))
+
+        tokens = torch.empty(batch, 0, dtype=torch.long, device=context.device)
+        states = self.new_decoding_state(context, context_mask, num_tokens) if use_cache else None
+        for position in tqdm(range(num_tokens), desc="generating video tokens", disable=not progress, leave=False):
+            if use_cache:
+                previous = tokens[:, -1] if position > 0 else None
+                if exists(previous) and guided:
+                    previous = torch.cat((previous, previous))
+                logits = self.step(previous, position, states)
+            else:
+                prefix = torch.cat((tokens, tokens)) if guided else tokens
+                logits = self(prefix, context, context_mask)[:, -1]
+            if guided:
+                cond_logits, uncond_logits = logits.float().chunk(2)
+                logits = uncond_logits + (cond_logits - uncond_logits) * cond_scale
+            sampled = sample_from_logits(logits, filter_thres=filter_thres, temperature=temperature,
+                                         generator=generator)
+            tokens = torch.cat((tokens, rearrange(sampled, "b -> b 1")), dim=1)
+        return tokens
+
+
+# what NUWA and NUWASketch share: a frozen VAE, the video inputs, the loss and generation
+
+
+class _FrozenVAEVideoModel(nn.Module):
+    """Base of the models that generate the tokens of a frozen `VQGanVAE` with a `VideoTokenDecoder`
+    (`self.decoder`) conditioned on an encoded input (`encode_condition`)."""
+
+    vae: VQGanVAE
+    decoder: VideoTokenDecoder
+
+    def _attach_vae(self, vae: VQGanVAE, image_size: int | None, max_video_frames: int) -> None:
+        if not isinstance(vae, VQGanVAE):
+            raise TypeError(f"vae: expected a VQGanVAE, got {type(vae).__name__}")
+        if exists(image_size) and image_size != vae.image_size:
+            raise ValueError(f"image_size: {image_size} does not match the VAE's image_size {vae.image_size}; "
+                             "leave image_size out (it is taken from the VAE) or pass the VAE's")
+        check_positive_int("max_video_frames", max_video_frames)
+        vae.requires_grad_(False)
+        vae.eval()
+        self.image_size = vae.image_size
+        self.num_video_tokens = vae.codebook_size
+        self.max_video_frames = max_video_frames
+        self.video_shape = (max_video_frames, vae.fmap_size, vae.fmap_size)
+
+    def train(self, mode: bool = True) -> _FrozenVAEVideoModel:
+        super().train(mode)
+        for module in self.children():
+            if isinstance(module, VQGanVAE):
+                module.eval()  # frozen: no dropout, no codebook updates
+        return self
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.video_shape[1] * self.video_shape[2]
+
+    def _check_num_frames(self, name: str, num_frames: int, limit_name: str = "max_video_frames") -> None:
+        max_frames = getattr(self, limit_name)
+        if not 1 <= num_frames <= max_frames:
+            raise ValueError(f"{name}: expected between 1 and {limit_name}={max_frames} frames, got {num_frames}")
+
+    def _video_indices(self, video: Tensor | None, video_indices: Tensor | None) -> Tensor:
+        if exists(video) == exists(video_indices):
+            raise ValueError("video: pass exactly one of video (b, f, c, h, w) or video_indices (b, f * h' * w')")
+        if exists(video):
+            size, channels = self.image_size, self.vae.channels
+            check_tensor("video", video, shape=("batch", "frames", channels, size, size),
+                         names=("batch", "frames", "channels", "height", "width"), dtype_floating=True)
+            self._check_num_frames("video", video.shape[1])
+            return self.vae.get_video_indices(video)
+        check_tensor("video_indices", video_indices, ndim=(2, 4))
+        if video_indices.is_floating_point():
+            raise TypeError(f"video_indices: expected integer codebook indices, got {video_indices.dtype}")
+        if video_indices.ndim == 4:
+            _, height, width = self.video_shape
+            check_tensor("video_indices", video_indices, shape=("batch", "frames", height, width),
+                         names=("batch", "frames", "height", "width"))
+            video_indices = rearrange(video_indices, "b f h w -> b (f h w)")
+        if video_indices.shape[1] % self.tokens_per_frame != 0:
+            raise ValueError(f"video_indices: expected whole frames of {self.tokens_per_frame} tokens, "
+                             f"got {video_indices.shape[1]} tokens")
+        self._check_num_frames("video_indices", video_indices.shape[1] // self.tokens_per_frame)
+        check_tensor("video_indices", video_indices, value_range=(0, self.num_video_tokens - 1))
+        return video_indices.long()
+
+    def encode_condition(self, condition: Tensor) -> tuple[Tensor, Tensor]:
+        """The context `(b, m, dim)` and its mask `(b, m)` the decoder cross-attends to."""
+        raise NotImplementedError
+
+    def _loss_or_logits(self, condition: Tensor, condition_name: str, video: Tensor | None,
+                        video_indices: Tensor | None, return_loss: bool, cond_dropout_prob: float) -> Tensor:
+        check_in_range("cond_dropout_prob", cond_dropout_prob, 0.0, 1.0)
+        context, context_mask = self.encode_condition(condition)
+        indices = self._video_indices(video, video_indices)
+        check_batch_match(**{condition_name: context, "video": indices})
+        if self.training and cond_dropout_prob > 0:
+            keep = ~prob_mask_like((context.shape[0],), cond_dropout_prob, device=context.device)
+            context_mask = context_mask & rearrange(keep, "b -> b 1")
+
+        logits = self.decoder(indices[:, :-1], context, context_mask)
+        if not return_loss:
+            return logits
+        return F.cross_entropy(rearrange(logits.float(), "b n c -> b c n"), indices)
+
+    @torch.no_grad()
+    @eval_decorator
+    def _generate_video_indices(self, condition: Tensor, filter_thres: float, temperature: float, cond_scale: float,
+                                num_frames: int | None, use_cache: bool, generator: torch.Generator | None,
+                                progress: bool) -> Tensor:
+        check_in_range("filter_thres", filter_thres, 0.0, 1.0)
+        check_in_range("temperature", temperature, 0.0, None)
+        check_in_range("cond_scale", cond_scale, 0.0, None)
+        num_frames = default(num_frames, self.max_video_frames)
+        self._check_num_frames("num_frames", num_frames)
+        context, context_mask = self.encode_condition(condition)
+        return self.decoder.sample(context, context_mask, num_frames * self.tokens_per_frame,
+                                   filter_thres=filter_thres, temperature=temperature, cond_scale=cond_scale,
+                                   use_cache=use_cache, generator=generator, progress=progress)
+
+    @torch.no_grad()
+    def _decode_video(self, tokens: Tensor, decode_frames_per_batch: int | None) -> Tensor:
+        return self.vae.codebook_indices_to_video(tokens, frames_per_batch=decode_frames_per_batch)
+
+
+def _check_common(dim: int, attn_dropout: float, ff_dropout: float, embed_gradient_frac: float, **ints: int) -> None:
+    check_positive_int("dim", dim)
+    for name, value in ints.items():
+        check_positive_int(name, value)
+    check_in_range("attn_dropout", attn_dropout, 0.0, 1.0)
+    check_in_range("ff_dropout", ff_dropout, 0.0, 1.0)
+    check_in_range("embed_gradient_frac", embed_gradient_frac, 0.0, 1.0)
+
+
+# text to video
+
+
+class NUWA(PretrainedMixin, _FrozenVAEVideoModel):
     """Text-to-video transformer over the tokens of a frozen `VQGanVAE`.
 
     Args:
@@ -276,29 +561,12 @@ class NUWA(PretrainedMixin, nn.Module):
         embed_gradient_frac: float = 0.2,
     ):
         super().__init__()
-        if not isinstance(vae, VQGanVAE):
-            raise TypeError(f"vae: expected a VQGanVAE, got {type(vae).__name__}")
-        if exists(image_size) and image_size != vae.image_size:
-            raise ValueError(f"image_size: {image_size} does not match the VAE's image_size {vae.image_size}; "
-                             "leave image_size out (it is taken from the VAE) or pass the VAE's")
-        for name, value in (("dim", dim), ("text_num_tokens", text_num_tokens), ("text_enc_depth", text_enc_depth),
-                            ("text_enc_heads", text_enc_heads), ("text_enc_dim_head", text_enc_dim_head),
-                            ("text_max_seq_len", text_max_seq_len), ("max_video_frames", max_video_frames),
-                            ("dec_depth", dec_depth), ("dec_heads", dec_heads), ("dec_dim_head", dec_dim_head)):
-            check_positive_int(name, value)
-        check_in_range("attn_dropout", attn_dropout, 0.0, 1.0)
-        check_in_range("ff_dropout", ff_dropout, 0.0, 1.0)
-        check_in_range("embed_gradient_frac", embed_gradient_frac, 0.0, 1.0)
-
-        # the frozen tokenizer
+        _check_common(dim, attn_dropout, ff_dropout, embed_gradient_frac, text_num_tokens=text_num_tokens,
+                      text_enc_depth=text_enc_depth, text_enc_heads=text_enc_heads,
+                      text_enc_dim_head=text_enc_dim_head, text_max_seq_len=text_max_seq_len,
+                      dec_depth=dec_depth, dec_heads=dec_heads, dec_dim_head=dec_dim_head)
+        self._attach_vae(vae, image_size, max_video_frames)
         self.vae = vae
-        vae.requires_grad_(False)
-        vae.eval()
-        self.image_size = vae.image_size
-        self.num_video_tokens = vae.codebook_size
-        fmap_size = vae.fmap_size
-        self.video_shape = (max_video_frames, fmap_size, fmap_size)
-        self.max_video_frames = max_video_frames
         self.text_num_tokens = text_num_tokens
         self.text_max_seq_len = text_max_seq_len
         self.embed_gradient_frac = embed_gradient_frac
@@ -314,46 +582,12 @@ class NUWA(PretrainedMixin, nn.Module):
         self.text_norm = LayerNorm(dim)
 
         # video decoder
-        self.video_bos = nn.Parameter(torch.randn(dim) * 0.02)
-        self.video_token_emb = nn.Embedding(self.num_video_tokens, dim)
-        self.frame_pos_emb = nn.Parameter(torch.randn(max_video_frames, dim) * 0.02)
-        self.row_pos_emb = nn.Parameter(torch.randn(fmap_size, dim) * 0.02)
-        self.col_pos_emb = nn.Parameter(torch.randn(fmap_size, dim) * 0.02)
-
-        dilations = self._layer_dilations(sparse_3dna_dilation, dec_depth)
-        self.video_decoder = residual_stack([
-            (VideoAttention(dim, self.video_shape, heads=dec_heads, dim_head=dec_dim_head, dropout=attn_dropout,
-                            kernel_size=sparse_3dna_kernel_size, dilation=dilation,
-                            query_num_frames_chunk=sparse_3dna_query_num_frames_chunk,
-                            shift_tokens=shift_video_tokens),
-             PreNormFeedForward(dim, mult=ff_mult, dropout=ff_dropout, chunk_size=ff_chunk_size,
-                                video_shape=self.video_shape if shift_video_tokens else None))
-            for dilation in dilations
-        ], reversible=dec_reversible)
-        self.video_norm = LayerNorm(dim)
-        self.to_logits = nn.Linear(dim, self.num_video_tokens)
-
-    @staticmethod
-    def _layer_dilations(dilation, depth: int) -> list[tuple[int, int, int]]:
-        """One `(t, h, w)` dilation per layer: an int, a `(t, h, w)` triple, or a sequence of either, cycled."""
-        if isinstance(dilation, int):
-            per_layer = [dilation]
-        else:
-            per_layer = list(cast_tuple(dilation))
-            if not per_layer:
-                raise ValueError("sparse_3dna_dilation: expected an int or a non-empty sequence")
-        return [to_3d("sparse_3dna_dilation", per_layer[i % len(per_layer)]) for i in range(depth)]
-
-    def train(self, mode: bool = True) -> NUWA:
-        super().train(mode)
-        self.vae.eval()  # frozen: no dropout, no codebook updates
-        return self
-
-    @property
-    def tokens_per_frame(self) -> int:
-        return self.video_shape[1] * self.video_shape[2]
-
-    # input checks
+        self.decoder = VideoTokenDecoder(
+            dim, self.num_video_tokens, self.video_shape, depth=dec_depth, heads=dec_heads, dim_head=dec_dim_head,
+            reversible=dec_reversible, attn_dropout=attn_dropout, ff_dropout=ff_dropout, ff_mult=ff_mult,
+            ff_chunk_size=ff_chunk_size, kernel_size=sparse_3dna_kernel_size, dilation=sparse_3dna_dilation,
+            query_num_frames_chunk=sparse_3dna_query_num_frames_chunk, shift_video_tokens=shift_video_tokens,
+            embed_gradient_frac=embed_gradient_frac)
 
     def _check_text(self, text: Tensor) -> Tensor:
         check_tensor("text", text, ndim=2, names=("batch", "text_seq"))
@@ -364,37 +598,6 @@ class NUWA(PretrainedMixin, nn.Module):
         check_tensor("text", text, value_range=(0, self.text_num_tokens - 1))
         return text.long()
 
-    def _check_num_frames(self, name: str, num_frames: int) -> None:
-        if not 1 <= num_frames <= self.max_video_frames:
-            raise ValueError(f"{name}: expected between 1 and max_video_frames={self.max_video_frames} frames, "
-                             f"got {num_frames}")
-
-    def _video_indices(self, video: Tensor | None, video_indices: Tensor | None) -> Tensor:
-        if exists(video) == exists(video_indices):
-            raise ValueError("video: pass exactly one of video (b, f, c, h, w) or video_indices (b, f * h' * w')")
-        if exists(video):
-            size, channels = self.image_size, self.vae.channels
-            check_tensor("video", video, shape=("batch", "frames", channels, size, size),
-                         names=("batch", "frames", "channels", "height", "width"), dtype_floating=True)
-            self._check_num_frames("video", video.shape[1])
-            return self.vae.get_video_indices(video)
-        check_tensor("video_indices", video_indices, ndim=(2, 4))
-        if video_indices.is_floating_point():
-            raise TypeError(f"video_indices: expected integer codebook indices, got {video_indices.dtype}")
-        if video_indices.ndim == 4:
-            _, height, width = self.video_shape
-            check_tensor("video_indices", video_indices, shape=("batch", "frames", height, width),
-                         names=("batch", "frames", "height", "width"))
-            video_indices = rearrange(video_indices, "b f h w -> b (f h w)")
-        if video_indices.shape[1] % self.tokens_per_frame != 0:
-            raise ValueError(f"video_indices: expected whole frames of {self.tokens_per_frame} tokens, "
-                             f"got {video_indices.shape[1]} tokens")
-        self._check_num_frames("video_indices", video_indices.shape[1] // self.tokens_per_frame)
-        check_tensor("video_indices", video_indices, value_range=(0, self.num_video_tokens - 1))
-        return video_indices.long()
-
-    # encoders
-
     def encode_text(self, text: Tensor) -> tuple[Tensor, Tensor]:
         """Text ids `(b, n)` (0 = padding) -> `(embeddings (b, n, dim), mask (b, n) bool)`."""
         text = self._check_text(text)
@@ -404,25 +607,7 @@ class NUWA(PretrainedMixin, nn.Module):
         x = self.text_encoder(x, mask=mask, rotary_emb=rotary_emb)
         return self.text_norm(x), mask
 
-    def _position_emb(self, positions: Tensor) -> Tensor:
-        _, height, width = self.video_shape
-        frame, rest = positions.div(height * width, rounding_mode="floor"), positions % (height * width)
-        row, col = rest.div(width, rounding_mode="floor"), rest % width
-        return self.frame_pos_emb[frame] + self.row_pos_emb[row] + self.col_pos_emb[col]
-
-    def _decoder_inputs(self, prefix: Tensor) -> Tensor:
-        """Inputs of positions `0 .. len(prefix)`: the start token, then the embeddings of the prefix tokens."""
-        batch, length = prefix.shape
-        bos = repeat(self.video_bos, "d -> b 1 d", b=batch)
-        x = torch.cat((bos, self.video_token_emb(prefix)), dim=1)
-        x = embed_gradient_fraction(x, self.embed_gradient_frac)
-        return x + self._position_emb(torch.arange(length + 1, device=prefix.device))
-
-    def _logits(self, prefix: Tensor, text_embeds: Tensor, text_mask: Tensor) -> Tensor:
-        """Logits `(b, len(prefix) + 1, num_video_tokens)` of the tokens at positions `0 .. len(prefix)`."""
-        x = self._decoder_inputs(prefix)
-        x = self.video_decoder(x, context=text_embeds, context_mask=text_mask)
-        return self.to_logits(self.video_norm(x))
+    encode_condition = encode_text
 
     def forward(
         self,
@@ -438,68 +623,8 @@ class NUWA(PretrainedMixin, nn.Module):
         video token. While training, each sample's text is dropped with `cond_dropout_prob` (for classifier-free
         guidance at generation).
         """
-        check_in_range("cond_dropout_prob", cond_dropout_prob, 0.0, 1.0)
-        text = self._check_text(text)
-        indices = self._video_indices(video, video_indices)
-        check_batch_match(text=text, video=indices)
+        return self._loss_or_logits(text, "text", video, video_indices, return_loss, cond_dropout_prob)
 
-        text_embeds, text_mask = self.encode_text(text)
-        if self.training and cond_dropout_prob > 0:
-            keep = ~prob_mask_like((text.shape[0],), cond_dropout_prob, device=text.device)
-            text_mask = text_mask & rearrange(keep, "b -> b 1")
-
-        logits = self._logits(indices[:, :-1], text_embeds, text_mask)
-        if not return_loss:
-            return logits
-        return F.cross_entropy(rearrange(logits.float(), "b n c -> b c n"), indices)
-
-    # generation
-
-    def _new_decoding_state(self, text_embeds: Tensor, text_mask: Tensor, max_len: int) -> list[DecodingLayerState]:
-        batch, device = text_embeds.shape[0], text_embeds.device
-        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) \
-            else self.to_logits.weight.dtype
-        dim = self.video_bos.shape[0]
-        states = []
-        for attention, feedforward in self.video_decoder.blocks:
-            sparse_attn = attention.sparse_attn
-            states.append(DecodingLayerState(
-                kv=KVCache(batch, sparse_attn.heads, max_len, sparse_attn.dim_head, device=device, dtype=dtype),
-                context_kv=attention.cross_attn.context_kv(text_embeds),
-                context_mask=text_mask,
-                attn_history=text_embeds.new_zeros(batch, max_len, dim, dtype=dtype) if attention.shift_tokens
-                else None,
-                ff_history=text_embeds.new_zeros(batch, max_len, dim, dtype=dtype)
-                if exists(feedforward.video_shape) else None,
-            ))
-        return states
-
-    def _step_logits(self, previous: Tensor | None, position: int, states: list[DecodingLayerState]) -> Tensor:
-        """Logits `(b, num_video_tokens)` at `position`, given the token decoded at `position - 1` (None at 0)."""
-        batch = states[0].context_mask.shape[0]
-        if previous is None:
-            x = repeat(self.video_bos, "d -> b 1 d", b=batch)
-        else:
-            x = self.video_token_emb(rearrange(previous, "b -> b 1"))
-        x = x + self._position_emb(torch.tensor([position], device=x.device))
-        # layers with the same window share its neighbour lookup
-        windows: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
-        for (attention, _), state in zip(self.video_decoder.blocks, states):
-            sparse_attn = attention.sparse_attn
-            key = (sparse_attn.kernel_size, sparse_attn.dilation)
-            if key not in windows:
-                windows[key] = sparse_attn.neighbours(position, device=x.device)
-            state.neighbours = windows[key]
-        # the two residual streams of the (reversible or plain) stack, one token at a time
-        x1 = x2 = x
-        for (attention, feedforward), state in zip(self.video_decoder.blocks, states):
-            x1 = x1 + attention.forward_step(x2, position, state)
-            x2 = x2 + feedforward.forward_step(x1, position, state)
-        x = (x1 + x2) / 2
-        return self.to_logits(self.video_norm(x))[:, 0]
-
-    @torch.no_grad()
-    @eval_decorator
     def generate_video_indices(
         self,
         text: Tensor,
@@ -512,43 +637,9 @@ class NUWA(PretrainedMixin, nn.Module):
         progress: bool = True,
     ) -> Tensor:
         """Samples the video tokens `(b, num_frames * h' * w')` for `text (b, n)`; see `generate`."""
-        check_in_range("filter_thres", filter_thres, 0.0, 1.0)
-        check_in_range("temperature", temperature, 0.0, None)
-        check_in_range("cond_scale", cond_scale, 0.0, None)
-        num_frames = default(num_frames, self.max_video_frames)
-        self._check_num_frames("num_frames", num_frames)
-        text_embeds, text_mask = self.encode_text(text)
-        batch = text.shape[0]
+        return self._generate_video_indices(text, filter_thres, temperature, cond_scale, num_frames, use_cache,
+                                            generator, progress)
 
-        guided = cond_scale != 1
-        if guided:
-            # the unconditional half: the same text embeddings with every text key masked (only the null key is
-            # attended), fed the same video tokens at every step
-            text_embeds = torch.cat((text_embeds, text_embeds))
-            text_mask = torch.cat((text_mask, torch.zeros_like(text_mask)))
-
-        num_tokens = num_frames * self.tokens_per_frame
-        tokens = torch.empty(batch, 0, dtype=torch.long, device=text.device)
-        states = self._new_decoding_state(text_embeds, text_mask, num_tokens) if use_cache else None
-        for position in tqdm(range(num_tokens), desc="generating video tokens", disable=not progress, leave=False):
-            if use_cache:
-                previous = tokens[:, -1] if position > 0 else None
-                if exists(previous) and guided:
-                    previous = torch.cat((previous, previous))
-                logits = self._step_logits(previous, position, states)
-            else:
-                prefix = torch.cat((tokens, tokens)) if guided else tokens
-                logits = self._logits(prefix, text_embeds, text_mask)[:, -1]
-            if guided:
-                cond_logits, uncond_logits = logits.float().chunk(2)
-                logits = uncond_logits + (cond_logits - uncond_logits) * cond_scale
-            sampled = sample_from_logits(logits, filter_thres=filter_thres, temperature=temperature,
-                                         generator=generator)
-            tokens = torch.cat((tokens, rearrange(sampled, "b -> b 1")), dim=1)
-        return tokens
-
-    @torch.no_grad()
-    @eval_decorator
     def generate(
         self,
         text: Tensor,
@@ -561,14 +652,151 @@ class NUWA(PretrainedMixin, nn.Module):
         decode_frames_per_batch: int | None = 16,
         progress: bool = True,
     ) -> Tensor:
-        """Generates videos `(b, num_frames, c, h, w)` in [0, 1] for `text (b, n)` ids.
+        """Generates videos `(b, num_frames, c, h, w)` in [0, 1] for `text (b, n)`.
 
         `filter_thres`: top-k filtering (keep the best `1 - filter_thres` of the vocabulary); `temperature` (0:
-        greedy); `cond_scale`: classifier-free guidance scale (1: none); `num_frames` (default
-        `max_video_frames`); `use_cache`: key/value cache (same result, each step attends to its cached window only);
-        `generator` for reproducible sampling; the VAE decodes `decode_frames_per_batch` frames at a time.
+        greedy); `cond_scale`: classifier-free guidance scale (1: none; the unconditional pass sees the same video
+        tokens with the text masked out); `num_frames` (default `max_video_frames`); `use_cache`: key/value cache
+        (same result, each step attends to its cached window only); `generator` for reproducible sampling; the VAE
+        decodes `decode_frames_per_batch` frames at a time.
         """
         tokens = self.generate_video_indices(text, filter_thres=filter_thres, temperature=temperature,
                                              cond_scale=cond_scale, num_frames=num_frames, use_cache=use_cache,
                                              generator=generator, progress=progress)
-        return self.vae.codebook_indices_to_video(tokens, frames_per_batch=decode_frames_per_batch)
+        return self._decode_video(tokens, decode_frames_per_batch)
+
+
+# sketch to video
+
+
+class NUWASketch(PretrainedMixin, _FrozenVAEVideoModel):
+    """Sketch-to-video: the video tokens are generated conditioned on the tokens of a sketch (e.g. segmentation
+    maps, `(b, sketch_frames, sketch_channels, h, w)` in [0, 1]) encoded by a second frozen `VQGanVAE`.
+
+    The sketch tokens (with axial position embeddings) go through a bidirectional transformer encoder; the video
+    decoder is NUWA's (3DNA + cross-attention to the sketch encoding). Same training, guidance (the unconditional
+    pass masks the sketch out) and cached generation as `NUWA`.
+    """
+
+    def __init__(
+        self,
+        vae: VQGanVAE,
+        sketch_vae: VQGanVAE,
+        dim: int,
+        image_size: int | None = None,
+        max_video_frames: int = 5,
+        sketch_max_video_frames: int = 2,
+        sketch_enc_depth: int = 2,
+        sketch_enc_heads: int = 8,
+        sketch_enc_dim_head: int = 64,
+        dec_depth: int = 6,
+        dec_heads: int = 8,
+        dec_dim_head: int = 64,
+        dec_reversible: bool = True,
+        attn_dropout: float = 0.0,
+        ff_dropout: float = 0.0,
+        ff_mult: float = 4.0,
+        ff_chunk_size: int | None = None,
+        sparse_3dna_kernel_size: int | Sequence[int] = 3,
+        sparse_3dna_dilation: int | Sequence[int] | Sequence[Sequence[int]] = 1,
+        sparse_3dna_query_num_frames_chunk: int | None = None,
+        shift_video_tokens: bool = True,
+        embed_gradient_frac: float = 0.2,
+    ):
+        super().__init__()
+        _check_common(dim, attn_dropout, ff_dropout, embed_gradient_frac, sketch_max_video_frames=sketch_max_video_frames,
+                      sketch_enc_depth=sketch_enc_depth, sketch_enc_heads=sketch_enc_heads,
+                      sketch_enc_dim_head=sketch_enc_dim_head, dec_depth=dec_depth, dec_heads=dec_heads,
+                      dec_dim_head=dec_dim_head)
+        self._attach_vae(vae, image_size, max_video_frames)
+        if not isinstance(sketch_vae, VQGanVAE):
+            raise TypeError(f"sketch_vae: expected a VQGanVAE, got {type(sketch_vae).__name__}")
+        sketch_vae.requires_grad_(False)
+        sketch_vae.eval()
+        self.vae = vae
+        self.sketch_vae = sketch_vae
+        self.sketch_max_video_frames = sketch_max_video_frames
+        self.embed_gradient_frac = embed_gradient_frac
+
+        # sketch encoder
+        fmap = sketch_vae.fmap_size
+        self.sketch_shape = (sketch_max_video_frames, fmap, fmap)
+        self.sketch_token_emb = nn.Embedding(sketch_vae.codebook_size, dim)
+        self.sketch_pos_emb = nn.Parameter(torch.randn(sketch_max_video_frames * fmap * fmap, dim) * 0.02)
+        self.sketch_encoder = Transformer(dim, sketch_enc_depth, dim_head=sketch_enc_dim_head, heads=sketch_enc_heads,
+                                          ff_mult=ff_mult, attn_dropout=attn_dropout, ff_dropout=ff_dropout,
+                                          ff_chunk_size=ff_chunk_size)
+
+        # video decoder
+        self.decoder = VideoTokenDecoder(
+            dim, self.num_video_tokens, self.video_shape, depth=dec_depth, heads=dec_heads, dim_head=dec_dim_head,
+            reversible=dec_reversible, attn_dropout=attn_dropout, ff_dropout=ff_dropout, ff_mult=ff_mult,
+            ff_chunk_size=ff_chunk_size, kernel_size=sparse_3dna_kernel_size, dilation=sparse_3dna_dilation,
+            query_num_frames_chunk=sparse_3dna_query_num_frames_chunk, shift_video_tokens=shift_video_tokens,
+            embed_gradient_frac=embed_gradient_frac)
+
+    def encode_sketch(self, sketch: Tensor) -> tuple[Tensor, Tensor]:
+        """Sketches `(b, sketch_frames, c, h, w)` in [0, 1] -> `(encodings (b, m, dim), mask (b, m) all True)`."""
+        size, channels = self.sketch_vae.image_size, self.sketch_vae.channels
+        check_tensor("sketch", sketch, shape=("batch", "sketch_frames", channels, size, size),
+                     names=("batch", "sketch_frames", "channels", "height", "width"), dtype_floating=True)
+        self._check_num_frames("sketch", sketch.shape[1], limit_name="sketch_max_video_frames")
+        indices = self.sketch_vae.get_video_indices(sketch)
+        x = embed_gradient_fraction(self.sketch_token_emb(indices), self.embed_gradient_frac)
+        x = self.sketch_encoder(x + self.sketch_pos_emb[:indices.shape[1]])
+        return x, torch.ones(indices.shape, dtype=torch.bool, device=indices.device)
+
+    encode_condition = encode_sketch
+
+    def forward(
+        self,
+        sketch: Tensor,
+        video: Tensor | None = None,
+        return_loss: bool = False,
+        cond_dropout_prob: float = 0.2,
+        video_indices: Tensor | None = None,
+    ) -> Tensor:
+        """Teacher-forced pass on `sketch (b, sketch_frames, c, h, w)` and `video (b, f, c, h, w)` (or its
+        `video_indices`): logits, or the cross entropy with `return_loss` (sketch dropped with `cond_dropout_prob`
+        while training)."""
+        return self._loss_or_logits(sketch, "sketch", video, video_indices, return_loss, cond_dropout_prob)
+
+    def generate_video_indices(
+        self,
+        sketch: Tensor,
+        filter_thres: float = 0.9,
+        temperature: float = 1.0,
+        cond_scale: float = 1.0,
+        num_frames: int | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+    ) -> Tensor:
+        """Samples the video tokens `(b, num_frames * h' * w')` for `sketch (b, sketch_frames, c, h, w)`; see `generate`."""
+        return self._generate_video_indices(sketch, filter_thres, temperature, cond_scale, num_frames, use_cache,
+                                            generator, progress)
+
+    def generate(
+        self,
+        sketch: Tensor,
+        filter_thres: float = 0.9,
+        temperature: float = 1.0,
+        cond_scale: float = 1.0,
+        num_frames: int | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+        decode_frames_per_batch: int | None = 16,
+        progress: bool = True,
+    ) -> Tensor:
+        """Generates videos `(b, num_frames, c, h, w)` in [0, 1] for `sketch (b, sketch_frames, c, h, w)`.
+
+        `filter_thres`: top-k filtering (keep the best `1 - filter_thres` of the vocabulary); `temperature` (0:
+        greedy); `cond_scale`: classifier-free guidance scale (1: none; the unconditional pass sees the same video
+        tokens with the sketch masked out); `num_frames` (default `max_video_frames`); `use_cache`: key/value cache
+        (same result, each step attends to its cached window only); `generator` for reproducible sampling; the VAE
+        decodes `decode_frames_per_batch` frames at a time.
+        """
+        tokens = self.generate_video_indices(sketch, filter_thres=filter_thres, temperature=temperature,
+                                             cond_scale=cond_scale, num_frames=num_frames, use_cache=use_cache,
+                                             generator=generator, progress=progress)
+        return self._decode_video(tokens, decode_frames_per_batch)

@@ -165,6 +165,9 @@ class VQGanVAE(PretrainedMixin, nn.Module):
         if image_size % 2**num_layers != 0:
             raise ValueError(f"image_size: expected a multiple of 2 ** num_layers = {2 ** num_layers} "
                              f"(num_layers={num_layers}), got {image_size}")
+        if use_vgg_and_gan and channels not in (1, 3):
+            raise ValueError(f"channels: the perceptual loss takes 1 (grey) or 3 (RGB) channels, got {channels}; "
+                             "build with use_vgg_and_gan=False for other images (e.g. segmentation maps)")
         layer_mults = tuple(default(layer_mults, lambda: tuple(2**i for i in range(num_layers))))
         if len(layer_mults) != num_layers:
             raise ValueError(f"layer_mults: expected {num_layers} multipliers (one per layer), got {layer_mults}")

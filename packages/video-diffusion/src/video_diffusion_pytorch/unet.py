@@ -65,7 +65,19 @@ class ConvNextBlock(nn.Module):
         return self.net(h) + self.res_conv(x)
 
 
-class _TemporalAttention(nn.Module):
+class _Checkpointable(nn.Module):
+    """A residual layer whose branch can be recomputed in backward instead of stored (`checkpoint = True`)."""
+
+    checkpoint = False
+
+    def branch(self, x: Tensor, *args, **kwargs) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        return x + checkpointed(self.branch, x, *args, enabled=self.checkpoint and self.training, **kwargs)
+
+
+class _TemporalAttention(_Checkpointable):
     """Residual attention over frames at each pixel of a folded `((b t), c, h, w)` feature map.
 
     Wraps the core's `SpaceTimeAttention(axis='time')`, which works on `(b, c, t, h, w)`: the folded tensor is
@@ -76,34 +88,33 @@ class _TemporalAttention(nn.Module):
         super().__init__()
         self.attn = SpaceTimeAttention(dim, axis="time", dim_head=dim_head, heads=heads, pos_bias=pos_bias)
 
-    def forward(self, x: Tensor, frames: int, skip_mask: Tensor | None = None) -> Tensor:
-        video = rearrange(x, "(b t) c h w -> b c t h w", t=frames)
-        out = self.attn(video, skip_mask=skip_mask)
-        return x + rearrange(out, "b c t h w -> (b t) c h w")
+    def branch(self, x: Tensor, frames: int, skip_mask: Tensor | None = None) -> Tensor:
+        out = self.attn(rearrange(x, "(b t) c h w -> b c t h w", t=frames), skip_mask=skip_mask)
+        return rearrange(out, "b c t h w -> (b t) c h w")
 
 
-class _SpatialAttention(nn.Module):
+class _SpatialAttention(_Checkpointable):
     """Residual full attention over the pixels of each frame (used at the lowest resolution)."""
 
     def __init__(self, dim: int, heads: int, dim_head: int):
         super().__init__()
         self.attn = SpaceTimeAttention(dim, axis="space", dim_head=dim_head, heads=heads)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def branch(self, x: Tensor) -> Tensor:
         # every frame attends on its own: a folded batch of frames is a batch of one-frame videos
         out = self.attn(rearrange(x, "b c h w -> b c 1 h w"))
-        return x + rearrange(out, "b c 1 h w -> b c h w")
+        return rearrange(out, "b c 1 h w -> b c h w")
 
 
-class _LinearAttention(nn.Module):
+class _LinearAttention(_Checkpointable):
     """Residual linear attention over the pixels of each frame (cheap enough for every resolution)."""
 
     def __init__(self, dim: int, heads: int, dim_head: int):
         super().__init__()
         self.attn = LinearAttention(dim, dim_head=dim_head, heads=heads)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.attn(x)
+    def branch(self, x: Tensor) -> Tensor:
+        return self.attn(x)
 
 
 class _Level(nn.Module):
@@ -146,7 +157,9 @@ class Unet3D(PretrainedMixin, nn.Module):
         time_pos_bias: position information of the temporal attention: 't5' relative bias, 'rotary' or
             'continuous' (an MLP bias that extrapolates to more frames).
         text_max_length: maximum caption length in tokens for the BERT encoder.
-        gradient_checkpointing: recompute each level's activations in backward instead of storing them.
+        gradient_checkpointing: recompute activations in backward instead of storing them: True (or 'levels')
+            for every level, 'attention' for the attention layers only (most of the activation memory at the
+            high resolutions, a smaller share of the compute).
     """
 
     def __init__(
@@ -167,7 +180,7 @@ class Unet3D(PretrainedMixin, nn.Module):
         resnet_groups: int = 8,
         time_pos_bias: str = "t5",
         text_max_length: int = 256,
-        gradient_checkpointing: bool = False,
+        gradient_checkpointing: bool | str = False,
     ):
         super().__init__()
         check_positive_int("dim", dim)
@@ -186,7 +199,10 @@ class Unet3D(PretrainedMixin, nn.Module):
         self.channels = channels
         self.out_dim = default(out_dim, channels)
         self.num_levels = len(dim_mults)
-        self.gradient_checkpointing = gradient_checkpointing
+        if gradient_checkpointing is True:
+            gradient_checkpointing = "levels"
+        check_choice("gradient_checkpointing", gradient_checkpointing, (False, None, "levels", "attention"))
+        self.checkpoint_levels = gradient_checkpointing == "levels"
 
         # conditioning: a vector per sample (or captions through BERT), replaced by a learned null vector when
         # dropped, so classifier-free guidance has a trained unconditional branch
@@ -256,6 +272,11 @@ class Unet3D(PretrainedMixin, nn.Module):
 
         self.final_block = block(init_dim * 2, dim, time_dim)
         self.final_conv = nn.Conv2d(dim, self.out_dim, 1)
+
+        if gradient_checkpointing == "attention":
+            for module in self.modules():
+                if isinstance(module, _Checkpointable):
+                    module.checkpoint = True
 
     # -- conditioning --------------------------------------------------------------------------------------------
 
@@ -368,7 +389,7 @@ class Unet3D(PretrainedMixin, nn.Module):
         init_residual = x
 
         def run(module, *args):
-            return checkpointed(module, *args, enabled=self.gradient_checkpointing and self.training)
+            return checkpointed(module, *args, enabled=self.checkpoint_levels and self.training)
 
         skips = []
         for level, downsample in zip(self.downs, self.downsamples):
