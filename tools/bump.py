@@ -37,7 +37,7 @@ def next_version(version: str, part: str) -> str:
 
 
 def open_changelog_section(changelog: Path, version: str, line: str, today: dt.date) -> None:
-    text = changelog.read_text() if changelog.exists() else f"# Changelog\n"
+    text = changelog.read_text() if changelog.exists() else "# Changelog\n"
     section = f"## {version} - {today.isoformat()}\n- {line}\n\n"
     first = re.search(r"^## ", text, flags=re.M)
     text = text[: first.start()] + section + text[first.start():] if first else text.rstrip("\n") + "\n\n" + section

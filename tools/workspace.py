@@ -6,9 +6,10 @@ package under `packages/` needs no change here.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE_DIR = "shared-core"
