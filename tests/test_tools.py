@@ -59,13 +59,16 @@ def copy_workspace(tmp_path):
 
 
 def test_bump_rewrites_version_and_opens_dated_changelog_section(tmp_path):
+    real_changelog = (ROOT / "packages/nuwa/CHANGELOG.md").read_text()
     root = copy_workspace(tmp_path)
     member = workspace.load_member("packages/nuwa", root)
+    assert member.changelog == root / "packages/nuwa/CHANGELOG.md"
     new = bump.set_version(member, "minor", use_hatch=False)
     bump.open_changelog_section(member.changelog, new, "Faster 3DNA", dt.date(2026, 11, 22))
     assert member.version == "0.2.0"
     text = member.changelog.read_text()
     assert text.index("## 0.2.0 - 2026-11-22\n- Faster 3DNA") < text.index("## 0.1.0")
+    assert (ROOT / "packages/nuwa/CHANGELOG.md").read_text() == real_changelog, "the real checkout was written"
 
 
 def test_bump_through_hatch(tmp_path):

@@ -451,9 +451,10 @@ def compare_records(ours: list[dict], theirs: list[dict]) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 def quality(models: Sequence[str], minutes: float, device_name: str, points: Sequence[float], eval_samples: int,
-            seed: int = 0, smoke: bool = False, progress: bool = True) -> list[dict]:
-    """Trains each demo model for `minutes` (its demo settings) and scores `eval_samples` samples at each fraction
-    of the budget in `points`. Sampling time is not counted as training time."""
+            seed: int = 0, smoke: bool = False, max_steps: int | None = None, progress: bool = True,
+            overrides: dict | None = None) -> list[dict]:
+    """Trains each demo model for `minutes` (its demo settings, or at most `max_steps` steps) and scores
+    `eval_samples` samples at each fraction of the budget in `points`. Sampling time is not training time."""
     import torch
 
     sys.path.insert(0, str(ROOT / "tools"))
@@ -466,7 +467,7 @@ def quality(models: Sequence[str], minutes: float, device_name: str, points: Seq
     for model_name in models:
         record: dict = {"model": model_name, "minutes": minutes, "device": device_name, "curve": []}
         try:
-            config = demo.make_config(model_name, smoke=smoke)
+            config = demo.make_config(model_name, smoke=smoke, max_steps=max_steps, **(overrides or {}))
             torch.manual_seed(seed)
             model = demo.build_model(model_name, config, device=device)
             budget = minutes * 60
@@ -475,7 +476,7 @@ def quality(models: Sequence[str], minutes: float, device_name: str, points: Seq
             record["config"] = config.__dict__
             record["parameters"] = sum(p.numel() for p in model.parameters())
             for point in points:
-                trainer.run(until=point * budget, progress_bar=progress)
+                trainer.run(until=point, progress_bar=progress)
                 started = time.monotonic()
                 videos = demo.generate(model, prompts, config.sample_batch_size, device, seed)
                 score = scorer.score(videos, prompts)
@@ -597,6 +598,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="demo models for --quality")
     parser.add_argument("--minutes", type=float, default=3.0, help="training budget per model for --quality")
     parser.add_argument("--points", default="0.25,0.5,1", help="fractions of the budget where --quality scores")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="--quality: a budget in steps instead (the points are then fractions of it), e.g. to "
+                             "compare settings on a loaded machine; CPU seconds are recorded either way")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="--quality: override a demo setting (e.g. --set dim=16 --set batch_size=8)")
     parser.add_argument("--eval-samples", type=int, default=24, help="samples scored at each --quality point")
     parser.add_argument("--smoke", action="store_true", help="--quality with the demo's tiny settings (tests)")
     parser.add_argument("--out", type=Path, default=None,
@@ -640,7 +646,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quality:
         models = [m for m in args.models.split(",") if m]
         points = sorted(float(p) for p in args.points.split(","))
-        report["quality"] = quality(models, args.minutes, args.device, points, args.eval_samples, smoke=args.smoke)
+        overrides = {}
+        for item in args.set:
+            key, _, value = item.partition("=")
+            overrides[key.strip()] = float(value) if "." in value or "e-" in value else int(value)
+        report["quality"] = quality(models, args.minutes, args.device, points, args.eval_samples, smoke=args.smoke,
+                                    max_steps=args.max_steps, overrides=overrides)
         table = quality_table(report["quality"])
     else:
         names = [n for n in args.workloads.split(",") if n]

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from workspace import ROOT, Member, member_named  # noqa: E402
+from workspace import Member, member_named  # noqa: E402
 
 PARTS = ("major", "minor", "patch")
 
@@ -48,7 +48,7 @@ def set_version(member: Member, part: str, use_hatch: bool) -> str:
     new = next_version(member.version, part)
     hatch = shutil.which("hatch") if use_hatch else None
     if hatch:
-        subprocess.run([hatch, "version", part], cwd=ROOT / member.path, check=True, capture_output=True)
+        subprocess.run([hatch, "version", part], cwd=member.root / member.path, check=True, capture_output=True)
     else:
         text = member.about_file.read_text()
         member.about_file.write_text(re.sub(r'__version__\s*=\s*"[^"]+"', f'__version__ = "{new}"', text))

@@ -437,8 +437,9 @@ def batches(dataset: ShapesVideoDataset, batch_size: int, seed: int):
 class DemoTrainer:
     """The training loop, with state that survives pauses (the benchmark samples the model between segments).
 
-    `run(until)` trains until `until` seconds of training time have been spent in total, or `config.max_steps`.
-    The stage of a two-stage model follows the fraction of `budget` seconds spent (or of `max_steps`).
+    Progress is the fraction of the `budget` (seconds of training) spent, or of `config.max_steps` when that is
+    further along; `run(until)` trains until the progress reaches `until` (default: all of it). The stage of a
+    two-stage model follows the progress.
     """
 
     def __init__(self, model: DemoModel, config: DemoConfig, *, budget: float, device: torch.device, seed: int):
@@ -458,7 +459,7 @@ class DemoTrainer:
         return fraction
 
     def done(self, until: float) -> bool:
-        return self.train_seconds >= until or (self.config.max_steps is not None and self.steps >= self.config.max_steps)
+        return self.progress() >= until
 
     def step(self) -> float:
         fraction = self.progress()
@@ -480,17 +481,16 @@ class DemoTrainer:
         self.losses.append(float(loss.detach()))
         return self.losses[-1]
 
-    def run(self, until: float | None = None, progress_bar: bool = True) -> DemoTrainer:
-        until = self.budget if until is None else until
-        bar = tqdm(total=round(until), initial=round(self.train_seconds), desc="training", unit="s",
-                   disable=not progress_bar, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s{postfix}")
+    def run(self, until: float = 1.0, progress_bar: bool = True) -> DemoTrainer:
+        bar = tqdm(total=100, initial=round(100 * min(self.progress(), 1)), desc="training", unit="%",
+                   disable=not progress_bar, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}{postfix}")
         while not self.done(until):
             started, cpu_started = time.monotonic(), time.process_time()
             self.step()
             self.train_seconds += time.monotonic() - started
             self.train_cpu_seconds += time.process_time() - cpu_started
             bar.set_postfix_str(f"step {self.steps}, {self.stage} loss {self.recent_loss():.4f}")
-            bar.update(min(self.train_seconds, until) - bar.n)
+            bar.update(round(100 * min(self.progress(), 1)) - bar.n)
         bar.close()
         return self
 

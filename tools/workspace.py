@@ -22,6 +22,7 @@ class Member:
     import_name: str  # e.g. "imagen_pytorch"
     about_file: Path  # where __version__ lives
     dependencies: tuple[str, ...]  # requirement strings of [project].dependencies
+    root: Path = ROOT  # the workspace this member belongs to
 
     @property
     def version(self) -> str:
@@ -32,7 +33,7 @@ class Member:
 
     @property
     def changelog(self) -> Path:
-        return ROOT / self.path / "CHANGELOG.md"
+        return self.root / self.path / "CHANGELOG.md"
 
     def requirement_on(self, distribution: str) -> str | None:
         """This member's requirement string naming `distribution`, if any."""
@@ -52,7 +53,7 @@ def load_member(path: str, root: Path = ROOT) -> Member:
     project = data["project"]
     about = root / path / data["tool"]["hatch"]["version"]["path"]
     import_name = about.parent.name
-    return Member(path, project["name"], import_name, about, tuple(project.get("dependencies", [])))
+    return Member(path, project["name"], import_name, about, tuple(project.get("dependencies", [])), root)
 
 
 def members(root: Path = ROOT) -> list[Member]:

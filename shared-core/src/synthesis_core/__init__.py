@@ -19,7 +19,7 @@ _EXPORTS = {
     "utils": ("exists", "default", "identity", "cast_tuple", "divisible_by", "prob_mask_like", "l2norm", "once", "eval_decorator", "maybe", "pad_at_dim",),
     "checks": ("check_tensor", "check_batch_match", "check_in_range", "check_choice", "check_positive_int", "check_divisible",),
     "layers": ("RMSNorm", "LayerNorm", "ChannelLayerNorm", "ChannelRMSNorm", "GEGLU", "FeedForward", "ChannelFeedForward", "SinusoidalPosEmb", "LearnedSinusoidalPosEmb", "TimestepEmbedding", "token_shift", "shift_tokens", "PEG", "Upsample", "PixelShuffleUpsample", "Downsample", "ResnetBlock", "Residual",),
-    "attention": ("build_attn_mask", "attend", "RotaryEmbedding", "apply_rotary_emb", "rotate_half", "T5RelativePositionBias", "ContinuousPositionBias", "Attention", "SpaceTimeAttention", "LinearAttention", "PerceiverResampler", "TransformerBlock", "Transformer",),
+    "attention": ("mask_value", "build_attn_mask", "attend", "RotaryEmbedding", "apply_rotary_emb", "rotate_half", "T5RelativePositionBias", "ContinuousPositionBias", "Attention", "SpaceTimeAttention", "LinearAttention", "PerceiverResampler", "TransformerBlock", "Transformer",),
     "chunked": ("chunked_feedforward", "apply_in_slices", "chunked_attention", "ReversibleSequence", "SequentialResidual", "checkpointed",),
     "quantize": ("QuantizeOutput", "VectorQuantize", "LFQ", "FSQ", "make_quantizer", "fsq_levels", "kmeans", "orthogonal_loss",),
     "gan": ("hinge_discr_loss", "hinge_gen_loss", "bce_discr_loss", "bce_gen_loss", "gradient_penalty", "adaptive_generator_weight", "Blur", "DiscriminatorBlock", "Discriminator", "PerceptualLoss", "default_perceptual_layers", "default_vgg", "vgg16_cache_path",),

@@ -25,6 +25,7 @@ from synthesis_core.layers import ChannelLayerNorm, FeedForward, LayerNorm
 from synthesis_core.utils import default, exists, l2norm
 
 __all__ = [
+    "mask_value",
     "build_attn_mask",
     "attend",
     "RotaryEmbedding",
