@@ -62,15 +62,16 @@ def test_prompts_show_every_colour_and_shape_first_and_cover_every_caption():
 
 @pytest.mark.parametrize("model", ["video-diffusion", "imagen", "make-a-video", "phenaki"])
 def test_caption_encoder_trains_jointly_with_the_model(model):
-    # a generator step must move the small text encoder: the conditioning is learned with the model
+    # generator steps must move the small text encoder: the conditioning is learned with the model (several
+    # steps, since zero-initialised output layers pass no gradient to the text on the very first one)
     pytest.importorskip(demo.PACKAGES[model][0])
-    config = demo.make_config(model, smoke=True, tokenizer_fraction=0.0, max_steps=1)
+    config = demo.make_config(model, smoke=True, tokenizer_fraction=0.0, max_steps=3)
     torch.manual_seed(0)
     net = demo.build_model(model, config)
     before = {name: p.detach().clone() for name, p in net.text.named_parameters()}
     trainer = demo.DemoTrainer(net, config, budget=3600, device=torch.device("cpu"), seed=0)
     trainer.run(progress_bar=False)
-    assert trainer.steps == 1 and trainer.stage in ("train", "generator")
+    assert trainer.steps == 3 and trainer.stage in ("train", "generator")
     moved = [name for name, p in net.text.named_parameters() if not torch.equal(before[name], p)]
     assert "trained.token_emb.weight" in moved
 

@@ -72,6 +72,7 @@ def _pick(size: str, full, cpu, tiny):
 
 def imagen_base64(size: str, device):
     import torch
+
     from imagen_pytorch import Imagen, Unet
 
     s = _pick(size,
@@ -104,6 +105,7 @@ def imagen_base64(size: str, device):
 
 def video_diffusion_16x64(size: str, device):
     import torch
+
     from video_diffusion_pytorch import GaussianDiffusion, Unet3D
 
     s = _pick(size,
@@ -130,6 +132,7 @@ def video_diffusion_16x64(size: str, device):
 def make_a_video_16x64(size: str, device):
     import torch
     import torch.nn.functional as F
+
     from make_a_video_pytorch import SpaceTimeUnet
 
     s = _pick(size,
@@ -188,6 +191,7 @@ def phenaki_cvivit_17x128(size: str, device):
 
 def phenaki_maskgit_576tok(size: str, device):
     import torch
+
     from phenaki_pytorch import MaskGit, Phenaki
 
     cv = _cvivit_settings(size)
@@ -216,6 +220,7 @@ def phenaki_maskgit_576tok(size: str, device):
 
 def nuwa_10x128(size: str, device):
     import torch
+
     from nuwa_pytorch import NUWA, VQGanVAE
 
     s = _pick(size,
@@ -452,13 +457,14 @@ def compare_records(ours: list[dict], theirs: list[dict]) -> dict:
 
 def quality(models: Sequence[str], minutes: float, device_name: str, points: Sequence[float], eval_samples: int,
             seed: int = 0, smoke: bool = False, max_steps: int | None = None, progress: bool = True,
-            overrides: dict | None = None) -> list[dict]:
+            overrides: dict | None = None, samples_dir: Path | None = None) -> list[dict]:
     """Trains each demo model for `minutes` (its demo settings, or at most `max_steps` steps) and scores
     `eval_samples` samples at each fraction of the budget in `points`. Sampling time is not training time."""
     import torch
 
     sys.path.insert(0, str(ROOT / "tools"))
     import demo
+
     from synthesis_core.datasets import CaptionScorer
 
     device = torch.device(device_name)
@@ -480,6 +486,11 @@ def quality(models: Sequence[str], minutes: float, device_name: str, points: Seq
                 started = time.monotonic()
                 videos = demo.generate(model, prompts, config.sample_batch_size, device, seed)
                 score = scorer.score(videos, prompts)
+                if samples_dir is not None:
+                    shown = min(12, len(prompts))
+                    samples_dir.mkdir(parents=True, exist_ok=True)
+                    demo.labelled_sheet(demo.upscale(videos[:shown]), prompts[:shown],
+                                        samples_dir / f"{model_name}-{trainer.steps:05d}-steps.png")
                 record["curve"].append({
                     "fraction": point, "train_seconds": round(trainer.train_seconds, 1),
                     "train_cpu_seconds": round(trainer.train_cpu_seconds, 1), "steps": trainer.steps,
@@ -533,7 +544,8 @@ def _fmt(value, digits: int = 1, scale: float = 1.0) -> str:
 
 
 def speed_table(records: list[dict]) -> str:
-    lines = ["| workload | size | device | precision | ms/step | samples/s | peak memory (MB) | TFLOP/s | sampling (ms) |",
+    lines = ["| workload | size | device | precision | ms/step | samples/s | peak memory (MB) | TFLOP/s "
+             "| sampling (ms) |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in records:
         if "error" in r:
@@ -605,6 +617,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="--quality: override a demo setting (e.g. --set dim=16 --set batch_size=8)")
     parser.add_argument("--eval-samples", type=int, default=24, help="samples scored at each --quality point")
     parser.add_argument("--smoke", action="store_true", help="--quality with the demo's tiny settings (tests)")
+    parser.add_argument("--samples-dir", type=Path, default=None,
+                        help="--quality: also write a contact sheet of the samples at every point here")
     parser.add_argument("--out", type=Path, default=None,
                         help="result file (default: benchmarks/results/<date>-<machine>.json)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -651,7 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             key, _, value = item.partition("=")
             overrides[key.strip()] = float(value) if "." in value or "e-" in value else int(value)
         report["quality"] = quality(models, args.minutes, args.device, points, args.eval_samples, smoke=args.smoke,
-                                    max_steps=args.max_steps, overrides=overrides)
+                                    max_steps=args.max_steps, overrides=overrides, samples_dir=args.samples_dir)
         table = quality_table(report["quality"])
     else:
         names = [n for n in args.workloads.split(",") if n]

@@ -591,7 +591,8 @@ def run(args: argparse.Namespace, started: float | None = None) -> dict:
 
     model = build_model(args.model, config, text_encoder=args.text_encoder, device=device)
     parameters = sum(p.numel() for p in model.parameters())
-    text_kind = f"a frozen encoder from {args.text_encoder}" if args.text_encoder else "a small text encoder trained with it"
+    text_kind = (f"a frozen encoder from {args.text_encoder}" if args.text_encoder
+                 else "a small text encoder trained with it")
     logger.info("training %s (%.2fM parameters, %s) on %dx%d videos of %d frames, batch %d, on %s for %.1f minutes",
                 args.model, parameters / 1e6, text_kind, config.image_size, config.image_size, model.num_frames,
                 config.batch_size, device, args.minutes)
