@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 MODULES = ["utils", "checks", "layers", "attention", "chunked", "quantize", "gan", "diffusion", "text", "checkpoint",
-           "training", "video", "data", "datasets"]
+           "training", "video", "data", "datasets", "cli"]
 INIT = Path(__file__).resolve().parent.parent / "shared-core/src/synthesis_core/__init__.py"
 
 

@@ -570,3 +570,13 @@ def test_compiled_step_matches_eager():
     except Exception as error:  # no C++ compiler or an unsupported platform: not our bug to test here
         pytest.skip(f"inductor cannot compile on this machine: {type(error).__name__}: {error}"[:300])
     torch.testing.assert_close(result, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_schedule_with_few_steps_is_clipped_and_usable():
+    from synthesis_core.diffusion import DiscreteSchedule, linear_beta_schedule
+
+    betas = linear_beta_schedule(10)
+    assert betas.max() == 0.999 and betas[0] == 1e-4 * 100
+    schedule = DiscreteSchedule(betas)  # rejected before the clip: betas of exactly 1
+    alpha, sigma = schedule.alpha_sigma(torch.tensor([9]))
+    assert torch.isfinite(alpha).all() and 0 < alpha.item() < 1e-3 and abs(sigma.item() - 1) < 1e-6

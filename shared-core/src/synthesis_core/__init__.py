@@ -16,7 +16,7 @@ from synthesis_core.__about__ import __version__
 
 # BEGIN EXPORTS
 _EXPORTS = {
-    "utils": ("exists", "default", "identity", "cast_tuple", "divisible_by", "prob_mask_like", "l2norm", "once", "eval_decorator", "maybe", "pad_at_dim",),
+    "utils": ("exists", "default", "identity", "cast_tuple", "divisible_by", "prob_mask_like", "l2norm", "once", "eval_decorator", "maybe", "pad_at_dim", "frozen",),
     "checks": ("check_tensor", "check_batch_match", "check_in_range", "check_choice", "check_positive_int", "check_divisible",),
     "layers": ("RMSNorm", "LayerNorm", "ChannelLayerNorm", "ChannelRMSNorm", "GEGLU", "FeedForward", "ChannelFeedForward", "SinusoidalPosEmb", "LearnedSinusoidalPosEmb", "TimestepEmbedding", "token_shift", "shift_tokens", "PEG", "Upsample", "PixelShuffleUpsample", "Downsample", "ResnetBlock", "Residual",),
     "attention": ("mask_value", "build_attn_mask", "attend", "RotaryEmbedding", "apply_rotary_emb", "rotate_half", "T5RelativePositionBias", "ContinuousPositionBias", "Attention", "SpaceTimeAttention", "LinearAttention", "PerceiverResampler", "TransformerBlock", "Transformer",),
@@ -26,7 +26,7 @@ _EXPORTS = {
     "diffusion": ("right_pad_dims_to", "linear_beta_schedule", "cosine_beta_schedule", "sigmoid_beta_schedule", "BETA_SCHEDULES", "DiscreteSchedule", "log_snr_linear", "log_snr_cosine", "LOG_SNR_SCHEDULES", "alpha_sigma_from_log_snr", "ContinuousSchedule", "make_schedule", "karras_sigmas", "sampling_times", "OBJECTIVE_ALIASES", "normalize_objective", "eps_to_x0", "x0_to_eps", "v_to_x0", "v_to_eps", "x0_eps_to_v", "pred_to_x0", "pred_to_eps", "x0_to_target", "min_snr_weight", "p2_weight", "cfg_combine", "static_threshold", "dynamic_threshold", "VP_SAMPLERS", "posterior_mean_std", "ddpm_step", "ddim_step", "dpmpp_2m_step", "renoise_step", "randn_like", "prepare_inpaint", "sample_vp", "EDMPreconditioning", "edm_euler_step", "edm_heun_step", "sample_edm",),
     "text": ("DEFAULT_T5_NAME", "DEFAULT_BERT_NAME", "KNOWN_ENCODER_DIMS", "TextEncoderUnavailableError", "get_encoded_dim", "TextEncoder", "SimpleTextEncoder", "build_vocab", "split_words", "precompute_text_embeddings", "PrecomputedTextEmbeddings",),
     "checkpoint": ("PROJECT_PACKAGES", "CONFIG_NAME", "WEIGHTS_NAME", "CheckpointError", "atomic_path", "atomic_write_bytes", "atomic_write_json", "read_json", "prepare_tensors_for_saving", "save_checkpoint", "load_checkpoint", "load_torch_weights_only", "flatten_state_dict", "unflatten_state_dict", "CheckpointManager", "package_info", "class_path", "import_class", "instantiate_from_config", "PretrainedMixin", "load_model_from_folder", "load_state_dict_checked",),
-    "training": ("BaseTrainer", "split_batch", "cycle", "warmup_cosine_lambda", "extract_model_state",),
+    "training": ("BaseTrainer", "AutoencoderGANTrainer", "make_dataloader", "split_batch", "cycle", "warmup_cosine_lambda", "extract_model_state",),
     "video": ("save_video", "read_video", "save_image", "read_image", "make_grid", "contact_sheet", "video_to_pil_frames", "tensor_to_pil", "pil_to_tensor", "to_uint8", "psnr",),
     "data": ("ImageFolderDataset", "VideoFolderDataset", "fit_num_frames", "resize_and_center_crop", "read_caption", "DECODE_ERRORS",),
     "datasets": ("COLORS", "SHAPES", "DIRECTIONS", "make_caption", "caption_attributes", "all_captions", "shape_mask", "ShapesVideoDataset", "CaptionScorer",),

@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from ema_pytorch import EMA
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from synthesis_core.checkpoint import (
@@ -53,6 +54,7 @@ from synthesis_core.checkpoint import (
     unflatten_state_dict,
 )
 from synthesis_core.checks import check_choice, check_positive_int
+from synthesis_core.utils import frozen
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,23 @@ def cycle(dataloader: Iterable) -> Iterator:
         if not yielded:
             raise ValueError("dataloader: it yielded no batch (is the dataset empty or smaller than batch_size "
                              "with drop_last=True?)")
+
+
+def make_dataloader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    num_workers: int = 0,
+    collate_fn: Callable | None = None,
+    shuffle: bool = True,
+) -> DataLoader:
+    """A training DataLoader that refuses an empty dataset and drops the last partial batch only when the dataset
+    holds at least one full batch (so a dataset smaller than `batch_size` still yields one batch)."""
+    check_positive_int("batch_size", batch_size)
+    if len(dataset) == 0:
+        raise ValueError("dataset: it is empty")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      drop_last=len(dataset) >= batch_size, collate_fn=collate_fn)
 
 
 def _batch_size_of(value: Any) -> int | None:
@@ -623,9 +642,196 @@ class BaseTrainer:
         """Whether a periodic hook (sample, checkpoint) is due at `step` (1-based: after `every` steps)."""
         return bool(every) and step > 0 and step % every == 0
 
+    def averaged_model(self, name: str | None = None) -> nn.Module:
+        """The model to sample from or publish: the EMA copy of `name` if it has one, else the plain module."""
+        ema = self.ema(name)
+        return ema.ema_model if ema is not None else self.unwrap(name)
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        num_train_steps: int,
+        train_step: Callable[[], Mapping[str, float]],
+        *,
+        step_count: Callable[[], int] | None = None,
+        every: Sequence[tuple[int | None, Callable[[], Any]]] = (),
+        at_end: Callable[[], Any] | None = None,
+        desc: str = "training",
+        postfix: Mapping[str, str] | None = None,
+        log_fn: Callable[[dict[str, float]], None] | None = None,
+    ) -> int:
+        """Calls `train_step()` until `step_count()` reaches `num_train_steps`, with a progress bar, tracker logging
+        and periodic callbacks; returns the final step count.
+
+        Args:
+            train_step: one optimisation step; returns its logs `{name: float}`.
+            step_count: the step counter that ends the loop (default: `global_step`); a step skipped by the NaN
+                guard does not advance it, so the loop runs until `num_train_steps` real updates were made.
+            every: `(period, callback)` pairs: `callback()` runs after every `period`-th step (None/0: never),
+                e.g. `[(save_results_every, self.save_results), (save_model_every, self.save_model)]`.
+            at_end: called once after the loop (e.g. a final `save_model`).
+            postfix: progress-bar label -> log key (default `{'loss': 'loss'}`).
+            log_fn: also called with each step's logs.
+        """
+        check_positive_int("num_train_steps", num_train_steps)
+        step_count = step_count if step_count is not None else (lambda: self.global_step)
+        postfix = dict(postfix) if postfix is not None else {"loss": "loss"}
+        progress = self.progress(num_train_steps, initial=step_count(), desc=desc)
+        while step_count() < num_train_steps:
+            logs = dict(train_step())
+            step = step_count()
+            progress.update(1)
+            progress.set_postfix({label: f"{logs[key]:.4f}" for label, key in postfix.items() if key in logs})
+            self.log(logs, step=step)
+            if log_fn is not None:
+                log_fn(logs)
+            for period, callback in every:
+                if self.run_every(period, step):
+                    callback()
+        progress.close()
+        if at_end is not None:
+            at_end()
+        logger.info("%s: training complete after %d steps", desc, step_count())
+        return step_count()
+
+
+class AutoencoderGANTrainer(BaseTrainer):
+    """Alternating training of a VQGAN-style autoencoder: an autoencoder step (its loss may flow through the
+    discriminator, which is frozen meanwhile), then, with the GAN on, a discriminator step on the same batches with
+    the gradient penalty every `apply_grad_penalty_every` steps.
+
+    A subclass calls `add_autoencoder(...)` after `super().__init__(...)` and implements `next_batch()`,
+    `autoencoder_loss(model, batch)` and `save_results()`. The autoencoder must have `.discr` (None without the
+    GAN) and `.discriminator_loss(batch, apply_grad_penalty=..., discr=...)`; `save_model()` writes a checkpoint
+    plus `results_folder/<name>` (`save_pretrained` of the EMA model).
+    """
+
+    progress_desc = "autoencoder"
+    # progress-bar label -> key of the logs returned by `train_step`
+    progress_postfix: Mapping[str, str] = {"loss": "loss"}
+
+    def __init__(
+        self,
+        *,
+        num_train_steps: int,
+        apply_grad_penalty_every: int = 4,
+        save_results_every: int | None = 100,
+        save_model_every: int | None = 1000,
+        **trainer_kwargs: Any,
+    ):
+        super().__init__(**trainer_kwargs)
+        check_positive_int("num_train_steps", num_train_steps)
+        check_positive_int("apply_grad_penalty_every", apply_grad_penalty_every)
+        self.num_train_steps = num_train_steps
+        self.apply_grad_penalty_every = apply_grad_penalty_every
+        self.save_results_every = save_results_every
+        self.save_model_every = save_model_every
+        self.autoencoder_name: str | None = None
+        self.use_gan = False
+
+    def add_autoencoder(
+        self,
+        name: str,
+        autoencoder: nn.Module,
+        *,
+        use_gan: bool,
+        lr: float = 3e-4,
+        discr_lr: float | None = None,
+        max_grad_norm: float | None = None,
+        discr_max_grad_norm: float | None = None,
+        **add_model_kwargs: Any,
+    ) -> None:
+        """Registers the autoencoder as `name` (its optimizer leaves out the discriminator) and, with `use_gan`,
+        its `.discr` as `'discr'` (own optimizer, learning rate `discr_lr` (default `lr`), no EMA)."""
+        discr = getattr(autoencoder, "discr", None)
+        if use_gan and discr is None:
+            raise ValueError(f"autoencoder: use_gan needs a discriminator, {type(autoencoder).__name__}.discr is None")
+        # registered while the discriminator is frozen, so the autoencoder's optimizer does not hold it
+        with frozen(discr):
+            self.add_model(name, autoencoder, lr=lr, max_grad_norm=max_grad_norm,
+                           total_steps=self.num_train_steps, **add_model_kwargs)
+        if use_gan:
+            self.add_model("discr", discr, lr=discr_lr if discr_lr is not None else lr,
+                           max_grad_norm=discr_max_grad_norm, ema=False)
+        self.autoencoder_name = name
+        self.use_gan = use_gan
+        self.config.update(dict(num_train_steps=self.num_train_steps, lr=lr,
+                                apply_grad_penalty_every=self.apply_grad_penalty_every))
+
+    # -- what a subclass provides ----------------------------------------------------------------------------
+
+    def next_batch(self) -> Any:
+        """The next training batch, on the device (what the autoencoder and `discriminator_loss` take)."""
+        raise NotImplementedError
+
+    def autoencoder_loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Mapping[str, torch.Tensor]]:
+        """Runs under autocast: `(loss, {name: scalar tensor to log})` of the autoencoder on `batch`."""
+        raise NotImplementedError
+
+    def save_results(self) -> Path | None:
+        """Writes samples (reconstructions) to `results_folder`; returns the path."""
+        raise NotImplementedError
+
+    # -- the generic part ------------------------------------------------------------------------------------
+
+    @property
+    def step_count(self) -> int:
+        return self.steps[self.autoencoder_name]
+
+    def model_for_sampling(self) -> nn.Module:
+        return self.averaged_model(self.autoencoder_name)
+
+    def train_step(self) -> dict[str, float]:
+        """One autoencoder step (and one discriminator step with the GAN); returns the mean losses."""
+        name = self.autoencoder_name
+        model, plain = self.models[name], self.unwrap(name)
+        model.train()
+        accumulate = self.gradient_accumulate_every
+        logs: dict[str, float] = {}
+
+        batches = []
+        with frozen(getattr(plain, "discr", None)):
+            for _ in range(accumulate):
+                batch = self.next_batch()
+                batches.append(batch)
+                with self.autocast():
+                    loss, terms = self.autoencoder_loss(model, batch)
+                self.backward(loss, name)
+                for key, value in {"loss": loss, **terms}.items():
+                    value = value.detach().item() if isinstance(value, torch.Tensor) else float(value)
+                    logs[key] = logs.get(key, 0.0) + value / accumulate
+        self.step(name)
+
+        if self.use_gan:
+            apply_grad_penalty = self.step_count % self.apply_grad_penalty_every == 0
+            logs["discr_loss"] = 0.0
+            for batch in batches:
+                with self.autocast():
+                    discr_loss = plain.discriminator_loss(batch, apply_grad_penalty=apply_grad_penalty,
+                                                          discr=self.models["discr"])
+                self.backward(discr_loss, "discr")
+                logs["discr_loss"] += discr_loss.item() / len(batches)
+            self.step("discr")
+        return logs
+
+    def save_model(self) -> Path | None:
+        """Checkpoint (resumable) plus `results_folder/<name>` (`save_pretrained` of the EMA model)."""
+        self.save()
+        if not self.is_main:
+            return None
+        return self.model_for_sampling().save_pretrained(self.results_folder / self.autoencoder_name)
+
+    def train(self, log_fn: Callable[[dict[str, float]], None] | None = None) -> None:
+        self.fit(self.num_train_steps, self.train_step, step_count=lambda: self.step_count,
+                 every=[(self.save_results_every, self.save_results), (self.save_model_every, self.save_model)],
+                 at_end=self.save_model, desc=self.progress_desc, postfix=self.progress_postfix, log_fn=log_fn)
+
 
 __all__ = [
     "BaseTrainer",
+    "AutoencoderGANTrainer",
+    "make_dataloader",
     "split_batch",
     "cycle",
     "warmup_cosine_lambda",

@@ -1,8 +1,9 @@
 """Small helpers used everywhere in the project (the x-transformers idioms)."""
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -23,6 +24,7 @@ __all__ = [
     "eval_decorator",
     "maybe",
     "pad_at_dim",
+    "frozen",
 ]
 
 
@@ -117,3 +119,24 @@ def pad_at_dim(t: Tensor, pad: tuple[int, int], dim: int = -1, value: float = 0.
     dims_from_right = (-dim - 1) if dim < 0 else (t.ndim - dim - 1)
     zeros = (0, 0) * dims_from_right
     return F.pad(t, (*zeros, *pad), value=value)
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module | None) -> Iterator[None]:
+    """Turns off gradients for `module`'s parameters for the duration of the block, then restores each parameter's
+    own `requires_grad` (so parameters frozen before stay frozen). A no-op for None.
+
+    Why: in a GAN's generator step the loss flows *through* the discriminator into the generator but must leave no
+    gradients on the discriminator; and an optimizer built inside the block skips the discriminator's parameters.
+    """
+    if module is None:
+        yield
+        return
+    params = list(module.parameters())
+    flags = [param.requires_grad for param in params]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param, flag in zip(params, flags):
+            param.requires_grad_(flag)

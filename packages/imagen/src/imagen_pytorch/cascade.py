@@ -223,7 +223,7 @@ class CascadeBase(nn.Module):
             raise ValueError("temporal_downsample_factor: only video cascades (Unet3D) can downsample in time")
 
         if exists(only_train_unet_number):
-            self._check_unet_number("only_train_unet_number", only_train_unet_number)
+            self.check_unet_number("only_train_unet_number", only_train_unet_number)
         self.only_train_unet_number = only_train_unet_number
 
     # -- small accessors --------------------------------------------------------------------------------------
@@ -238,10 +238,11 @@ class CascadeBase(nn.Module):
 
     def get_unet(self, unet_number: int) -> nn.Module:
         """The U-Net of stage `unet_number` (1-based, as everywhere in the public API)."""
-        self._check_unet_number("unet_number", unet_number)
+        self.check_unet_number("unet_number", unet_number)
         return self.unets[unet_number - 1]
 
-    def _check_unet_number(self, name: str, unet_number: Any) -> int:
+    def check_unet_number(self, name: str, unet_number: Any) -> int:
+        """`unet_number` if it names a stage of this cascade (1-based), else a TypeError/ValueError naming `name`."""
         if isinstance(unet_number, bool) or not isinstance(unet_number, int):
             raise TypeError(f"{name}: expected an int in [1, {self.num_unets}], got {unet_number!r}")
         if not 1 <= unet_number <= self.num_unets:
@@ -373,7 +374,7 @@ class CascadeBase(nn.Module):
                 unet_number = 1
             else:
                 raise ValueError(f"unet_number: required to choose which of the {self.num_unets} unets to train")
-        self._check_unet_number("unet_number", unet_number)
+        self.check_unet_number("unet_number", unet_number)
         if exists(self.only_train_unet_number) and unet_number != self.only_train_unet_number:
             raise ValueError(f"unet_number: this cascade only trains unet {self.only_train_unet_number} "
                              f"(only_train_unet_number), got {unet_number}")
@@ -538,9 +539,9 @@ class CascadeBase(nn.Module):
                 return_all_unet_outputs, return_pil_images, device, use_tqdm, sampler, steps):
         device = torch.device(device) if exists(device) else self.device
         num_unets = self.num_unets
-        self._check_unet_number("start_at_unet_number", start_at_unet_number)
+        self.check_unet_number("start_at_unet_number", start_at_unet_number)
         stop_at_unet_number = default(stop_at_unet_number, num_unets)
-        self._check_unet_number("stop_at_unet_number", stop_at_unet_number)
+        self.check_unet_number("stop_at_unet_number", stop_at_unet_number)
         if stop_at_unet_number < start_at_unet_number:
             raise ValueError(f"stop_at_unet_number: expected at least start_at_unet_number={start_at_unet_number}, "
                              f"got {stop_at_unet_number}")

@@ -96,7 +96,7 @@ def command_train(args: argparse.Namespace) -> int:
     dataset, loader_kwargs = _build_dataset(config, trainer.imagen)
     trainer.add_train_dataset(dataset, batch_size=loader_kwargs.pop("batch_size", 16), **loader_kwargs)
 
-    unet_number = args.unet
+    unet_number = trainer.imagen.resolve_train_unet_number(args.unet)  # a clear error for a wrong --unet
     samples_folder = Path(args.samples_folder)
     start = int(trainer.steps[unet_number - 1])
     logger.info("training unet %d for %d steps (it has taken %d)", unet_number, args.epoches, start)

@@ -142,12 +142,12 @@ class ImagenTrainer:
             if not exists(checkpoint_path):
                 raise ValueError("checkpoint_every: needs checkpoint_path= (a folder or an fsspec URL)")
 
+        # a local checkpoint folder is the engine's numbered-checkpoint folder; a remote one is handled here
         remote = exists(checkpoint_path) and _is_remote(checkpoint_path)
+        local_folder = None if remote or not exists(checkpoint_path) else str(checkpoint_path).removeprefix("file://")
         self.engine = BaseTrainer(
             mixed_precision=mixed_precision, cpu=cpu, gradient_accumulate_every=gradient_accumulate_every,
-            results_folder=None if remote or not exists(checkpoint_path) else str(checkpoint_path).removeprefix(
-                "file://"),
-            keep_last_checkpoints=max_checkpoints_keep, log_with=log_with, seed=seed,
+            results_folder=local_folder, keep_last_checkpoints=max_checkpoints_keep, log_with=log_with, seed=seed,
             accelerate_kwargs=accelerate_kwargs,
         )
         self.remote_checkpoints = _RemoteCheckpoints(str(checkpoint_path), max_checkpoints_keep) if remote else None
@@ -162,7 +162,7 @@ class ImagenTrainer:
 
         num_unets = imagen.num_unets
         if exists(only_train_unet_number):
-            imagen._check_unet_number("only_train_unet_number", only_train_unet_number)
+            imagen.check_unet_number("only_train_unet_number", only_train_unet_number)
         self.only_train_unet_number = only_train_unet_number or imagen.only_train_unet_number
         settings = dict(lr=lr, eps=eps, beta1=beta1, beta2=beta2, max_grad_norm=max_grad_norm,
                         warmup_steps=warmup_steps, cosine_decay_max_steps=cosine_decay_max_steps)

@@ -18,10 +18,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 import torch
 
+from synthesis_core.cli import (
+    add_output_arguments,
+    add_training_arguments,
+    resolve_device,
+    run_cli,
+    training_kwargs,
+    write_video,
+)
 from synthesis_core.utils import exists
 
 logger = logging.getLogger("make_a_video_pytorch.cli")
@@ -89,10 +96,8 @@ def train(args: argparse.Namespace) -> int:
         data["image_dataset"] = ShapesVideoDataset(args.shape_images, image_size=args.image_size, images=True,
                                                    seed=args.seed or 0)
     trainer = MakeAVideoTrainer(
-        model, video_folder=args.videos, image_folder=args.images, batch_size=args.batch_size, lr=args.lr,
-        num_train_steps=args.steps, grad_accum_every=args.grad_accum_every, save_every=args.save_every,
-        sample_every=args.sample_every, sample_texts=args.sample_text, results_folder=args.results_folder,
-        mixed_precision=args.mixed_precision, cpu=True if args.cpu else None, seed=args.seed, **data,
+        model, video_folder=args.videos, image_folder=args.images, save_every=args.save_every,
+        sample_every=args.sample_every, sample_texts=args.sample_text, **training_kwargs(args), **data,
     )
     if exists(args.resume):
         trainer.load(args.resume)
@@ -105,9 +110,8 @@ def sample(args: argparse.Namespace) -> int:
     from make_a_video_pytorch.make_a_video import FrameInterpolator, MakeAVideo
     from synthesis_core.checkpoint import load_model_from_folder
     from synthesis_core.text import TextEncoder
-    from synthesis_core.video import save_video
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     model = load_model_from_folder(args.model, map_location=device)
     if not isinstance(model, MakeAVideo) or isinstance(model, FrameInterpolator):
         raise ValueError(f"--model: {args.model} holds a {type(model).__name__}, not a MakeAVideo")
@@ -126,10 +130,7 @@ def sample(args: argparse.Namespace) -> int:
         texts = args.text if exists(interpolator.text_encoder) else None
         videos = interpolator.interpolate(videos, factor=args.factor, texts=texts, steps=args.steps,
                                           generator=generator)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_video(videos.float().cpu(), out, fps=args.fps * (args.factor if exists(args.interpolator) else 1))
-    logger.info("wrote %s (%d videos of %d frames)", out, videos.shape[0], videos.shape[2])
+    write_video(videos, args.out, fps=args.fps * (args.factor if exists(args.interpolator) else 1))
     return 0
 
 
@@ -158,18 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--heads", type=int, default=8)
     tr.add_argument("--dim-head", type=int, default=64)
     tr.add_argument("--timesteps", type=int, default=1000)
-    tr.add_argument("--batch-size", type=int, default=4)
-    tr.add_argument("--grad-accum-every", type=int, default=1)
-    tr.add_argument("--steps", type=int, default=100_000)
-    tr.add_argument("--lr", type=float, default=1e-4)
+    add_training_arguments(tr, results_folder="results", steps=100_000, lr=1e-4, save_results_every=None,
+                           save_model_every=None)
     tr.add_argument("--save-every", type=int, default=1000)
     tr.add_argument("--sample-every", type=int, default=1000)
     tr.add_argument("--sample-text", action="append", default=None, help="prompt for periodic samples (repeat)")
-    tr.add_argument("--results-folder", default="results")
-    tr.add_argument("--resume", default=None, help="'latest' or a checkpoint path")
-    tr.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
-    tr.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
-    tr.add_argument("--seed", type=int, default=None)
     tr.set_defaults(func=train)
 
     sm = commands.add_parser("sample", help="generate videos (optionally frame-interpolated)")
@@ -183,22 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--interpolator", default=None, help="a trained FrameInterpolator folder")
     sm.add_argument("--factor", type=int, default=2, help="frame-rate factor of the interpolator")
     sm.add_argument("--text-encoder", default=None, help="override the text encoder (e.g. a local folder)")
-    sm.add_argument("--fps", type=float, default=8.0)
-    sm.add_argument("--device", default=None)
-    sm.add_argument("--seed", type=int, default=None)
-    sm.add_argument("--out", default="sample.gif", help=".gif, .mp4, .png (frame sheet) or a folder")
+    add_output_arguments(sm, out="sample.gif")
     sm.set_defaults(func=sample)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        logger.error("%s", err)
-        return 2
+    return run_cli(build_parser(), argv, logger)
 
 
 if __name__ == "__main__":

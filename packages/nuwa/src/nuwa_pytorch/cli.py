@@ -19,6 +19,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from synthesis_core.cli import (
+    add_dataset_arguments,
+    add_output_arguments,
+    add_training_arguments,
+    resolve_device,
+    run_cli,
+    training_kwargs,
+    write_video,
+)
 from synthesis_core.utils import exists
 
 logger = logging.getLogger("nuwa_pytorch.cli")
@@ -29,13 +38,6 @@ def _shapes(num_samples: int, image_size: int, num_frames: int, seed: int | None
     from synthesis_core.datasets import ShapesVideoDataset
 
     return ShapesVideoDataset(num_samples, image_size=image_size, num_frames=num_frames, seed=seed or 0)
-
-
-def _trainer_kwargs(args: argparse.Namespace) -> dict:
-    return dict(batch_size=args.batch_size, num_train_steps=args.steps, lr=args.lr,
-                grad_accum_every=args.grad_accum_every, save_results_every=args.save_results_every, save_model_every=args.save_model_every,
-                results_folder=args.results_folder, resume=args.resume, mixed_precision=args.mixed_precision,
-                cpu=True if args.cpu else None, seed=args.seed)
 
 
 def train_vae(args: argparse.Namespace) -> int:
@@ -50,7 +52,7 @@ def train_vae(args: argparse.Namespace) -> int:
     num_frames = args.num_frames or 4
     dataset = _shapes(args.shapes, args.image_size, num_frames, args.seed) if exists(args.shapes) else None
     trainer = VQGanVAETrainer(vae, dataset=dataset, folder=None if exists(dataset) else args.data,
-                              num_frames=args.num_frames, **_trainer_kwargs(args))
+                              num_frames=args.num_frames, resume=args.resume, **training_kwargs(args))
     trainer.train()
     logger.info("VAE saved to %s", Path(args.results_folder) / "vae")
     return 0
@@ -75,7 +77,7 @@ def train(args: argparse.Namespace) -> int:
                 sparse_3dna_dilation=tuple(args.dilation), attn_dropout=args.dropout, ff_dropout=args.dropout)
     trainer = NUWATrainer(nuwa, dataset=dataset, folder=None if exists(dataset) else args.data,
                           num_frames=args.num_frames, tokenizer=tokenizer, sample_texts=args.sample_text,
-                          **_trainer_kwargs(args))
+                          resume=args.resume, **training_kwargs(args))
     trainer.train()
     logger.info("model saved to %s", Path(args.results_folder) / "nuwa")
     return 0
@@ -86,19 +88,15 @@ def generate(args: argparse.Namespace) -> int:
 
     from nuwa_pytorch.nuwa import NUWA
     from nuwa_pytorch.trainer import WordTokenizer
-    from synthesis_core.video import save_video
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     nuwa = NUWA.from_pretrained(args.model, map_location=device)
     tokenizer = WordTokenizer.load(Path(args.model))
     text = tokenizer.encode(args.text, max_length=nuwa.text_max_seq_len, device=device)
     generator = torch.Generator(device=device).manual_seed(args.seed) if exists(args.seed) else None
     video = nuwa.generate(text, filter_thres=args.filter_thres, temperature=args.temperature,
                           cond_scale=args.cond_scale, num_frames=args.num_frames, generator=generator)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_video(rearrange(video.float().cpu(), "b f c h w -> b c f h w"), out, fps=args.fps)
-    logger.info("wrote %s", out)
+    write_video(rearrange(video, "b f c h w -> b c f h w"), args.out, fps=args.fps)
     return 0
 
 
@@ -106,24 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nuwa", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def add_training_options(p: argparse.ArgumentParser, results_folder: str) -> None:
-        data = p.add_mutually_exclusive_group(required=True)
-        data.add_argument("--data", help="folder of training data")
-        data.add_argument("--shapes", type=int, help="train on N built-in captioned shapes videos instead")
-        p.add_argument("--batch-size", type=int, default=4)
-        p.add_argument("--grad-accum-every", type=int, default=1)
-        p.add_argument("--steps", type=int, default=10_000)
-        p.add_argument("--lr", type=float, default=3e-4)
-        p.add_argument("--save-results-every", type=int, default=500)
-        p.add_argument("--save-model-every", type=int, default=1000)
-        p.add_argument("--results-folder", default=results_folder)
-        p.add_argument("--resume", default=None, help="'latest' or a checkpoint path")
-        p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
-        p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
-        p.add_argument("--seed", type=int, default=None)
-
     vae = commands.add_parser("train-vae", help="train the VQGAN-VAE image tokenizer")
-    add_training_options(vae, "results/vae")
+    add_dataset_arguments(vae)
+    add_training_arguments(vae, results_folder="results/vae")
     vae.add_argument("--image-size", type=int, default=64)
     vae.add_argument("--num-frames", type=int, default=None, help="read videos (every frame is an image)")
     vae.add_argument("--dim", type=int, default=64)
@@ -137,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     vae.set_defaults(func=train_vae)
 
     tr = commands.add_parser("train", help="train NUWA on a trained VAE (videos with name.txt captions)")
-    add_training_options(tr, "results/nuwa")
+    add_dataset_arguments(tr)
+    add_training_arguments(tr, results_folder="results/nuwa")
     tr.add_argument("--vae", required=True, help="folder written by train-vae (results/vae/vae)")
     tr.add_argument("--num-frames", type=int, default=5)
     tr.add_argument("--dim", type=int, default=256)
@@ -160,22 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--cond-scale", type=float, default=3.0)
     gen.add_argument("--temperature", type=float, default=1.0)
     gen.add_argument("--filter-thres", type=float, default=0.9)
-    gen.add_argument("--fps", type=float, default=8.0)
-    gen.add_argument("--device", default=None)
-    gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--out", default="video.gif", help=".gif, .mp4, .png (frame sheet) or a folder")
+    add_output_arguments(gen, out="video.gif")
     gen.set_defaults(func=generate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        logger.error("%s", err)
-        return 2
+    return run_cli(build_parser(), argv, logger)
 
 
 if __name__ == "__main__":

@@ -17,16 +17,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from nuwa_pytorch.nuwa import NUWA
-from nuwa_pytorch.vqgan_vae import VQGanVAE, frozen
+from nuwa_pytorch.vqgan_vae import VQGanVAE
 from synthesis_core.checkpoint import atomic_write_json, read_json
 from synthesis_core.checks import check_in_range, check_positive_int
 from synthesis_core.data import ImageFolderDataset, VideoFolderDataset
 from synthesis_core.text import build_vocab, split_words
-from synthesis_core.training import BaseTrainer, cycle
+from synthesis_core.training import AutoencoderGANTrainer, BaseTrainer, cycle, make_dataloader
 from synthesis_core.utils import default, exists
 from synthesis_core.video import save_image, save_video
 
@@ -137,13 +137,6 @@ def collate_text_and_video(items: Sequence[Any], tokenizer: WordTokenizer | None
     return batch
 
 
-def _make_dataloader(dataset: Dataset, batch_size: int, num_workers: int, collate_fn: Callable) -> DataLoader:
-    if len(dataset) == 0:
-        raise ValueError("dataset: it is empty")
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                      drop_last=len(dataset) >= batch_size, collate_fn=collate_fn)
-
-
 def _captions_of(dataset: Dataset) -> list[str]:
     captions = getattr(dataset, "captions", None)
     if isinstance(captions, dict):
@@ -157,9 +150,9 @@ def _captions_of(dataset: Dataset) -> list[str]:
 # the VAE
 
 
-class VQGanVAETrainer(BaseTrainer):
+class VQGanVAETrainer(AutoencoderGANTrainer):
     """Trains a `VQGanVAE`: an autoencoder step, then (with `use_vgg_and_gan`) a discriminator step with the
-    gradient penalty every `apply_grad_penalty_every` steps.
+    gradient penalty every `apply_grad_penalty_every` steps (the loop is the core's `AutoencoderGANTrainer`).
 
     ```
     trainer = VQGanVAETrainer(vae, folder='images/', batch_size=8, num_train_steps=50_000,
@@ -169,6 +162,9 @@ class VQGanVAETrainer(BaseTrainer):
     `folder`: images (png/jpg/webp), or videos with `num_frames=` (every frame is a training image).
     `dataset`: items are images `(c, h, w)` or videos `(c, t, h, w)` in [0, 1], or tuples starting with one.
     """
+
+    progress_desc = "vqgan-vae"
+    progress_postfix = {"loss": "loss", "recon": "recon_mse"}
 
     def __init__(
         self,
@@ -197,12 +193,12 @@ class VQGanVAETrainer(BaseTrainer):
         resume: str | Path | None = None,
         **trainer_kwargs: Any,
     ):
-        super().__init__(results_folder=results_folder, gradient_accumulate_every=grad_accum_every, **trainer_kwargs)
+        super().__init__(num_train_steps=num_train_steps, apply_grad_penalty_every=apply_grad_penalty_every,
+                         save_results_every=save_results_every, save_model_every=save_model_every,
+                         results_folder=results_folder, gradient_accumulate_every=grad_accum_every, **trainer_kwargs)
         if not isinstance(vae, VQGanVAE):
             raise TypeError(f"vae: expected a VQGanVAE, got {type(vae).__name__}")
         check_positive_int("batch_size", batch_size)
-        check_positive_int("num_train_steps", num_train_steps)
-        check_positive_int("apply_grad_penalty_every", apply_grad_penalty_every)
         if exists(dataset) == exists(folder):
             raise ValueError("dataset: pass exactly one of dataset= or folder=")
         if exists(folder):
@@ -213,66 +209,24 @@ class VQGanVAETrainer(BaseTrainer):
                 dataset = ImageFolderDataset(folder, image_size=vae.image_size)
         self.dataset = dataset
         self.batch_size = batch_size
-        self.num_train_steps = num_train_steps
-        self.apply_grad_penalty_every = apply_grad_penalty_every
-        self.save_results_every = save_results_every
-        self.save_model_every = save_model_every
         self.num_sample_images = num_sample_images
-        self.use_gan = vae.use_vgg_and_gan
 
-        # the autoencoder's optimizer must not hold the discriminator: register it while the discriminator is frozen
-        with frozen(vae.discr):
-            self.add_model("vae", vae, lr=lr, warmup_steps=warmup_steps, total_steps=num_train_steps,
-                           max_grad_norm=max_grad_norm, ema=use_ema, ema_decay=ema_decay,
-                           ema_update_every=ema_update_every)
-        if self.use_gan:
-            self.add_model("discr", vae.discr, lr=default(discr_lr, lr), max_grad_norm=discr_max_grad_norm, ema=False)
-
-        loader = _make_dataloader(dataset, batch_size, num_workers, collate_images)
+        self.add_autoencoder("vae", vae, use_gan=vae.use_vgg_and_gan, lr=lr, discr_lr=discr_lr,
+                             max_grad_norm=max_grad_norm, discr_max_grad_norm=discr_max_grad_norm,
+                             warmup_steps=warmup_steps, ema=use_ema, ema_decay=ema_decay,
+                             ema_update_every=ema_update_every)
+        loader = make_dataloader(dataset, batch_size, num_workers=num_workers, collate_fn=collate_images)
         self.dataloader = cycle(self.prepare_dataloader(loader))
-        self.config.update(dict(batch_size=batch_size, num_train_steps=num_train_steps, lr=lr,
-                                apply_grad_penalty_every=apply_grad_penalty_every))
+        self.config.update(batch_size=batch_size)
         if exists(resume):
             self.load(resume)
 
-    @property
-    def step_count(self) -> int:
-        return self.steps["vae"]
-
-    def _next_images(self) -> Tensor:
+    def next_batch(self) -> Tensor:
         return next(self.dataloader).to(self.device)
 
-    def train_step(self) -> dict[str, float]:
-        """One autoencoder step (and one discriminator step with the GAN); returns the losses."""
-        vae, plain = self.models["vae"], self.unwrap("vae")
-        vae.train()
-        logs = {"loss": 0.0, "recon_mse": 0.0}
-        batches = []
-        for _ in range(self.gradient_accumulate_every):
-            images = self._next_images()
-            batches.append(images)
-            with self.autocast():
-                loss, recons = vae(images, return_loss=True, return_recons=True)
-            self.backward(loss, "vae")
-            logs["loss"] += loss.item() / self.gradient_accumulate_every
-            logs["recon_mse"] += F.mse_loss(recons.float(), images.float()).item() / self.gradient_accumulate_every
-        self.step("vae")
-
-        if self.use_gan:
-            apply_grad_penalty = self.step_count % self.apply_grad_penalty_every == 0
-            logs["discr_loss"] = 0.0
-            for images in batches:
-                with self.autocast():
-                    discr_loss = plain.discriminator_loss(images, apply_grad_penalty=apply_grad_penalty,
-                                                          discr=self.models["discr"])
-                self.backward(discr_loss, "discr")
-                logs["discr_loss"] += discr_loss.item() / len(batches)
-            self.step("discr")
-        return logs
-
-    def model_for_sampling(self) -> VQGanVAE:
-        ema = self.ema("vae")
-        return ema.ema_model if exists(ema) else self.unwrap("vae")
+    def autoencoder_loss(self, model: nn.Module, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, recons = model(images, return_loss=True, return_recons=True)
+        return loss, {"recon_mse": F.mse_loss(recons.detach().float(), images.float())}
 
     @torch.no_grad()
     def save_results(self) -> Path | None:
@@ -283,37 +237,12 @@ class VQGanVAETrainer(BaseTrainer):
         was_training = model.training
         model.eval()
         try:
-            images = self._next_images()[: self.num_sample_images]
+            images = self.next_batch()[: self.num_sample_images]
             recons = model(images)
         finally:
             model.train(was_training)
         pairs = torch.cat((images, recons.to(images.dtype)), dim=-1).float().clamp(0, 1).cpu()
         return save_image(pairs, self.results_folder / "samples" / f"recon-{self.step_count:08d}.png")
-
-    def save_model(self) -> Path | None:
-        """Checkpoint (resumable) plus `results_folder/vae` (save_pretrained of the EMA model) for NUWA."""
-        self.save()
-        if not self.is_main:
-            return None
-        return self.model_for_sampling().save_pretrained(self.results_folder / "vae")
-
-    def train(self, log_fn: Callable[[dict[str, float]], None] | None = None) -> None:
-        progress = self.progress(self.num_train_steps, initial=self.step_count, desc="vqgan-vae")
-        while self.step_count < self.num_train_steps:
-            logs = self.train_step()
-            step = self.step_count
-            progress.update(1)
-            progress.set_postfix(loss=f"{logs['loss']:.4f}", recon=f"{logs['recon_mse']:.4f}")
-            self.log(logs, step=step)
-            if exists(log_fn):
-                log_fn(logs)
-            if self.run_every(self.save_results_every, step):
-                self.save_results()
-            if self.run_every(self.save_model_every, step):
-                self.save_model()
-        progress.close()
-        self.save_model()
-        logger.info("VQGanVAE training complete after %d steps", self.step_count)
 
 
 # NUWA
@@ -397,7 +326,8 @@ class NUWATrainer(BaseTrainer):
                        ema_update_every=ema_update_every)
 
         collate = functools.partial(collate_text_and_video, tokenizer=tokenizer, max_text_len=nuwa.text_max_seq_len)
-        self.dataloader = cycle(self.prepare_dataloader(_make_dataloader(dataset, batch_size, num_workers, collate)))
+        loader = make_dataloader(dataset, batch_size, num_workers=num_workers, collate_fn=collate)
+        self.dataloader = cycle(self.prepare_dataloader(loader))
         self.config.update(dict(batch_size=batch_size, num_train_steps=num_train_steps, lr=lr, num_frames=num_frames,
                                 vocab=tokenizer.vocab if exists(tokenizer) else None))
         if exists(tokenizer) and self.is_main:
@@ -430,8 +360,7 @@ class NUWATrainer(BaseTrainer):
         return logs
 
     def model_for_sampling(self) -> NUWA:
-        ema = self.ema("nuwa")
-        return ema.ema_model if exists(ema) else self.unwrap("nuwa")
+        return self.averaged_model("nuwa")
 
     @torch.no_grad()
     def save_results(self) -> Path | None:
@@ -459,19 +388,6 @@ class NUWATrainer(BaseTrainer):
         return folder
 
     def train(self, log_fn: Callable[[dict[str, float]], None] | None = None) -> None:
-        progress = self.progress(self.num_train_steps, initial=self.step_count, desc="nuwa")
-        while self.step_count < self.num_train_steps:
-            logs = self.train_step()
-            step = self.step_count
-            progress.update(1)
-            progress.set_postfix(loss=f"{logs['loss']:.4f}")
-            self.log(logs, step=step)
-            if exists(log_fn):
-                log_fn(logs)
-            if self.run_every(self.save_results_every, step):
-                self.save_results()
-            if self.run_every(self.save_model_every, step):
-                self.save_model()
-        progress.close()
-        self.save_model()
-        logger.info("NUWA training complete after %d steps", self.step_count)
+        self.fit(self.num_train_steps, self.train_step, step_count=lambda: self.step_count,
+                 every=[(self.save_results_every, self.save_results), (self.save_model_every, self.save_model)],
+                 at_end=self.save_model, desc="nuwa", log_fn=log_fn)

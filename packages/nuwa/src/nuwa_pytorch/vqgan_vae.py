@@ -17,11 +17,10 @@ torch cache (`synthesis_core.gan.default_vgg`), resolved on first use, so buildi
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,27 +44,11 @@ from synthesis_core.gan import (
 )
 from synthesis_core.layers import Downsample, ResnetBlock, Upsample
 from synthesis_core.quantize import VectorQuantize
-from synthesis_core.utils import default, exists
+from synthesis_core.utils import default, exists, frozen
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["VQGanVAE"]
-
-
-@contextlib.contextmanager
-def frozen(module: nn.Module | None) -> Iterator[None]:
-    """Turns off gradients for `module`'s parameters for a while (the discriminator in the generator's loss: the
-    loss still flows through it into the decoder, but leaves no gradients on it)."""
-    if module is None:
-        yield
-        return
-    flags = [param.requires_grad for param in module.parameters()]
-    module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for param, flag in zip(module.parameters(), flags):
-            param.requires_grad_(flag)
 
 
 class SpatialAttention(nn.Module):

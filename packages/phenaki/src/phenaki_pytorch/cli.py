@@ -19,6 +19,15 @@ from pathlib import Path
 
 import torch
 
+from synthesis_core.cli import (
+    add_dataset_arguments,
+    add_output_arguments,
+    add_training_arguments,
+    resolve_device,
+    run_cli,
+    training_kwargs,
+    write_video,
+)
 from synthesis_core.utils import exists
 
 logger = logging.getLogger("phenaki_pytorch.cli")
@@ -48,13 +57,6 @@ class _VideosOnly(torch.utils.data.Dataset):
         return item[0] if isinstance(item, (tuple, list)) else item
 
 
-def _trainer_kwargs(args: argparse.Namespace) -> dict:
-    return dict(batch_size=args.batch_size, num_train_steps=args.steps, lr=args.lr,
-                save_results_every=args.save_results_every, save_model_every=args.save_model_every,
-                results_folder=args.results_folder, resume=args.resume, mixed_precision=args.mixed_precision,
-                cpu=True if args.cpu else None, seed=args.seed, grad_accum_every=args.grad_accum_every)
-
-
 def train_tokenizer(args: argparse.Namespace) -> int:
     from phenaki_pytorch.cvivit import CViViT
     from phenaki_pytorch.trainer import CViViTTrainer
@@ -66,7 +68,7 @@ def train_tokenizer(args: argparse.Namespace) -> int:
                     use_vgg_and_gan=not args.no_gan)
     dataset = _dataset(args, with_captions=False)
     trainer = CViViTTrainer(cvivit, dataset=dataset, folder=None if exists(dataset) else args.data,
-                            num_frames=args.num_frames, image_size=args.image_size, **_trainer_kwargs(args))
+                            num_frames=args.num_frames, image_size=args.image_size, resume=args.resume, **training_kwargs(args))
     trainer.train()
     logger.info("tokenizer saved to %s", Path(args.results_folder) / "cvivit")
     return 0
@@ -95,7 +97,7 @@ def train(args: argparse.Namespace) -> int:
     dataset = _dataset(args, with_captions=True)
     trainer = PhenakiTrainer(phenaki, dataset=dataset, folder=None if exists(dataset) else args.data,
                              num_frames=args.num_frames, image_size=image_size, sample_texts=args.sample_text,
-                             **_trainer_kwargs(args))
+                             resume=args.resume, **training_kwargs(args))
     trainer.train()
     logger.info("model saved to %s", Path(args.results_folder) / "phenaki")
     return 0
@@ -104,9 +106,8 @@ def train(args: argparse.Namespace) -> int:
 def sample(args: argparse.Namespace) -> int:
     from phenaki_pytorch.phenaki import StorySampler
     from synthesis_core.checkpoint import load_model_from_folder
-    from synthesis_core.video import save_video
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     phenaki = load_model_from_folder(args.model, map_location=device)
     if exists(args.text_encoder) and exists(phenaki.text_encoder):
         from synthesis_core.text import TextEncoder
@@ -114,8 +115,6 @@ def sample(args: argparse.Namespace) -> int:
         phenaki.text_encoder = TextEncoder(args.text_encoder, max_length=phenaki.text_encoder.max_length)
     if exists(args.seed):
         torch.manual_seed(args.seed)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if args.story:
         scenes = []
         for entry in args.story:
@@ -130,8 +129,7 @@ def sample(args: argparse.Namespace) -> int:
         texts = args.text or None
         video = phenaki.sample(texts=texts, num_frames=args.num_frames, cond_scale=args.cond_scale,
                                steps=args.sample_steps, batch_size=args.batch_size, progress=True)
-    save_video(video.float().cpu(), out, fps=args.fps)
-    logger.info("wrote %s", out)
+    write_video(video, args.out, fps=args.fps)
     return 0
 
 
@@ -140,22 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def add_training_options(p: argparse.ArgumentParser, results_folder: str) -> None:
-        data = p.add_mutually_exclusive_group(required=True)
-        data.add_argument("--data", help="folder of videos (gif/mp4/frame folders; captions in name.txt)")
-        data.add_argument("--shapes", type=int, help="train on N built-in captioned shapes videos instead")
+        add_dataset_arguments(p, data_help="folder of videos (gif/mp4/frame folders; captions in name.txt)")
         p.add_argument("--image-size", type=int, default=None)
         p.add_argument("--num-frames", type=int, default=17, help="1 + k * temporal patch size")
-        p.add_argument("--batch-size", type=int, default=4)
-        p.add_argument("--grad-accum-every", type=int, default=1)
-        p.add_argument("--steps", type=int, default=10_000)
-        p.add_argument("--lr", type=float, default=3e-4)
-        p.add_argument("--save-results-every", type=int, default=500)
-        p.add_argument("--save-model-every", type=int, default=1000)
-        p.add_argument("--results-folder", default=results_folder)
-        p.add_argument("--resume", default=None, help="'latest' or a checkpoint path")
-        p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
-        p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
-        p.add_argument("--seed", type=int, default=None)
+        add_training_arguments(p, results_folder=results_folder)
 
     tok = commands.add_parser("train-tokenizer", help="train the C-ViViT video tokenizer")
     add_training_options(tok, "results/cvivit")
@@ -195,23 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--batch-size", type=int, default=1)
     sm.add_argument("--cond-scale", type=float, default=3.0)
     sm.add_argument("--sample-steps", type=int, default=None)
-    sm.add_argument("--fps", type=float, default=8.0)
     sm.add_argument("--text-encoder", default=None, help="override the text encoder (e.g. a local folder)")
-    sm.add_argument("--device", default=None)
-    sm.add_argument("--seed", type=int, default=None)
-    sm.add_argument("--out", default="sample.gif", help=".gif, .mp4, .png (frame sheet) or a folder")
+    add_output_arguments(sm, out="sample.gif")
     sm.set_defaults(func=sample)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        logger.error("%s", err)
-        return 2
+    return run_cli(build_parser(), argv, logger)
 
 
 if __name__ == "__main__":

@@ -6,22 +6,21 @@ for several), mixed precision, EMA, NaN guard, atomic safetensors checkpoints in
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from phenaki_pytorch.cvivit import CViViT
 from phenaki_pytorch.phenaki import Phenaki
 from synthesis_core.checks import check_in_range, check_positive_int
 from synthesis_core.data import VideoFolderDataset
-from synthesis_core.training import BaseTrainer, cycle
+from synthesis_core.training import AutoencoderGANTrainer, BaseTrainer, cycle, make_dataloader
 from synthesis_core.utils import default, exists
 from synthesis_core.video import save_video
 
@@ -68,39 +67,17 @@ def collate_videos_and_text(items: Sequence[Any]) -> dict[str, Any]:
     return batch
 
 
-def _make_dataloader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = True) -> DataLoader:
-    if len(dataset) == 0:
-        raise ValueError("dataset: it is empty")
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      drop_last=len(dataset) >= batch_size, collate_fn=collate_videos_and_text)
-
-
 def _batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-
-
-@contextlib.contextmanager
-def _frozen(module: nn.Module | None) -> Iterator[None]:
-    """Turns off gradients for `module`'s parameters (the discriminator during the generator's step), so the
-    generator loss still flows through it to the generator but leaves no gradients on it."""
-    if module is None:
-        yield
-        return
-    flags = [p.requires_grad for p in module.parameters()]
-    module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for param, flag in zip(module.parameters(), flags):
-            param.requires_grad_(flag)
 
 
 # the tokenizer
 
 
-class CViViTTrainer(BaseTrainer):
+class CViViTTrainer(AutoencoderGANTrainer):
     """Trains a `CViViT`: generator step (reconstruction + quantizer + perceptual + adaptive GAN loss) then, with
-    `use_vgg_and_gan`, a discriminator step, with the gradient penalty every `apply_grad_penalty_every` steps.
+    `use_vgg_and_gan`, a discriminator step, with the gradient penalty every `apply_grad_penalty_every` steps (the
+    loop is the core's `AutoencoderGANTrainer`).
 
     ```
     trainer = CViViTTrainer(cvivit, folder='videos/', num_frames=17, image_size=128, batch_size=4,
@@ -110,6 +87,9 @@ class CViViTTrainer(BaseTrainer):
     `dataset` may be given instead of `folder`: items are videos `(c, t, h, w)` in [0, 1] (or images, or tuples
     whose first element is the video).
     """
+
+    progress_desc = "cvivit"
+    progress_postfix = {"loss": "loss", "recon": "recon"}
 
     def __init__(
         self,
@@ -139,13 +119,12 @@ class CViViTTrainer(BaseTrainer):
         resume: str | Path | None = None,
         **trainer_kwargs: Any,
     ):
-        super().__init__(results_folder=results_folder, gradient_accumulate_every=grad_accum_every,
-                         **trainer_kwargs)
+        super().__init__(num_train_steps=num_train_steps, apply_grad_penalty_every=apply_grad_penalty_every,
+                         save_results_every=save_results_every, save_model_every=save_model_every,
+                         results_folder=results_folder, gradient_accumulate_every=grad_accum_every, **trainer_kwargs)
         if not isinstance(cvivit, CViViT):
             raise TypeError(f"cvivit: expected a CViViT, got {type(cvivit).__name__}")
         check_positive_int("batch_size", batch_size)
-        check_positive_int("num_train_steps", num_train_steps)
-        check_positive_int("apply_grad_penalty_every", apply_grad_penalty_every)
         if exists(dataset) == exists(folder):
             raise ValueError("dataset: pass exactly one of dataset= or folder=")
         if exists(folder):
@@ -156,69 +135,24 @@ class CViViTTrainer(BaseTrainer):
                                          channels=cvivit.channels)
         self.dataset = dataset
         self.batch_size = batch_size
-        self.num_train_steps = num_train_steps
-        self.apply_grad_penalty_every = apply_grad_penalty_every
-        self.save_results_every = save_results_every
-        self.save_model_every = save_model_every
         self.num_sample_videos = num_sample_videos
-        self.use_gan = cvivit.use_vgg_and_gan
 
-        # the generator's optimizer must not hold the discriminator: register it while the discriminator is frozen
-        with _frozen(cvivit.discr):
-            self.add_model("cvivit", cvivit, lr=lr, warmup_steps=warmup_steps, total_steps=num_train_steps,
-                           max_grad_norm=max_grad_norm, ema=use_ema, ema_decay=ema_decay,
-                           ema_update_every=ema_update_every)
-        if self.use_gan:
-            self.add_model("discr", cvivit.discr, lr=default(discr_lr, lr), max_grad_norm=discr_max_grad_norm,
-                           ema=False)
-
-        self.dataloader = cycle(self.prepare_dataloader(_make_dataloader(dataset, batch_size, num_workers)))
-        self.config.update(dict(batch_size=batch_size, num_train_steps=num_train_steps, lr=lr,
-                                apply_grad_penalty_every=apply_grad_penalty_every))
+        self.add_autoencoder("cvivit", cvivit, use_gan=cvivit.use_vgg_and_gan, lr=lr, discr_lr=discr_lr,
+                             max_grad_norm=max_grad_norm, discr_max_grad_norm=discr_max_grad_norm,
+                             warmup_steps=warmup_steps, ema=use_ema, ema_decay=ema_decay,
+                             ema_update_every=ema_update_every)
+        loader = make_dataloader(dataset, batch_size, num_workers=num_workers, collate_fn=collate_videos_and_text)
+        self.dataloader = cycle(self.prepare_dataloader(loader))
+        self.config.update(batch_size=batch_size)
         if exists(resume):
             self.load(resume)
 
-    @property
-    def step_count(self) -> int:
-        return self.steps["cvivit"]
-
-    def _next_videos(self) -> Tensor:
+    def next_batch(self) -> Tensor:
         return next(self.dataloader)["videos"].to(self.device)
 
-    def train_step(self) -> dict[str, float]:
-        """One generator step (and one discriminator step with the GAN); returns the losses."""
-        cvivit = self.models["cvivit"]
-        plain = self.unwrap("cvivit")
-        cvivit.train()
-        logs: dict[str, float] = {}
-
-        videos = []
-        with _frozen(plain.discr):
-            for _ in range(self.gradient_accumulate_every):
-                video = self._next_videos()
-                videos.append(video)
-                with self.autocast():
-                    loss, breakdown = cvivit(video, return_loss_breakdown=True)
-                self.backward(loss, "cvivit")
-                logs["loss"] = logs.get("loss", 0.0) + loss.item() / self.gradient_accumulate_every
-                for key, value in breakdown._asdict().items():
-                    logs[key] = logs.get(key, 0.0) + value.item() / self.gradient_accumulate_every
-        self.step("cvivit")
-
-        if self.use_gan:
-            apply_grad_penalty = self.step_count % self.apply_grad_penalty_every == 0
-            for video in videos:
-                with self.autocast():
-                    discr_loss = plain.discriminator_loss(video, apply_grad_penalty=apply_grad_penalty,
-                                                          discr=self.models["discr"])
-                self.backward(discr_loss, "discr")
-                logs["discr_loss"] = logs.get("discr_loss", 0.0) + discr_loss.item() / len(videos)
-            self.step("discr")
-        return logs
-
-    def model_for_sampling(self) -> CViViT:
-        ema = self.ema("cvivit")
-        return ema.ema_model if exists(ema) else self.unwrap("cvivit")
+    def autoencoder_loss(self, model: nn.Module, videos: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, breakdown = model(videos, return_loss_breakdown=True)
+        return loss, breakdown._asdict()
 
     @torch.no_grad()
     def save_results(self) -> Path | None:
@@ -239,31 +173,6 @@ class CViViTTrainer(BaseTrainer):
         path.parent.mkdir(parents=True, exist_ok=True)
         save_video(side_by_side, path)
         return path
-
-    def save_model(self) -> Path | None:
-        """Checkpoint (resumable) plus `results_folder/cvivit` (save_pretrained of the EMA model) for Phenaki."""
-        self.save()
-        if not self.is_main:
-            return None
-        return self.model_for_sampling().save_pretrained(self.results_folder / "cvivit")
-
-    def train(self, log_fn: Callable[[dict[str, float]], None] | None = None) -> None:
-        progress = self.progress(self.num_train_steps, initial=self.step_count, desc="cvivit")
-        while self.step_count < self.num_train_steps:
-            logs = self.train_step()
-            step = self.step_count
-            progress.update(1)
-            progress.set_postfix(loss=f"{logs['loss']:.4f}", recon=f"{logs['recon']:.4f}")
-            self.log(logs, step=step)
-            if exists(log_fn):
-                log_fn(logs)
-            if self.run_every(self.save_results_every, step):
-                self.save_results()
-            if self.run_every(self.save_model_every, step):
-                self.save_model()
-        progress.close()
-        self.save_model()
-        logger.info("CViViT training complete after %d steps", self.step_count)
 
 
 # phenaki
@@ -345,7 +254,8 @@ class PhenakiTrainer(BaseTrainer):
         self.add_model("phenaki", phenaki, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
                        total_steps=num_train_steps, max_grad_norm=max_grad_norm, ema=use_ema, ema_decay=ema_decay,
                        ema_update_every=ema_update_every)
-        self.dataloader = cycle(self.prepare_dataloader(_make_dataloader(dataset, batch_size, num_workers)))
+        loader = make_dataloader(dataset, batch_size, num_workers=num_workers, collate_fn=collate_videos_and_text)
+        self.dataloader = cycle(self.prepare_dataloader(loader))
         self.config.update(dict(batch_size=batch_size, num_train_steps=num_train_steps, lr=lr))
         if exists(resume):
             self.load(resume)
@@ -370,8 +280,7 @@ class PhenakiTrainer(BaseTrainer):
         return logs
 
     def model_for_sampling(self) -> Phenaki:
-        ema = self.ema("phenaki")
-        return ema.ema_model if exists(ema) else self.unwrap("phenaki")
+        return self.averaged_model("phenaki")
 
     @torch.no_grad()
     def save_results(self) -> Path | None:
@@ -399,19 +308,6 @@ class PhenakiTrainer(BaseTrainer):
         return self.model_for_sampling().save_pretrained(self.results_folder / "phenaki")
 
     def train(self, log_fn: Callable[[dict[str, float]], None] | None = None) -> None:
-        progress = self.progress(self.num_train_steps, initial=self.step_count, desc="phenaki")
-        while self.step_count < self.num_train_steps:
-            logs = self.train_step()
-            step = self.step_count
-            progress.update(1)
-            progress.set_postfix(loss=f"{logs['loss']:.4f}")
-            self.log(logs, step=step)
-            if exists(log_fn):
-                log_fn(logs)
-            if self.run_every(self.save_results_every, step):
-                self.save_results()
-            if self.run_every(self.save_model_every, step):
-                self.save_model()
-        progress.close()
-        self.save_model()
-        logger.info("Phenaki training complete after %d steps", self.step_count)
+        self.fit(self.num_train_steps, self.train_step, step_count=lambda: self.step_count,
+                 every=[(self.save_results_every, self.save_results), (self.save_model_every, self.save_model)],
+                 at_end=self.save_model, desc="phenaki", log_fn=log_fn)

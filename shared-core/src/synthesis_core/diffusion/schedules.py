@@ -55,10 +55,14 @@ def _table_dtype(device: torch.device) -> torch.dtype:
 
 
 def linear_beta_schedule(timesteps: int) -> Tensor:
-    """Ho et al. 2020: betas from 1e-4 to 0.02 for 1000 steps, rescaled so other step counts keep the same end SNR."""
+    """Ho et al. 2020: betas from 1e-4 to 0.02 for 1000 steps, rescaled so other step counts keep the same end SNR.
+
+    With 20 steps or fewer the rescaled betas would reach 1 (a schedule that destroys the image in one step and
+    divides by zero in the posterior), so they are clipped to 0.999 like the cosine schedule's.
+    """
     check_positive_int("timesteps", timesteps)
     scale = 1000 / timesteps
-    return torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64)
+    return torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64).clamp(max=0.999)
 
 
 def cosine_beta_schedule(timesteps: int, s: float = 0.008) -> Tensor:
