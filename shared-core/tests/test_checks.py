@@ -131,3 +131,60 @@ def test_once_maybe_eval_decorator():
 
     model = Model().train()
     assert model.sample() is False and model.training is True
+
+
+# image sizes and pixel batches (the diffusion models' inputs)
+
+
+def test_check_image_size():
+    from synthesis_core.checks import check_image_size
+
+    assert check_image_size("image_size", 8) == (8, 8)
+    assert check_image_size("image_size", [8, 12]) == (8, 12)
+    with pytest.raises(ValueError, match="image_size: expected an int > 0"):
+        check_image_size("image_size", (8, 0))
+    with pytest.raises(TypeError, match=r"image_size: expected an int or a \(height, width\) pair"):
+        check_image_size("image_size", (8, 8, 8))
+    with pytest.raises(TypeError, match="image_size"):
+        check_image_size("image_size", True)
+
+
+def test_check_pixel_batch_shapes():
+    from synthesis_core.checks import check_pixel_batch
+
+    videos = torch.rand(2, 3, 4, 8, 6)
+    assert check_pixel_batch("videos", videos, channels=3, image_size=(8, 6)) is videos
+    check_pixel_batch("videos", torch.rand(2, 3, 8, 6), channels=3, image_size=(8, 6))
+    check_pixel_batch("videos", videos, channels=3, image_size=(8, 6), frames=4, allow_images=False)
+    with pytest.raises(ValueError, match=r"videos: expected shape \(batch, 3, 5, 8, 6\)"):
+        check_pixel_batch("videos", videos, channels=3, image_size=(8, 6), frames=5)
+    with pytest.raises(ValueError, match=r"videos: expected shape \(batch, 3, frames, 8, 8\)"):
+        check_pixel_batch("videos", videos, channels=3, image_size=(8, 8))
+    with pytest.raises(ValueError, match=r"videos: expected a 5-dimensional tensor"):
+        check_pixel_batch("videos", torch.rand(2, 3, 8, 6), channels=3, image_size=(8, 6), allow_images=False)
+    with pytest.raises(TypeError, match="videos: expected a floating point tensor"):
+        check_pixel_batch("videos", torch.zeros(2, 3, 8, 6, dtype=torch.long), channels=3, image_size=(8, 6))
+
+
+def test_pixels_to_symmetric_ranges():
+    from synthesis_core.checks import pixels_to_symmetric
+
+    x = torch.tensor([0.0, 0.25, 1.0])
+    out, symmetric = pixels_to_symmetric("x", x)
+    assert torch.equal(out, torch.tensor([-1.0, -0.5, 1.0])) and not symmetric
+    with pytest.raises(ValueError, match=r"x: expected values in \[0.0, 1.0\]"):
+        pixels_to_symmetric("x", torch.tensor([-0.5, 0.5]))
+    # 'auto' reads a batch with negative values as already in [-1, 1]
+    out, symmetric = pixels_to_symmetric("x", torch.tensor([-0.5, 0.5]), input_range="auto")
+    assert torch.equal(out, torch.tensor([-0.5, 0.5])) and symmetric
+    # a small overshoot is tolerated and clamped, a large one is not
+    out, _ = pixels_to_symmetric("x", torch.tensor([1.0005, 0.5]), input_range="unit", tolerance=1e-3)
+    assert torch.equal(out, torch.tensor([1.0, 0.0]))
+    with pytest.raises(ValueError, match=r"x: expected pixel values in \[0, 1\] \(or \[-1, 1\]\)"):
+        pixels_to_symmetric("x", torch.tensor([0.0, 3.0]), input_range="auto", tolerance=1e-3)
+    with pytest.raises(ValueError, match=r"x: expected pixel values in \[-1, 1\]"):
+        pixels_to_symmetric("x", torch.tensor([-2.0, 0.0]), input_range="symmetric", tolerance=1e-3)
+    with pytest.raises(ValueError, match="x: expected finite pixel values"):
+        pixels_to_symmetric("x", torch.tensor([float("nan"), 0.0]), input_range="auto")
+    with pytest.raises(ValueError, match="input_range"):
+        pixels_to_symmetric("x", x, input_range="bytes")

@@ -155,3 +155,16 @@ def test_autoencoder_trainer_errors():
     trainer = AutoencoderGANTrainer(num_train_steps=2)
     with pytest.raises(ValueError, match="use_gan"):
         trainer.add_autoencoder("ae", ToyAutoencoder(use_gan=False), use_gan=True)
+
+
+def test_averaged_model_and_save_and_export(tmp_path):
+    trainer = BaseTrainer(results_folder=tmp_path)
+    trainer.add_model("plain", ToyAutoencoder(use_gan=False), ema=False)
+    trainer.add_model("avg", ToyAutoencoder(use_gan=False), ema=True)
+    assert trainer.averaged_model("plain") is trainer.unwrap("plain")
+    assert trainer.averaged_model("avg") is trainer.ema("avg").ema_model
+    folder = trainer.save_and_export("avg")
+    assert folder == tmp_path / "avg" and (folder / "model.safetensors").is_file()
+    assert trainer.checkpoints.latest() is not None
+    assert trainer.save_and_export("avg", tmp_path / "explicit") == tmp_path / "explicit"
+    assert (tmp_path / "explicit" / "model.safetensors").is_file()

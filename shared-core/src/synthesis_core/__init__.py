@@ -30,6 +30,7 @@ _EXPORTS = {
     "video": ("save_video", "read_video", "save_image", "read_image", "make_grid", "contact_sheet", "video_to_pil_frames", "tensor_to_pil", "pil_to_tensor", "to_uint8", "psnr",),
     "data": ("ImageFolderDataset", "VideoFolderDataset", "fit_num_frames", "resize_and_center_crop", "read_caption", "DECODE_ERRORS",),
     "datasets": ("COLORS", "SHAPES", "DIRECTIONS", "make_caption", "caption_attributes", "all_captions", "shape_mask", "ShapesVideoDataset", "CaptionScorer",),
+    "cli": ("add_dataset_arguments", "add_training_arguments", "add_output_arguments", "training_kwargs", "resolve_device", "write_video", "run_cli",),
 }
 # END EXPORTS
 

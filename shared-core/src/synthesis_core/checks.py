@@ -10,6 +10,7 @@ got (2, 3, 5, 32, 32)`.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -23,7 +24,14 @@ __all__ = [
     "check_choice",
     "check_positive_int",
     "check_divisible",
+    "check_image_size",
+    "check_pixel_batch",
+    "pixels_to_symmetric",
+    "PIXEL_INPUT_RANGES",
 ]
+
+# how a model reads pixel batches: 'unit' = [0, 1], 'symmetric' = [-1, 1], 'auto' = [0, 1] unless a value is negative
+PIXEL_INPUT_RANGES = ("unit", "symmetric", "auto")
 
 ShapeEntry = int | str | None
 
@@ -155,3 +163,70 @@ def check_divisible(name: str, value: int, divisor: int, *, divisor_name: str | 
         by = f"{divisor_name} ({divisor})" if divisor_name else str(divisor)
         raise ValueError(f"{name}: expected a multiple of {by}, got {value}")
     return value
+
+
+def check_image_size(name: str, image_size: Any) -> tuple[int, int]:
+    """An int `s` or a `(height, width)` pair of positive ints -> `(height, width)`."""
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        check_positive_int(name, image_size)
+        return image_size, image_size
+    if isinstance(image_size, (tuple, list)) and len(image_size) == 2:
+        for size in image_size:
+            check_positive_int(name, size)
+        return int(image_size[0]), int(image_size[1])
+    raise TypeError(f"{name}: expected an int or a (height, width) pair, got {image_size!r}")
+
+
+def check_pixel_batch(
+    name: str,
+    x: Any,
+    *,
+    channels: int,
+    image_size: tuple[int, int],
+    frames: int | None = None,
+    allow_images: bool = True,
+) -> Tensor:
+    """Check a floating batch of videos `(b, channels, frames, h, w)` (any frame count when `frames` is None) or,
+    with `allow_images`, of images `(b, channels, h, w)`, at `image_size = (h, w)`; returns it unchanged."""
+    height, width = image_size
+    check_tensor(name, x, ndim=(4, 5) if allow_images else 5, dtype_floating=True)
+    if x.ndim == 4:
+        return check_tensor(name, x, shape=("batch", channels, height, width),
+                            names=("batch", "channels", "height", "width"))
+    return check_tensor(name, x, shape=("batch", channels, "frames" if frames is None else frames, height, width),
+                        names=("batch", "channels", "frames", "height", "width"))
+
+
+def pixels_to_symmetric(
+    name: str,
+    x: Tensor,
+    *,
+    input_range: str = "unit",
+    tolerance: float = 0.0,
+) -> tuple[Tensor, bool]:
+    """Pixels at a model's API -> `[-1, 1]` for the network, with a clear error when they are out of range.
+
+    `input_range`: 'unit' reads `[0, 1]`, 'symmetric' reads `[-1, 1]`, 'auto' reads `[0, 1]` unless the batch
+    holds a negative value (then `[-1, 1]`). Values up to `tolerance` outside the range (resampling overshoot) are
+    accepted and clamped. Returns `(pixels in [-1, 1], whether the batch was read as [-1, 1])`.
+    """
+    check_choice("input_range", input_range, PIXEL_INPUT_RANGES)
+    check_in_range("tolerance", tolerance, 0.0, None)
+    check_tensor(name, x, dtype_floating=True)
+    if input_range == "unit" and tolerance == 0:
+        # the strict case is check_tensor's own range check (same message as every other value check)
+        check_tensor(name, x, value_range=(0.0, 1.0))
+        return x * 2 - 1, False
+    if x.numel() == 0:
+        return x * 2 - 1 if input_range != "symmetric" else x, input_range == "symmetric"
+    low, high = torch.stack(x.detach().float().aminmax()).tolist()  # one synchronisation for both bounds
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{name}: expected finite pixel values, got NaN or inf")
+    symmetric = input_range == "symmetric" or (input_range == "auto" and low < 0)
+    lower_bound = -1.0 if symmetric else 0.0
+    if low < lower_bound - tolerance or high > 1.0 + tolerance:
+        expected = {"unit": "[0, 1]", "symmetric": "[-1, 1]", "auto": "[0, 1] (or [-1, 1])"}[input_range]
+        raise ValueError(f"{name}: expected pixel values in {expected}, got values in [{low:.4g}, {high:.4g}]")
+    if symmetric:
+        return x.clamp(-1.0, 1.0), True
+    return x.clamp(0.0, 1.0) * 2 - 1, False

@@ -103,15 +103,13 @@ def resolve_device(device: str | None) -> str:
 
 
 def write_video(videos: Tensor, out: str | Path, *, fps: float = 8.0) -> Path:
-    """Writes videos `(b, c, f, h, w)` in [0, 1] to `out` (gif/mp4/png sheet/folder, by its suffix), creating the
-    parent folder; logs and returns the path."""
+    """Writes videos `(b, c, f, h, w)` in [0, 1] to `out` (gif/mp4/png sheet/folder by its suffix; `save_video`
+    creates the parent folder); logs and returns the path."""
     from synthesis_core.video import save_video
 
     if not isinstance(videos, Tensor) or videos.ndim != 5:
         raise ValueError(f"videos: expected a (b, c, f, h, w) tensor, got {tuple(getattr(videos, 'shape', ()))}")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_video(videos.detach().float().cpu(), out, fps=fps)
+    out = save_video(videos.detach().float().cpu(), out, fps=fps)
     logging.getLogger(__name__).info("wrote %s (%d videos of %d frames)", out, videos.shape[0], videos.shape[2])
     return out
 

@@ -647,6 +647,14 @@ class BaseTrainer:
         ema = self.ema(name)
         return ema.ema_model if ema is not None else self.unwrap(name)
 
+    def save_and_export(self, name: str, folder: str | Path | None = None) -> Path | None:
+        """A resumable checkpoint (`save()`, every process) plus `save_pretrained` of `averaged_model(name)` into
+        `folder` (default `results_folder/<name>`) by the main process; returns that folder (None elsewhere)."""
+        self.save()
+        if not self.is_main:
+            return None
+        return self.averaged_model(name).save_pretrained(folder if folder is not None else self.results_folder / name)
+
     # -- the loop ----------------------------------------------------------------------------------------------
 
     def fit(
@@ -817,10 +825,7 @@ class AutoencoderGANTrainer(BaseTrainer):
 
     def save_model(self) -> Path | None:
         """Checkpoint (resumable) plus `results_folder/<name>` (`save_pretrained` of the EMA model)."""
-        self.save()
-        if not self.is_main:
-            return None
-        return self.model_for_sampling().save_pretrained(self.results_folder / self.autoencoder_name)
+        return self.save_and_export(self.autoencoder_name)
 
     def train(self, log_fn: Callable[[dict[str, float]], None] | None = None) -> None:
         self.fit(self.num_train_steps, self.train_step, step_count=lambda: self.step_count,

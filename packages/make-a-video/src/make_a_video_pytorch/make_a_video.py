@@ -24,7 +24,16 @@ from torch import Tensor, nn
 
 from make_a_video_pytorch.unet import SpaceTimeUnet
 from synthesis_core.checkpoint import PretrainedMixin
-from synthesis_core.checks import check_batch_match, check_choice, check_in_range, check_positive_int, check_tensor
+from synthesis_core.checks import (
+    check_batch_match,
+    check_choice,
+    check_image_size,
+    check_in_range,
+    check_pixel_batch,
+    check_positive_int,
+    check_tensor,
+    pixels_to_symmetric,
+)
 from synthesis_core.diffusion import (
     BETA_SCHEDULES,
     VP_SAMPLERS,
@@ -44,17 +53,6 @@ from synthesis_core.utils import default, eval_decorator, exists
 __all__ = ["MakeAVideo", "FrameInterpolator"]
 
 logger = logging.getLogger(__name__)
-
-
-def _image_size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(image_size, int) and not isinstance(image_size, bool):
-        check_positive_int("image_size", image_size)
-        return image_size, image_size
-    if isinstance(image_size, (tuple, list)) and len(image_size) == 2:
-        for size in image_size:
-            check_positive_int("image_size", size)
-        return int(image_size[0]), int(image_size[1])
-    raise TypeError(f"image_size: expected an int or a (height, width) pair, got {image_size!r}")
 
 
 class MakeAVideo(PretrainedMixin, nn.Module):
@@ -123,7 +121,7 @@ class MakeAVideo(PretrainedMixin, nn.Module):
             sample_steps = timesteps
         if unet.channels != channels:
             raise ValueError(f"channels: the unet takes {unet.channels} channels, got channels={channels}")
-        self.image_size = _image_size_pair(image_size)
+        self.image_size = check_image_size("image_size", image_size)
         for name, size in zip(("height", "width"), self.image_size):
             if size % unet.spatial_factor:
                 raise ValueError(f"image_size: the {name} {size} must be divisible by {unet.spatial_factor}, the "
@@ -158,11 +156,6 @@ class MakeAVideo(PretrainedMixin, nn.Module):
     @property
     def conditions_on_text(self) -> bool:
         return exists(self.unet.text_embed_dim)
-
-    def _schedule_on(self, device: torch.device) -> DiscreteSchedule:
-        if self.schedule.alphas_cumprod.device != device:
-            self.schedule.to(device)
-        return self.schedule
 
     # -- the paper's recipe --------------------------------------------------------------------------------------
 
@@ -206,16 +199,8 @@ class MakeAVideo(PretrainedMixin, nn.Module):
 
     def _check_pixels(self, name: str, x: Tensor, *, allow_images: bool = True) -> Tensor:
         """Validate a batch of videos (or images) in [0, 1]; return it in [-1, 1]."""
-        height, width = self.image_size
-        check_tensor(name, x, ndim=(4, 5) if allow_images else 5, dtype_floating=True)
-        if x.ndim == 4:
-            check_tensor(name, x, shape=("batch", self.channels, height, width),
-                         names=("batch", "channels", "height", "width"))
-        else:
-            check_tensor(name, x, shape=("batch", self.channels, "frames", height, width),
-                         names=("batch", "channels", "frames", "height", "width"))
-        check_tensor(name, x, value_range=(0.0, 1.0))
-        return x * 2 - 1
+        check_pixel_batch(name, x, channels=self.channels, image_size=self.image_size, allow_images=allow_images)
+        return pixels_to_symmetric(name, x)[0]
 
     def encode_text(
         self,
@@ -292,7 +277,7 @@ class MakeAVideo(PretrainedMixin, nn.Module):
         batch = x0.shape[0]
         text_embeds, text_mask = self.encode_text(texts, text_embeds, text_mask, device=x0.device)
         check_batch_match(videos_or_images=x0, text_embeds=text_embeds)
-        schedule = self._schedule_on(x0.device)
+        schedule = self.schedule.to(x0.device)
         if times is None:
             times = schedule.sample_training_times(batch, device=x0.device)
         else:
@@ -353,7 +338,7 @@ class MakeAVideo(PretrainedMixin, nn.Module):
         steps = check_positive_int("steps", default(steps, self.sample_steps))
         check_in_range("cond_scale", cond_scale, 0.0, None)
         device = self.device
-        schedule = self._schedule_on(device)
+        schedule = self.schedule.to(device)
         times = sampling_times(schedule, steps, device=device)
         noise_device = generator.device if exists(generator) else device
         x_T = torch.randn(shape, generator=generator, device=noise_device).to(device)

@@ -379,11 +379,8 @@ class NUWATrainer(BaseTrainer):
 
     def save_model(self) -> Path | None:
         """Checkpoint (resumable) plus `results_folder/nuwa`: the EMA model and its `tokenizer.json`."""
-        self.save()
-        if not self.is_main:
-            return None
-        folder = self.model_for_sampling().save_pretrained(self.results_folder / "nuwa")
-        if exists(self.tokenizer):
+        folder = self.save_and_export("nuwa")
+        if exists(folder) and exists(self.tokenizer):
             self.tokenizer.save(folder / TOKENIZER_FILE)
         return folder
 

@@ -302,10 +302,7 @@ class PhenakiTrainer(BaseTrainer):
 
     def save_model(self) -> Path | None:
         """Checkpoint (resumable) plus `results_folder/phenaki` (save_pretrained of the EMA model)."""
-        self.save()
-        if not self.is_main:
-            return None
-        return self.model_for_sampling().save_pretrained(self.results_folder / "phenaki")
+        return self.save_and_export("phenaki")
 
     def train(self, log_fn: Callable[[dict[str, float]], None] | None = None) -> None:
         self.fit(self.num_train_steps, self.train_step, step_count=lambda: self.step_count,
