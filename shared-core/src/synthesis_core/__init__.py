@@ -17,7 +17,7 @@ from synthesis_core.__about__ import __version__
 # BEGIN EXPORTS
 _EXPORTS = {
     "utils": ("exists", "default", "identity", "cast_tuple", "divisible_by", "prob_mask_like", "l2norm", "once", "eval_decorator", "maybe", "pad_at_dim", "frozen",),
-    "checks": ("check_tensor", "check_batch_match", "check_in_range", "check_choice", "check_positive_int", "check_divisible",),
+    "checks": ("check_tensor", "check_batch_match", "check_in_range", "check_choice", "check_positive_int", "check_divisible", "check_image_size", "check_pixel_batch", "pixels_to_symmetric", "PIXEL_INPUT_RANGES",),
     "layers": ("RMSNorm", "LayerNorm", "ChannelLayerNorm", "ChannelRMSNorm", "GEGLU", "FeedForward", "ChannelFeedForward", "SinusoidalPosEmb", "LearnedSinusoidalPosEmb", "TimestepEmbedding", "token_shift", "shift_tokens", "PEG", "Upsample", "PixelShuffleUpsample", "Downsample", "ResnetBlock", "Residual",),
     "attention": ("mask_value", "build_attn_mask", "attend", "RotaryEmbedding", "apply_rotary_emb", "rotate_half", "T5RelativePositionBias", "ContinuousPositionBias", "Attention", "SpaceTimeAttention", "LinearAttention", "PerceiverResampler", "TransformerBlock", "Transformer",),
     "chunked": ("chunked_feedforward", "apply_in_slices", "chunked_attention", "ReversibleSequence", "SequentialResidual", "checkpointed",),

@@ -7,7 +7,6 @@ API and [-1, 1] inside.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 
 import torch
@@ -15,7 +14,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from synthesis_core.checkpoint import PretrainedMixin
-from synthesis_core.checks import check_choice, check_in_range, check_positive_int, check_tensor
+from synthesis_core.checks import (
+    check_choice,
+    check_image_size,
+    check_in_range,
+    check_pixel_batch,
+    check_positive_int,
+    check_tensor,
+    pixels_to_symmetric,
+)
 from synthesis_core.diffusion import (
     BETA_SCHEDULES,
     VP_SAMPLERS,
@@ -41,17 +48,6 @@ LOSS_TYPES = ("l1", "l2", "huber")
 INPUT_RANGES = ("auto", "unit", "symmetric")
 # pixels slightly outside the range (resampling overshoot) are tolerated and clamped
 _RANGE_TOLERANCE = 1e-3
-
-
-def _image_size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(image_size, int):
-        check_positive_int("image_size", image_size)
-        return image_size, image_size
-    if isinstance(image_size, (tuple, list)) and len(image_size) == 2:
-        for size in image_size:
-            check_positive_int("image_size", size)
-        return int(image_size[0]), int(image_size[1])
-    raise TypeError(f"image_size: expected an int or a (height, width) pair, got {image_size!r}")
 
 
 class GaussianDiffusion(PretrainedMixin, nn.Module):
@@ -117,7 +113,7 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
             raise ValueError(f"channels: the model takes {model_channels} channels, got channels={channels}")
 
         self.model = model
-        self.image_size = _image_size_pair(image_size)
+        self.image_size = check_image_size("image_size", image_size)
         self.num_frames = num_frames
         self.channels = channels
         self.text_use_bert_cls = text_use_bert_cls
@@ -140,44 +136,23 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _schedule_on(self, device: torch.device) -> DiscreteSchedule:
-        # keep the float64 tables next to the model so no step copies them across devices
-        if self.schedule.betas.device != device:
-            self.schedule.to(device)
-        return self.schedule
-
     # -- inputs ------------------------------------------------------------------------------------------------
 
     def check_videos(self, name: str, videos: Tensor, *, allow_images: bool = True) -> Tensor:
         """Validate a batch of videos (or images, as one-frame videos) and return it as `(b, c, t, h, w)`."""
-        height, width = self.image_size
-        check_tensor(name, videos, ndim=(4, 5) if allow_images else 5, dtype_floating=True)
-        if videos.ndim == 4:
-            check_tensor(name, videos, shape=("batch", self.channels, height, width),
-                         names=("batch", "channels", "height", "width"))
-            return videos.unsqueeze(2)
-        frames = videos.shape[2]
-        expected_frames = self.num_frames if frames != 1 or not allow_images else 1
-        check_tensor(name, videos, shape=("batch", self.channels, expected_frames, height, width),
-                     names=("batch", "channels", "frames", "height", "width"))
-        return videos
+        # a one-frame video stands for an image when images are allowed; otherwise the frame count is fixed
+        one_frame = allow_images and isinstance(videos, Tensor) and videos.ndim == 5 and videos.shape[2] == 1
+        check_pixel_batch(name, videos, channels=self.channels, image_size=self.image_size,
+                          frames=1 if one_frame else self.num_frames, allow_images=allow_images)
+        return videos.unsqueeze(2) if videos.ndim == 4 else videos
 
     def normalize(self, name: str, videos: Tensor) -> Tensor:
         """Pixel values at the API -> [-1, 1] for the model (see `input_range`); clear error when out of range."""
-        low, high = torch.stack(videos.detach().float().aminmax()).tolist()  # one synchronisation
-        if not (math.isfinite(low) and math.isfinite(high)):
-            raise ValueError(f"{name}: expected finite pixel values, got NaN or inf")
-        symmetric = self.input_range == "symmetric" or (self.input_range == "auto" and low < 0)
-        lower_bound = -1.0 if symmetric else 0.0
-        if low < lower_bound - _RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
-            expected = "[-1, 1]" if symmetric and self.input_range == "symmetric" else "[0, 1] (or [-1, 1])"
-            raise ValueError(f"{name}: expected pixel values in {expected}, got values in [{low:.4g}, {high:.4g}]")
-        if symmetric:
-            if self.input_range == "auto" and not self._warned_symmetric:
-                self._warned_symmetric = True
-                logger.info("%s: negative values, so the batch is taken as already in [-1, 1]", name)
-            return videos.clamp(-1.0, 1.0)
-        return videos.clamp(0.0, 1.0) * 2 - 1
+        x, symmetric = pixels_to_symmetric(name, videos, input_range=self.input_range, tolerance=_RANGE_TOLERANCE)
+        if symmetric and self.input_range == "auto" and not self._warned_symmetric:
+            self._warned_symmetric = True
+            logger.info("%s: negative values, so the batch is taken as already in [-1, 1]", name)
+        return x
 
     def prepare_cond(self, cond: Condition, batch: int | None = None) -> Tensor | None:
         """Captions -> vectors (pooled as configured by `text_use_bert_cls`), validated against the batch."""
@@ -216,7 +191,7 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
         check_in_range("null_cond_prob", null_cond_prob, 0.0, 1.0)
         check_in_range("prob_focus_present", prob_focus_present, 0.0, 1.0)
 
-        schedule = self._schedule_on(x0.device)
+        schedule = self.schedule.to(x0.device)
         if times is None:
             times = schedule.sample_training_times(batch, device=x0.device)
         else:
@@ -295,7 +270,7 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
         if exists(steps):
             check_positive_int("steps", steps)
 
-        schedule = self._schedule_on(device)
+        schedule = self.schedule.to(device)
         times = self._times(steps, schedule, device)
         height, width = self.image_size
         shape = (batch_size, self.channels, self.num_frames, height, width)
@@ -337,7 +312,7 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
         x1 = self.normalize("x1", x1.to(device))
         x2 = self.normalize("x2", x2.to(device))
         cond = self.prepare_cond(cond, x1.shape[0])
-        schedule = self._schedule_on(device)
+        schedule = self.schedule.to(device)
 
         # a shared noise keeps the mixture at exactly the noise level of time t
         noise = torch.randn(x1.shape, generator=generator, device=generator.device if generator else device)
