@@ -1,4 +1,5 @@
 """The demo (tools/demo.py) end to end in its tiny --smoke configuration, and the pieces it is made of."""
+import dataclasses
 import json
 import os
 import sys
@@ -93,7 +94,8 @@ def test_two_stage_model_trains_tokenizer_then_generator_with_a_fresh_optimizer(
 
 
 def test_training_stops_when_the_time_budget_is_spent():
-    config = demo.make_config(demo.DEFAULT_MODEL, smoke=True, max_steps=None)
+    # no step cap: only the (tiny) time budget can end training
+    config = dataclasses.replace(demo.make_config(demo.DEFAULT_MODEL, smoke=True), max_steps=None)
     net = demo.build_model(demo.DEFAULT_MODEL, config)
     trainer = demo.DemoTrainer(net, config, budget=0.5, device=torch.device("cpu"), seed=0)
     trainer.run(progress_bar=False)

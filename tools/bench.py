@@ -21,8 +21,8 @@ Quality (`--quality`, this repository's environment only): trains each demo mode
 settings) for `--minutes` on the built-in shapes dataset and measures the caption score at a few points of the
 budget, so models can be compared by what they learn per unit of training time.
 
-Results go to `--out` (default `benchmarks/results/<date>-<machine>.json`) with the machine, torch version, date and
-the command line; a markdown table is printed for `benchmarks/README.md`.
+Results go to `--out` (default `benchmarks/results/<date>-<machine>[-quality|-compare].json`) with the machine, torch
+version, date and the command line; a markdown table is printed for `benchmarks/README.md`.
 """
 from __future__ import annotations
 
@@ -620,7 +620,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--samples-dir", type=Path, default=None,
                         help="--quality: also write a contact sheet of the samples at every point here")
     parser.add_argument("--out", type=Path, default=None,
-                        help="result file (default: benchmarks/results/<date>-<machine>.json)")
+                        help="result file (default: benchmarks/results/<date>-<machine>[-quality|-compare].json)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -691,7 +691,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  for n in names]
             table = speed_table(report["results"])
 
-    out = args.out or ROOT / "benchmarks" / "results" / f"{dt.date.today().isoformat()}-{machine_tag(info)}.json"
+    kind = "-quality" if args.quality else "-compare" if args.compare else ""
+    out = args.out or ROOT / "benchmarks" / "results" / f"{dt.date.today().isoformat()}-{machine_tag(info)}{kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(table)

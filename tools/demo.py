@@ -71,9 +71,9 @@ class DemoConfig:
 
     image_size: int = 16
     num_frames: int = 8
-    batch_size: int = 16
+    batch_size: int = 8
     lr: float = 1e-3
-    dim: int = 32              # base width of the model
+    dim: int = 16              # base width of the model
     text_dim: int = 32         # width of the trained text encoder
     text_depth: int = 1        # transformer layers of the trained text encoder
     sample_steps: int = 25     # model calls (diffusion steps / MaskGIT iterations) per sample
