@@ -390,6 +390,7 @@ def measure(name: str, size: str, device_name: str, steps: int, warmup: int, sam
         "package_path": str(Path(sys.modules[_module_of(package)].__file__).parent),
         "python": sys.executable,
         "torch": torch.__version__,
+        "load_average": _load_average(),
     }
 
 
@@ -495,6 +496,7 @@ def quality(models: Sequence[str], minutes: float, device_name: str, points: Seq
                     "fraction": point, "train_seconds": round(trainer.train_seconds, 1),
                     "train_cpu_seconds": round(trainer.train_cpu_seconds, 1), "steps": trainer.steps,
                     "loss": trainer.recent_loss(), "sample_seconds": round(time.monotonic() - started, 1),
+                    "load_average": _load_average(),
                     **{key: (None if isinstance(v, float) and math.isnan(v) else v) for key, v in score.items()},
                 })
         except Exception as err:  # noqa: BLE001 - one broken model must not hide the others
@@ -515,11 +517,16 @@ def machine_info() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
-    try:
-        info["load_average"] = os.getloadavg()
-    except OSError:
-        pass
+    info["load_average"] = _load_average()
     return info
+
+
+def _load_average() -> list[float] | None:
+    """The machine's 1/5/15-minute load: times measured on a shared machine only mean something next to it."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _cpu_name() -> str:
