@@ -147,3 +147,15 @@ def test_frozen_text_encoder_from_a_local_folder(tmp_path):
     net = demo.build_model(demo.DEFAULT_MODEL, config, text_encoder=str(folder))
     assert net.text.dim == 16 and net.text.trained is None
     assert not [name for name, _ in net.named_parameters() if name.startswith("text.")]  # frozen, not trained
+
+
+def test_threads_are_lowered_on_a_busy_machine(monkeypatch):
+    monkeypatch.setattr(demo.torch, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(demo.os, "getloadavg", lambda: (0.3, 0.0, 0.0))
+    assert demo.pick_threads() == 4  # an idle machine: torch's default
+    monkeypatch.setattr(demo.os, "getloadavg", lambda: (2.6, 0.0, 0.0))
+    assert demo.pick_threads() == 2  # two cores kept busy by others
+    monkeypatch.setattr(demo.os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    assert demo.pick_threads() == 1
+    assert demo.pick_threads(3) == 3  # --threads wins

@@ -469,6 +469,8 @@ def quality(models: Sequence[str], minutes: float, device_name: str, points: Seq
     from synthesis_core.datasets import CaptionScorer
 
     device = torch.device(device_name)
+    if device.type == "cpu":
+        torch.set_num_threads(demo.pick_threads())
     scorer = CaptionScorer()
     results = []
     for model_name in models:
@@ -496,7 +498,7 @@ def quality(models: Sequence[str], minutes: float, device_name: str, points: Seq
                     "fraction": point, "train_seconds": round(trainer.train_seconds, 1),
                     "train_cpu_seconds": round(trainer.train_cpu_seconds, 1), "steps": trainer.steps,
                     "loss": trainer.recent_loss(), "sample_seconds": round(time.monotonic() - started, 1),
-                    "load_average": _load_average(),
+                    "load_average": _load_average(), "threads": torch.get_num_threads(),
                     **{key: (None if isinstance(v, float) and math.isnan(v) else v) for key, v in score.items()},
                 })
         except Exception as err:  # noqa: BLE001 - one broken model must not hide the others

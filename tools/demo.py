@@ -11,12 +11,12 @@ to download). The captions condition the model through a small word-level encode
 until the `--minutes` budget is spent (counted from the start of the script, imports included), then one video is
 sampled per prompt and the caption scorer measures colour, shape and motion from their pixels.
 
-Written to `--out`: one gif per prompt (the first `--gifs` prompts), `samples.png` (a contact sheet: one prompt
-per row, its frames left to right, the prompt written on the left) and `score.json` (the scores, the settings,
-the timings).
+Written to `--out`: the first `--gifs` prompts as gifs (frames enlarged to 64 px), `samples.png` (a contact sheet
+of the same prompts: one per row, its frames left to right, the prompt written on the left) and `score.json` (the
+scores of all `--num-samples` samples, what was measured in each, the settings and the timings).
 
-Each model has a small adapter below (`build_<model>`) holding the model-specific glue: how to build it at demo
-size, its training loss on `(videos, captions)` and how to sample videos for captions.
+Each model has a small adapter below (`VideoDiffusionDemo`, `ImagenDemo`, ...) holding the model-specific glue: how
+to build it at demo size, its training loss on `(videos, captions)` and how to sample videos for captions.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
+import os  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
@@ -40,13 +41,22 @@ from einops import rearrange, reduce  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from synthesis_core.datasets import COLORS, DIRECTIONS, SHAPES, CaptionScorer, ShapesVideoDataset  # noqa: E402
+from synthesis_core.datasets import (  # noqa: E402
+    COLORS,
+    DIRECTIONS,
+    SHAPES,
+    CaptionScorer,
+    ShapesVideoDataset,
+    all_captions,
+)
 from synthesis_core.text import SimpleTextEncoder, TextEncoder  # noqa: E402
 from synthesis_core.video import save_video  # noqa: E402
 
 logger = logging.getLogger("demo")
 
 MODELS = ("video-diffusion", "imagen", "make-a-video", "phenaki", "nuwa")
+# the model that learns the prompted colours fastest on a 2-core CPU (`tools/bench.py --quality`, see
+# benchmarks/README.md): all colours right after about 90 s of training, where imagen and make-a-video are near 50%
 DEFAULT_MODEL = "video-diffusion"
 PACKAGES = {
     "video-diffusion": ("video_diffusion_pytorch", "video-diffusion-pytorch"),
@@ -409,16 +419,9 @@ def build_model(model: str, config: DemoConfig, text_encoder: str | None = None,
     """The demo's model for `model`, with its caption encoder (trained with it, or frozen from `text_encoder`)."""
     if model not in ADAPTERS:
         raise DemoError(f"--model: expected one of {', '.join(MODELS)}, got {model!r}")
-    dataset = ShapesVideoDataset(1, image_size=config.image_size, num_frames=config.num_frames)
-    captions = all_dataset_captions(dataset)
-    text = CaptionEncoder(captions, config.text_dim, config.text_depth, pretrained=text_encoder, device=device)
+    # the encoder's vocabulary (or the frozen encoder's table) covers every caption the dataset can produce
+    text = CaptionEncoder(all_captions(), config.text_dim, config.text_depth, pretrained=text_encoder, device=device)
     return ADAPTERS[model](config, text).to(device)
-
-
-def all_dataset_captions(dataset: ShapesVideoDataset) -> list[str]:
-    from synthesis_core.datasets import all_captions
-
-    return all_captions(images=dataset.images)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -569,8 +572,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             flag = "--frames"
         kind = float if "float" in str(field.type) else int
         tuning.add_argument(flag, dest=field.name, type=kind, default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: torch's, fewer when other processes keep the CPUs busy)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
+
+
+def pick_threads(requested: int | None = None) -> int:
+    """CPU threads for torch: `requested`, else torch's default, lowered on a machine that other processes keep
+    busy (by the 1-minute load average): OpenMP threads that share cores with other work wait on each other at
+    every operation, and a step can become ten times slower than with one thread."""
+    if requested is not None:
+        return max(1, requested)
+    threads = torch.get_num_threads()
+    try:
+        busy = int(os.getloadavg()[0])  # processes kept running by others, rounded down
+    except (AttributeError, OSError):  # not available on this platform
+        return threads
+    return max(1, min(threads, (os.cpu_count() or threads) - busy))
 
 
 def pick_device(name: str) -> torch.device:
@@ -589,14 +608,17 @@ def run(args: argparse.Namespace, started: float | None = None) -> dict:
     device = pick_device(args.device)
     deadline = started + args.minutes * 60
     torch.manual_seed(args.seed)
+    if device.type == "cpu":
+        torch.set_num_threads(pick_threads(args.threads))
 
     model = build_model(args.model, config, text_encoder=args.text_encoder, device=device)
     parameters = sum(p.numel() for p in model.parameters())
     text_kind = (f"a frozen encoder from {args.text_encoder}" if args.text_encoder
                  else "a small text encoder trained with it")
+    where = f"{device} ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
     logger.info("training %s (%.2fM parameters, %s) on %dx%d videos of %d frames, batch %d, on %s for %.1f minutes",
                 args.model, parameters / 1e6, text_kind, config.image_size, config.image_size, model.num_frames,
-                config.batch_size, device, args.minutes)
+                config.batch_size, where, args.minutes)
     trainer = DemoTrainer(model, config, budget=deadline - time.monotonic(), device=device, seed=args.seed)
     trainer.run(progress_bar=not args.quiet)
     trained_at = time.monotonic()
@@ -626,6 +648,7 @@ def run(args: argparse.Namespace, started: float | None = None) -> dict:
         "sample_seconds": round(sample_seconds, 1),
         "total_seconds": round(time.monotonic() - started, 1),
         "device": str(device),
+        "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "config": dataclasses.asdict(config),
         "seed": args.seed,
