@@ -16,13 +16,13 @@ from synthesis_core.checkpoint import (
     flatten_state_dict,
     load_checkpoint,
     load_model_from_folder,
+    register_loadable,
     save_checkpoint,
     unflatten_state_dict,
 )
 
 # classes defined here have no installed distribution: their version comes from this module's __version__
 __version__ = "1.2.3"
-TRUSTED = (__name__,)
 
 
 DEFAULT_ACT = nn.GELU()  # a default JSON cannot hold: it is left out of the config, not recorded as null
@@ -58,6 +58,18 @@ class TiedModel(Base):
         self.network = network
 
 
+# a saved config may only name registered classes (the top-level class of `Cls.from_pretrained` is chosen in code)
+register_loadable(Block)
+register_loadable(Base)
+register_loadable(TiedModel)
+
+
+class Unregistered(PretrainedMixin, nn.Module):
+    def __init__(self, dim: int = 4):
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+
+
 def make_model():
     return TiedModel(8, [Block(8), Block(8, mult=3)], 13)
 
@@ -87,18 +99,20 @@ def test_save_pretrained_round_trip_bit_equal(tmp_path):
     document = json.loads((tmp_path / "m" / "config.json").read_text())
     assert document["class"] == f"{__name__}.TiedModel"
     assert document["version"] == __version__ and document["package"]
-    loaded = TiedModel.from_pretrained(tmp_path / "m", trusted_modules=TRUSTED)
+    loaded = TiedModel.from_pretrained(tmp_path / "m")
     assert type(loaded) is TiedModel and loaded.config == model.config
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     assert loaded.to_logits.weight is loaded.embed.weight  # tying survives (it is structural)
     x = torch.randn(2, 8)
     assert torch.equal(model.blocks[1](x), loaded.blocks[1](x))
-    # the generic loader imports the class itself, but only from trusted modules
-    again = load_model_from_folder(tmp_path / "m", trusted_modules=TRUSTED)
+    # the generic loader finds the recorded class in the registry, and only there
+    again = load_model_from_folder(tmp_path / "m")
     assert torch.equal(again.proj.weight, model.proj.weight)
-    with pytest.raises(ValueError, match="refusing to import"):
-        load_model_from_folder(tmp_path / "m")
+    Unregistered().save_pretrained(tmp_path / "u")
+    with pytest.raises(CheckpointError, match=r"\['class'\] in .*config.json names the class .*Unregistered"):
+        load_model_from_folder(tmp_path / "u")
+    assert isinstance(Unregistered.from_pretrained(tmp_path / "u"), Unregistered)  # the caller chose the class
 
 
 def test_overrides_and_wrong_class(tmp_path):
@@ -106,7 +120,7 @@ def test_overrides_and_wrong_class(tmp_path):
     block = Block.from_pretrained(tmp_path / "b", act=nn.ReLU())
     assert isinstance(block.act, nn.ReLU)
     with pytest.raises(TypeError, match="not a"):
-        Base.from_pretrained(tmp_path / "b", trusted_modules=TRUSTED)
+        Base.from_pretrained(tmp_path / "b")
     with pytest.raises(FileNotFoundError, match="config.json"):
         Block.from_pretrained(tmp_path / "nothing")
 
@@ -211,7 +225,7 @@ def test_nothing_is_ever_unpickled(tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "Unpickler", forbidden)
     real_torch_load = torch.load
     monkeypatch.setattr(torch, "load", forbidden)
-    TiedModel.from_pretrained(tmp_path / "m", trusted_modules=TRUSTED)
+    TiedModel.from_pretrained(tmp_path / "m")
     load_checkpoint(tmp_path / "ck.safetensors")
     monkeypatch.setattr(torch, "load", real_torch_load)
     monkeypatch.undo()

@@ -188,3 +188,120 @@ def test_pixels_to_symmetric_ranges():
         pixels_to_symmetric("x", torch.tensor([float("nan"), 0.0]), input_range="auto")
     with pytest.raises(ValueError, match="input_range"):
         pixels_to_symmetric("x", x, input_range="bytes")
+
+
+# the pixel rule and the other model-input checks
+
+
+def test_check_pixels_reads_unit_symmetric_and_byte_batches():
+    import warnings
+
+    from synthesis_core.checks import check_pixels
+
+    unit = torch.rand(2, 3, 4, 4)
+    assert torch.equal(check_pixels("videos", unit), unit)
+    torch.testing.assert_close(check_pixels("videos", unit, output_range="symmetric"), unit * 2 - 1)
+    # [-1, 1] (a negative value): mapped to [0, 1], no warning when nothing is clamped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(check_pixels("videos", unit * 2 - 1), unit)
+        # overshoot up to the tolerance is clamped silently
+        assert check_pixels("videos", torch.tensor([[0.0, 1.0005]])).max() == 1.0
+    # uint8 is 0-255, exactly
+    assert torch.equal(check_pixels("videos", torch.tensor([[0, 51, 255]], dtype=torch.uint8)),
+                       torch.tensor([[0.0, 0.2, 1.0]]))
+    # other float dtypes are cast to the model's
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        out = check_pixels("videos", unit.to(dtype), dtype=torch.float32)
+        assert out.dtype == torch.float32 and torch.equal(out, unit.to(dtype).float())
+    assert check_pixels("videos", unit, dtype=torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_check_pixels_clamps_randn_with_one_warning_per_call_site():
+    import warnings
+
+    from synthesis_core.checks import check_pixels
+
+    noise = torch.randn(1, 3, 5, 32, 32) * 2
+    with pytest.warns(UserWarning, match=r"videos: pixel values outside \[-1, 1\] were clamped"):
+        out = check_pixels("videos", noise)
+    torch.testing.assert_close(out, (noise.clamp(-1, 1) + 1) / 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # Python's default: once per call site
+        for _ in range(3):
+            check_pixels("videos", noise)
+    assert len(caught) == 1
+
+
+@pytest.mark.parametrize(("pixels", "error", "message"), [
+    (torch.rand(2, 3, 4, 4) * 255, ValueError, r"videos: expected pixel values in \[0, 1\] \(or \[-1, 1\]\), got "
+                                               r"values in .*divided by 255 \(or passed as a uint8 tensor\)"),
+    ((torch.rand(2, 3, 4, 4) - 0.5) * 255, ValueError, "videos: .*far outside both; 0-255 pixels must be divided"),
+    (torch.tensor([[0.5, float("nan")]]), ValueError, "videos: expected finite pixel values, got NaN or inf in 1 of 2"),
+    (torch.tensor([[0.5, -float("inf")]]), ValueError, "videos: expected finite pixel values"),
+    (torch.zeros(2, 3, dtype=torch.long), TypeError, "videos: expected a floating point tensor .* got dtype torch.int64"),
+    (torch.zeros(2, 3, dtype=torch.bool), TypeError, "videos: .*got dtype torch.bool"),
+    (torch.rand(0, 3, 4, 4), ValueError, r"videos: expected at least one sample, got an empty batch of shape \(0, 3"),
+    (torch.rand(2, 3, device="meta"), ValueError, "videos: expected a tensor on the model's device cpu, got one on "
+                                                  "meta; move it with videos.to"),
+    ([[0.5]], TypeError, "videos: expected a torch.Tensor"),
+])
+def test_check_pixels_refuses_bad_batches_naming_the_argument(pixels, error, message):
+    from synthesis_core.checks import check_pixels
+
+    with pytest.raises(error, match=message):
+        check_pixels("videos", pixels, device="cpu")
+
+
+def test_check_pixels_explicit_ranges():
+    from synthesis_core.checks import check_pixels
+
+    with pytest.raises(ValueError, match=r"x: expected pixel values in \[0, 1\], got values in \[-0.5"):
+        check_pixels("x", torch.tensor([[-0.5, 0.5]]), input_range="unit")
+    # 'symmetric' reads a batch without negatives as [-1, 1] too (Imagen with auto_normalize_img=False)
+    torch.testing.assert_close(check_pixels("x", torch.tensor([[0.0, 1.0]]), input_range="symmetric"),
+                               torch.tensor([[0.5, 1.0]]))
+    with pytest.raises(ValueError, match="input_range"):
+        check_pixels("x", torch.rand(1, 2), input_range="bytes")
+
+
+def test_check_embeddings():
+    from synthesis_core.checks import check_embeddings
+
+    embeds = torch.randn(2, 4, 8)
+    assert check_embeddings("text_embeds", embeds) is embeds
+    assert check_embeddings("text_embeds", embeds.double(), dtype=torch.float32).dtype == torch.float32
+    bad = embeds.clone()
+    bad[1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="text_embeds: expected finite values, got NaN or inf in 1 of 64"):
+        check_embeddings("text_embeds", bad)
+    with pytest.raises(TypeError, match="text_embeds: expected a floating point tensor .*torch.int64"):
+        check_embeddings("text_embeds", embeds.long())
+    with pytest.raises(ValueError, match="text_embeds: expected at least one sample"):
+        check_embeddings("text_embeds", embeds[:0])
+    with pytest.raises(ValueError, match="text_embeds: expected a tensor on the model's device cpu, got one on meta"):
+        check_embeddings("text_embeds", embeds.to("meta"), device=torch.device("cpu"))
+
+
+def test_sampler_setting_checks():
+    from synthesis_core.checks import check_guidance_scale, check_steps, check_temperature
+
+    assert check_guidance_scale("cond_scale", 0) == 0 and check_guidance_scale("cond_scale", torch.tensor(3.0)) == 3.0
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="cond_scale: expected a finite guidance scale >= 0"):
+            check_guidance_scale("cond_scale", bad)
+    with pytest.raises(TypeError, match="cond_scale"):
+        check_guidance_scale("cond_scale", "3")
+    assert check_steps("steps", 4, maximum=10) == 4
+    with pytest.raises(ValueError, match="steps: expected an int > 0, got 0"):
+        check_steps("steps", 0)
+    with pytest.raises(ValueError, match="steps: expected at most 10 steps, got 11"):
+        check_steps("steps", 11, maximum=10)
+    with pytest.raises(TypeError, match="steps"):
+        check_steps("steps", 2.0)
+    assert check_temperature("temperature", 0) == 0  # greedy
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature: expected a finite temperature >= 0"):
+            check_temperature("temperature", bad)
+    with pytest.raises(ValueError, match="temperature: expected a finite temperature > 0, got 0"):
+        check_temperature("temperature", 0.0, allow_zero=False)

@@ -383,3 +383,100 @@ def test_fsq_levels_and_make_quantizer():
     assert isinstance(vq, VectorQuantize) and vq.codebook_size == 100 and vq.use_cosine_sim
     lfq = make_quantizer("lfq", 16, 256, entropy_loss_weight=0.2)
     assert isinstance(lfq, LFQ) and lfq.codebook_size == 256 and lfq.codebook_dim == 8
+
+
+# a bad batch never poisons the codebook
+
+
+def _buffers_finite(module):
+    return {name: bool(torch.isfinite(buffer.float()).all()) for name, buffer in module.named_buffers()
+            if buffer.is_floating_point()}
+
+
+def _with_bad_rows(x, value):
+    x = x.clone()
+    x[0, ::3] = value  # every third vector of the first sample
+    x[0, 1, 0] = value  # and a single bad entry in an otherwise finite vector
+    return x
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("options", [
+    dict(kmeans_init=True, threshold_ema_dead_code=0.5),
+    dict(threshold_ema_dead_code=2.0, decay=0.5),
+    dict(use_cosine_sim=True, kmeans_init=True, threshold_ema_dead_code=0.5),
+    dict(codebook_dim=4, threshold_ema_dead_code=0.5),
+    dict(ema_update=False, threshold_ema_dead_code=2.0),
+], ids=["kmeans+dead", "ema+dead", "cosine", "low_dim", "learned"])
+def test_non_finite_features_never_reach_the_codebook_buffers(options, value):
+    torch.manual_seed(0)
+    vq = VectorQuantize(dim=8, codebook_size=16, **options).train()
+    bad = _with_bad_rows(mixture(48, MEANS)[None].repeat(2, 1, 1), value)
+    vq(bad)  # the output may be NaN; the statistics must not
+    assert all(_buffers_finite(vq).values()), _buffers_finite(vq)
+    assert torch.isfinite(vq.codebook).all()
+    if options.get("kmeans_init"):
+        assert vq.initted  # initialised from the finite vectors of the batch
+    # the next clean step trains an intact codebook
+    out = vq(mixture(64, MEANS)[None])
+    assert torch.isfinite(out.loss) and torch.isfinite(out.quantized).all()
+    assert all(_buffers_finite(vq).values())
+
+
+def test_ema_update_counts_only_the_finite_vectors():
+    torch.manual_seed(0)
+    clean = mixture(32, MEANS)[None]
+    bad = torch.cat((clean, torch.full((1, 5, 8), float("nan"))), dim=1)
+    a, b = VectorQuantize(dim=8, codebook_size=8, decay=0.7), VectorQuantize(dim=8, codebook_size=8, decay=0.7)
+    b.load_state_dict(a.state_dict())
+    a.train()(clean)
+    b.train()(bad)
+    for name in ("cluster_size", "embed_avg", "embed"):
+        torch.testing.assert_close(getattr(b, name), getattr(a, name))
+
+
+def test_a_batch_without_finite_vectors_changes_nothing():
+    torch.manual_seed(0)
+    nan_batch = torch.full((2, 6, 8), float("nan"))
+    # k-means init is postponed to the first batch that has finite vectors
+    vq = VectorQuantize(dim=8, codebook_size=4, kmeans_init=True, threshold_ema_dead_code=0.5).train()
+    before = {name: buffer.clone() for name, buffer in vq.named_buffers()}
+    vq(nan_batch)
+    assert not vq.initted
+    assert torch.equal(vq.embed, before["embed"]) and torch.equal(vq.embed_avg, before["embed_avg"])
+    vq(mixture(64, MEANS)[None])
+    assert vq.initted and torch.cdist(MEANS, vq.codebook).min(dim=-1).values.max() < 0.5
+
+    # decay=0 replaces the statistics by the batch's: an all-NaN batch has none, and every code keeps its own
+    vq = VectorQuantize(dim=8, codebook_size=4, decay=0.0).train()
+    embed = vq.embed.clone()
+    vq(nan_batch)
+    assert all(_buffers_finite(vq).values()) and torch.equal(vq.embed, embed)
+
+
+def test_overflowing_finite_features_keep_the_codebook_finite():
+    torch.manual_seed(0)
+    vq = VectorQuantize(dim=4, codebook_size=4, decay=0.5).train()
+    huge = torch.full((1, 8, 4), 3e38)  # finite, but their sum overflows float32
+    vq(huge)
+    assert all(_buffers_finite(vq).values())
+    assert torch.isfinite(vq(torch.randn(1, 8, 4)).loss)
+
+
+def test_kmeans_refuses_non_finite_samples():
+    with pytest.raises(ValueError, match="samples: expected finite values"):
+        kmeans(torch.tensor([[0.0, float("nan")], [1.0, 1.0]]), 2)
+    with pytest.raises(ValueError, match="samples: expected at least one sample"):
+        kmeans(torch.zeros(0, 2), 2)
+
+
+@pytest.mark.parametrize("quantizer", [lambda: LFQ(dim=8, codebook_size=16), lambda: FSQ(dim=8, levels=(5, 5, 4))],
+                         ids=["lfq", "fsq"])
+def test_lfq_and_fsq_keep_no_statistics_to_poison(quantizer):
+    quantizer = quantizer().train()
+    before = {name: buffer.clone() for name, buffer in quantizer.named_buffers()}
+    quantizer(_with_bad_rows(torch.randn(2, 12, 8), float("nan")))
+    for name, buffer in quantizer.named_buffers():
+        assert torch.equal(buffer, before[name]), name
+    out = quantizer(torch.randn(2, 12, 8))
+    assert torch.isfinite(out.loss) and torch.isfinite(out.quantized).all()

@@ -1,5 +1,10 @@
 import copy
 import pickle
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +18,10 @@ from synthesis_core.text import (
     TextEncoder,
     TextEncoderUnavailableError,
     build_vocab,
+    forget_text_encoder_failures,
     get_encoded_dim,
     precompute_text_embeddings,
+    probe_hub,
 )
 
 CAPTIONS = [
@@ -182,3 +189,154 @@ def test_precompute_round_trip(tmp_path, tiny_t5):
     torch.testing.assert_close(half[1][0], full[1], rtol=1e-2, atol=1e-2)
     with pytest.raises(FileNotFoundError, match="embeds.npy"):
         PrecomputedTextEmbeddings(tmp_path)
+
+
+# -- no network, HF_HUB_OFFLINE unset ---------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _fresh_hub_memory():
+    forget_text_encoder_failures()  # the per-process memory of probe results and failed lookups
+    yield
+    forget_text_encoder_failures()
+
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE unset, an empty hub cache, and DNS that hangs for `hang_s` then fails (a broken resolver).
+
+    Yields the list of looked-up hosts: every DNS lookup anywhere in the process lands there.
+    """
+    import huggingface_hub.constants
+
+    from synthesis_core import text
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # read from the environment at import
+    # huggingface_hub itself looks up the hub once per process for telemetry (an agent list, when it builds request
+    # headers, even for cache-only reads); that is not this code's doing, keep it out of the counts and timings
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(text, "HUB_PROBE_TIMEOUT_S", 1.0)
+    lookups: list[str] = []
+    released = threading.Event()
+
+    def hanging_getaddrinfo(host, *args, **kwargs):
+        lookups.append(host)
+        released.wait(5.0)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_getaddrinfo)
+    yield lookups
+    released.set()  # lets an abandoned lookup thread finish
+
+
+def test_unreachable_hub_fails_fast_once_and_remembers(no_network, monkeypatch):
+    import transformers
+
+    start = time.monotonic()
+    with pytest.raises(TextEncoderUnavailableError, match="google/t5-v1_1-small") as info:
+        TextEncoder("google/t5-v1_1-small").encode(["a cat"])
+    assert time.monotonic() - start < 6.0  # the probe's 1 s, not the hub client's retries (23-48 s)
+    message = str(info.value)
+    assert "unreachable" in message and "HF_HUB_OFFLINE=1" in message and "cache" in message
+    assert "folder" in message
+    assert no_network == ["huggingface.co"]  # one probe; the cache-only lookup made no request
+
+    # the failure is remembered: the next call neither probes nor asks transformers, and says the same
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the remembered failure must be raised without loading again")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", must_not_load)
+    start = time.monotonic()
+    with pytest.raises(TextEncoderUnavailableError) as again:
+        TextEncoder("google/t5-v1_1-small").encode(["a dog"])
+    assert time.monotonic() - start < 0.5
+    assert str(again.value) == message
+
+    # another encoder: the probe result is remembered too, the cache-only lookup fails quickly
+    start = time.monotonic()
+    with pytest.raises(TextEncoderUnavailableError, match="someone/unknown-encoder") as info:
+        get_encoded_dim("someone/unknown-encoder")
+    assert time.monotonic() - start < 2.0 and "unreachable" in str(info.value)
+    assert no_network == ["huggingface.co"]
+
+    # a path is never looked up on the hub
+    with pytest.raises(TextEncoderUnavailableError, match="folder"):
+        TextEncoder("/no/such/folder/t5").encode(["a cat"])
+    assert no_network == ["huggingface.co"]
+
+    forget_text_encoder_failures()
+    with pytest.raises(TextEncoderUnavailableError):
+        get_encoded_dim("someone/unknown-encoder")
+    assert no_network == ["huggingface.co"] * 2  # probed again after forgetting
+
+
+def _put_in_hub_cache(folder: str, cache: Path, name: str) -> None:
+    """Lays out `folder` as `huggingface-cli download NAME` would in the hub cache `cache`."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{name.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_cached_encoder_loads_without_network_and_without_the_variable(no_network, tiny_t5, tmp_path):
+    encoder = TextEncoder("t5-small")
+    with pytest.raises(TextEncoderUnavailableError, match="t5-small"):
+        encoder.encode(["a cat"])
+
+    _put_in_hub_cache(tiny_t5, tmp_path / "hub", "t5-small")  # downloaded meanwhile: the failure is forgotten
+    start = time.monotonic()
+    embeds, mask = encoder.encode(["a cat", "a red square moving left"])
+    assert time.monotonic() - start < 5.0  # before: minutes, the hub client retrying every file
+    assert embeds.shape[0] == 2 and embeds.shape[2] == 32 and mask.dtype == torch.bool
+    assert no_network == ["huggingface.co"]
+    torch.testing.assert_close(embeds, TextEncoder(tiny_t5).encode(["a cat", "a red square moving left"])[0])
+
+
+def test_reachable_hub_is_asked_and_its_errors_are_not_remembered(monkeypatch):
+    import huggingface_hub.constants
+    import transformers
+
+    from synthesis_core import text
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    probes, calls = [], []
+    monkeypatch.setattr(text, "probe_hub", lambda endpoint: probes.append(endpoint))  # None: reachable
+
+    def from_pretrained(name, **kwargs):
+        calls.append(kwargs["local_files_only"])
+        raise OSError(f"{name} is not a valid model identifier (401)")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", from_pretrained)
+    for _ in range(2):  # e.g. a gated model: `huggingface_hub.login()` in between may fix it
+        with pytest.raises(TextEncoderUnavailableError, match="someone/gated") as info:
+            get_encoded_dim("someone/gated")
+    assert calls == [False, False] and len(probes) == 1  # online both times, probed once
+    assert "unreachable" not in str(info.value)
+
+
+def test_probe_hub_connects_with_a_time_limit(monkeypatch):
+    for var in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        assert probe_hub(f"http://127.0.0.1:{port}", timeout=2.0) is None
+        # through a proxy from the environment, as the hub client would
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("NO_PROXY", "")
+        assert probe_hub("https://hub.invalid", timeout=2.0) is None
+        monkeypatch.delenv("HTTPS_PROXY")
+    reason = probe_hub(f"http://127.0.0.1:{port}", timeout=2.0)  # the server is gone
+    assert reason is not None and f"127.0.0.1:{port}" in reason
+
+    released = threading.Event()
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: released.wait(10.0))
+    start = time.monotonic()
+    reason = probe_hub("https://huggingface.co", timeout=0.5)
+    released.set()
+    assert time.monotonic() - start < 1.5 and "huggingface.co" in reason and "0.5 s" in reason

@@ -1,8 +1,11 @@
 import json
 import logging
 import math
+import os
 import socket
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -157,18 +160,41 @@ def test_warmup_cosine_schedule():
     assert lrs == pytest.approx(expected)
 
 
-def test_bf16_mixed_precision_on_cpu():
+BF16_TRAINER = textwrap.dedent("""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from synthesis_core.training import BaseTrainer
+
     trainer = BaseTrainer(mixed_precision="bf16")
-    net = trainer.add_model("net", make_net(), ema=False)
+    net = trainer.add_model("net", nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1)), ema=False)
     seen = []
     trainer.unwrap("net")[0].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
-    x, y = regression_batch()
+    x = torch.randn(8, 4)
     with trainer.autocast():
         out = net(x)
-    assert seen == [torch.bfloat16]  # the layers ran in bf16 (accelerate hands the output back in float32)
-    trainer.backward(F.mse_loss(out.float(), y), "net")
+    assert seen == [torch.bfloat16], seen  # the layers ran in bf16 (accelerate hands the output back in float32)
+    trainer.backward(F.mse_loss(out.float(), x.sum(-1, keepdim=True)), "net")
     assert trainer.step("net")
     assert trainer.unwrap("net")[0].weight.dtype == torch.float32
+    print("ok")
+""")
+
+
+def test_bf16_mixed_precision_on_cpu():
+    # a process of its own: accelerate keeps one mixed precision per process, and this test process uses 'no'
+    result = subprocess.run([sys.executable, "-c", BF16_TRAINER], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_a_second_mixed_precision_in_one_process_is_refused_not_reset():
+    first = BaseTrainer()
+    first.add_model("net", make_net(), ema=False)
+    with pytest.raises(ValueError, match="mixed_precision.*one setting per process"):
+        BaseTrainer(mixed_precision="bf16")
+    assert first.accelerator.mixed_precision == "no"  # the state of the first trainer was left alone
+    train_steps(first, 1)
 
 
 def test_checkpoint_contents_and_errors(tmp_path):
@@ -237,7 +263,11 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path):
     init1 = load_file(str(tmp_path / "initial1.safetensors"))
     assert not torch.equal(w0["0.weight"], init1["0.weight"])
     checkpoints = sorted((tmp_path / "checkpoints").glob("checkpoint-*.safetensors"))
-    assert [p.name for p in checkpoints] == ["checkpoint-00000005.safetensors"]
-    tensors, meta = load_checkpoint(checkpoints[0])
+    # saved by both processes: the main one wrote the checkpoint, the other one its own RNG states
+    assert [p.name for p in checkpoints] == ["checkpoint-00000005.rng-rank1.safetensors",
+                                             "checkpoint-00000005.safetensors"]
+    assert [i["accumulate_misuse"] for i in infos] == ["RuntimeError", "RuntimeError"]
+    assert infos[0]["main_only_saved"] and infos[1]["rng_after_load"] != infos[0]["rng_after_load"]
+    tensors, meta = load_checkpoint(checkpoints[1])
     for k in w0:
         assert torch.equal(extract_model_state(tensors, "net")[k], w0[k])

@@ -6,6 +6,7 @@ from PIL import Image
 
 from imagen_pytorch import ElucidatedImagen, Imagen, ImagenTrainer, load_imagen_from_checkpoint
 from imagen_pytorch.data import Dataset
+from synthesis_core.checkpoint import CheckpointError
 
 TEXT_DIM = 16
 
@@ -145,6 +146,28 @@ def test_remote_checkpoints_through_fsspec(cascade):
     assert other.steps.tolist() == [0, 1]
     fsspec.filesystem("memory").rm("/imagen-test-run", recursive=True)
     fsspec.filesystem("memory").rm("/elsewhere", recursive=True)
+
+
+def test_strict_load_refuses_another_cascade_and_changes_nothing(cascade, tiny_unet, tmp_path):
+    two = ImagenTrainer(cascade())
+    images, embeds = batch()
+    two(images, text_embeds=embeds, unet_number=1)
+    two.update(1)
+    path = two.save(tmp_path / "two-unets.safetensors")
+
+    one = ImagenTrainer(Imagen(tiny_unet(), image_sizes=8, text_embed_dim=TEXT_DIM, timesteps=10))
+    before = [p.detach().clone() for p in one.imagen.parameters()]
+    with pytest.raises(CheckpointError, match="unet2"):
+        one.load(path)
+    assert all(torch.equal(a, b) for a, b in zip(before, one.imagen.parameters()))
+    assert one.steps.tolist() == [0]
+    one.load(path, strict=False)  # loads the unet both have
+    assert one.steps.tolist() == [1]
+
+    # a trainer of the second unet only resumes from a checkpoint of the whole cascade
+    second_only = ImagenTrainer(cascade(), only_train_unet_number=2)
+    second_only.load(path)
+    assert second_only.steps.tolist() == [0, 0]
 
 
 def test_elucidated_cascade_round_trips_through_its_checkpoint(tiny_unet, tmp_path):

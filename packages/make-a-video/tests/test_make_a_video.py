@@ -140,8 +140,10 @@ def test_bad_inputs_raise_clear_errors(make_model, make_unet):
         model(torch.rand(2, 4, 4, 8, 8))
     with pytest.raises(ValueError, match=r"videos_or_images: expected shape \(batch, 3, 8, 8\)"):
         model(torch.rand(2, 3, 16, 16))
-    with pytest.raises(ValueError, match=r"videos_or_images: expected values in \[0.0, 1.0\]"):
-        model(torch.randn(2, 3, 4, 8, 8))
+    with pytest.raises(ValueError, match=r"videos_or_images: expected pixel values in \[0, 1\].*divided by 255"):
+        model(torch.rand(2, 3, 4, 8, 8) * 255)
+    with pytest.warns(UserWarning, match="videos_or_images: pixel values outside \\[-1, 1\\] were clamped"):
+        assert torch.isfinite(model(torch.randn(2, 3, 4, 8, 8)))  # read as [-1, 1], like every package
     with pytest.raises(ValueError, match="frames must be divisible by 2"):
         model(torch.rand(2, 3, 3, 8, 8))
     with pytest.raises(ValueError, match="batch sizes must match"):

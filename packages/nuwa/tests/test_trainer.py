@@ -79,6 +79,18 @@ def test_vae_trainer_with_gan_trains_saves_and_resumes(make_vae, tiny_vgg, tmp_p
     assert resumed.step_count == 3
 
 
+def test_vae_samples_do_not_draw_from_the_training_data(make_vae, tmp_path):
+    """Samples are written by the main process only: drawing them from the training loader would move it there
+    alone and put the processes at different places in the data."""
+    trainer = VQGanVAETrainer(make_vae(), dataset=_Items(list(moving_squares(num_videos=4))), batch_size=2,
+                              num_train_steps=1, save_results_every=None, save_model_every=None, num_sample_images=3,
+                              results_folder=tmp_path, seed=0)
+    trainer.train_step()
+    position = trainer.dataloader.state_dict()
+    assert trainer.save_results().is_file()
+    assert trainer.dataloader.state_dict() == position
+
+
 def test_vae_trainer_without_gan_reads_a_video_folder(make_vae, gif_folder, tmp_path):
     trainer = VQGanVAETrainer(make_vae(), folder=gif_folder, num_frames=2, batch_size=2, num_train_steps=2,
                               save_results_every=None, save_model_every=None, results_folder=tmp_path, seed=0)

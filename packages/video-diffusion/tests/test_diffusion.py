@@ -103,7 +103,7 @@ def test_default_training_step_trains_the_null_condition():
     diffusion(videos, cond=cond, null_cond_prob=0.0).backward()
     assert null_embedding.grad is None or null_embedding.grad.abs().max() == 0
 
-    for _ in range(3):  # default null_cond_prob=0.1: some of these 24 samples are dropped
+    for _ in range(10):  # default null_cond_prob=0.1: some of these 80 samples are dropped
         diffusion(videos, cond=cond).backward()
     assert null_embedding.grad.abs().max() > 0
 

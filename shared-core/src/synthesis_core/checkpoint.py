@@ -4,13 +4,16 @@ Three layers, from the bottom up:
 
 1. Atomic files: `atomic_write_bytes`, `atomic_write_json` and the `atomic_path` context manager write to a
    temporary file in the destination folder, flush + fsync it, then `os.replace` it over the target, so a crash
-   or an exception mid-way leaves the previous file untouched.
+   or an exception mid-way leaves the previous file untouched; the temporary file a crashed process leaves is
+   removed by the next save or load there (`remove_stale_temporary_files`).
 2. Checkpoint files: `save_checkpoint(path, tensors, metadata)` writes one safetensors file whose `__metadata__`
    holds the JSON metadata; `flatten_state_dict` / `unflatten_state_dict` turn nested state dicts (optimizers,
    schedulers) into tensors + JSON and back. `CheckpointManager` numbers them and keeps the last N.
 3. Models: `PretrainedMixin` records the constructor arguments of a model (`self.config`) so that
    `save_pretrained(folder)` writes `config.json` + `model.safetensors` and `from_pretrained(folder)` rebuilds it.
-   Classes are only ever imported from the project's own packages.
+   A config file is untrusted data: the only classes it may name are the ones a package registered with
+   `register_loadable` (an exact lookup, never an import of a name from the file), every key must be a real
+   constructor parameter, and the whole config is validated before anything is constructed.
 """
 from __future__ import annotations
 
@@ -24,28 +27,21 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 logger = logging.getLogger(__name__)
-
-# Only classes living in these top-level packages may be imported when a config is loaded:
-# a config file must never be able to make us import (and run) arbitrary code.
-PROJECT_PACKAGES = (
-    "synthesis_core",
-    "imagen_pytorch",
-    "video_diffusion_pytorch",
-    "make_a_video_pytorch",
-    "phenaki_pytorch",
-    "nuwa_pytorch",
-)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -74,15 +70,74 @@ def _fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
+# A temporary file is named `.{target}.{host}-{pid}.{random}.tmp`: the host and the process that write it let a
+# later save or load tell a file whose writer died (killed, out of memory, power cut: no `finally` ran) from a
+# write in progress, possibly by another process of the same training run.
+_TMP_PATTERN = re.compile(r"^\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[a-z0-9_]+\.tmp$")
+# what the previous versions wrote (no host, no pid): only their age tells that they are stale
+_OLD_TMP_PATTERN = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+STALE_TMP_SECONDS = 3600.0
+"""A temporary file untouched this long is stale even when its writer cannot be checked (another host shares the
+folder): writing a checkpoint keeps touching its file, and an hour is far longer than a final fsync takes."""
+
+
+def _host_tag() -> str:
+    return f"{zlib.crc32(socket.gethostname().encode('utf-8')):08x}"
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there: let the file's age decide
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def remove_stale_temporary_files(folder: PathLike, prefix: str = "", *,
+                                 max_age: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Removes the temporary files that `atomic_path` left in `folder`, for targets whose name starts with `prefix`,
+    when their writer is gone: a process of this host that no longer runs, or a file untouched for `max_age`
+    seconds (the writer may be on another host, whose processes cannot be checked). The files of writes in
+    progress stay. Returns the removed paths."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    host, now, removed = _host_tag(), time.time(), []
+    for entry in folder.iterdir():
+        match = _TMP_PATTERN.match(entry.name) or _OLD_TMP_PATTERN.match(entry.name)
+        if match is None or not match["target"].startswith(prefix):
+            continue
+        try:
+            age = now - entry.stat().st_mtime
+        except FileNotFoundError:  # its write just finished (renamed) or another process removed it
+            continue
+        writer_gone = ("pid" in match.groupdict() and match["host"] == host
+                       and not _process_alive(int(match["pid"])))
+        if writer_gone or age > max_age:
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+            logger.info("removed %s, left by an interrupted save", entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yields a temporary path in the same folder as `path`; on success it is fsynced and renamed onto `path`.
 
-    If the body raises, the temporary file is removed and `path` keeps its previous content.
+    If the body raises, the temporary file is removed and `path` keeps its previous content. Temporary files of
+    earlier writes of `path` whose process died are removed first (see `remove_stale_temporary_files`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporary_files(path.parent, path.name)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{_host_tag()}-{os.getpid()}.", suffix=".tmp",
+                                    dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -259,7 +314,9 @@ def unflatten_state_dict(tensors: Mapping[str, torch.Tensor], skeleton: Any) -> 
 class CheckpointManager:
     """Numbered checkpoints `{prefix}-{step:08d}.safetensors` in `folder`, keeping the `keep_last` newest.
 
-    `keep_last=None` (or 0) keeps everything.
+    `keep_last=None` (or 0) keeps everything. Files named `{prefix}-{step:08d}.<anything>.safetensors` are companions
+    of that checkpoint (e.g. the per-process RNG states a trainer writes) and are pruned with it. Every save and
+    load first removes the temporary files that interrupted saves left in `folder` (`remove_stale_temporary_files`).
     """
 
     def __init__(self, folder: PathLike, keep_last: int | None = 3, prefix: str = "checkpoint"):
@@ -271,6 +328,7 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.prefix = prefix
         self._pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)\.safetensors$")
+        self._companion_pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)\.[^/]+\.safetensors$")
 
     def path_for(self, step: int) -> Path:
         return self.folder / f"{self.prefix}-{int(step):08d}.safetensors"
@@ -286,19 +344,34 @@ class CheckpointManager:
                 found.append((int(match.group(1)), p))
         return sorted(found)
 
+    def remove_stale_temporary_files(self) -> list[Path]:
+        """Removes what interrupted saves of this folder's checkpoints (and companions) left behind."""
+        return remove_stale_temporary_files(self.folder, f"{self.prefix}-")
+
     def save(self, step: int, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> Path:
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise ValueError(f"step: expected a non-negative int, got {step!r}")
+        self.remove_stale_temporary_files()
         path = save_checkpoint(self.path_for(step), tensors, metadata)
         self.prune()
         return path
 
     def prune(self) -> list[Path]:
-        """Deletes all but the `keep_last` newest checkpoints; returns the removed paths."""
+        """Deletes all but the `keep_last` newest checkpoints and the companions of older steps; returns the
+        removed paths."""
         if not self.keep_last:
             return []
         existing = self.list()
         removed = [p for _, p in existing[: max(len(existing) - self.keep_last, 0)]]
+        kept = existing[len(removed):]
+        if kept:
+            # only companions of steps older than every kept checkpoint: another process may be writing the
+            # companion of a checkpoint newer than the last one listed
+            oldest_kept = kept[0][0]
+            for p in self.folder.iterdir():
+                match = self._companion_pattern.match(p.name)
+                if match and not self._pattern.match(p.name) and int(match.group(1)) < oldest_kept:
+                    removed.append(p)
         for p in removed:
             p.unlink(missing_ok=True)
             logger.debug("removed old checkpoint %s", p)
@@ -323,6 +396,7 @@ class CheckpointManager:
         return path
 
     def load(self, which: PathLike = "latest", map_location: str | torch.device = "cpu"):
+        self.remove_stale_temporary_files()
         path = self.resolve(which)
         if path is None:
             raise FileNotFoundError(f"no checkpoint named {self.prefix}-*.safetensors in {self.folder}")
@@ -330,7 +404,7 @@ class CheckpointManager:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# package versions and safe class import
+# package versions
 # ----------------------------------------------------------------------------------------------------------------
 
 def package_info(obj_or_cls: Any) -> tuple[str, str | None]:
@@ -357,39 +431,134 @@ def package_info(obj_or_cls: Any) -> tuple[str, str | None]:
 
 
 def class_path(cls: type) -> str:
+    """`module.Qualname` of a class: the name it is registered and saved under unless registered otherwise."""
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def import_class(path: str, trusted_modules: Iterable[str] = ()) -> type:
-    """Imports `pkg.module.Class`, only if `pkg` is one of the project's packages (or in `trusted_modules`)."""
-    if not isinstance(path, str) or "." not in path:
-        raise ValueError(f"class path: expected 'package.module.Class', got {path!r}")
-    trusted = tuple(PROJECT_PACKAGES) + tuple(trusted_modules)
-    if not any(path == t or path.startswith(t + ".") for t in trusted):
-        raise ValueError(f"refusing to import {path!r}: classes are only loaded from {', '.join(trusted)} "
-                         "(pass trusted_modules=... to allow another module)")
-    if "<locals>" in path:
-        raise ValueError(f"cannot import {path!r}: the class was defined inside a function")
-    # the module is the longest importable prefix; the rest is the (possibly nested) qualified name
-    parts = path.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        module_name = ".".join(parts[:cut])
-        if not any(module_name == t or module_name.startswith(t + ".") for t in trusted):
-            continue
+# ----------------------------------------------------------------------------------------------------------------
+# the registry of classes a stored config may name
+# ----------------------------------------------------------------------------------------------------------------
+#
+# A config file is data from anywhere: it must never choose code to run. So the classes a file may name are the
+# ones a package registered explicitly (`register_loadable`), found by an exact dict lookup of the stored name:
+# nothing is imported from, and no attribute is walked along, a name written in a file.
+
+ENTRY_POINT_GROUP = "synthesis_core.models"
+"""Entry point group of the distributions that register loadable classes. Each distribution names the module whose
+import registers its classes, in its pyproject.toml: `[project.entry-points."synthesis_core.models"]`,
+`my_pkg = "my_pkg"`. These are read from installed metadata, never from a config file, and only imported when a
+stored name is not registered yet, so `load_model_from_folder` works before the package was imported."""
+
+_LOADABLE: dict[str, type] = {}  # stored name -> class
+_STORED_NAME: dict[type, str] = {}  # class -> the name it is saved under (its first registered name)
+_FORWARDS_KWARGS_TO: dict[type, type] = {}  # class whose __init__ passes its **kwargs on -> the class receiving them
+_registry_lock = threading.RLock()
+_entry_points_loaded = False
+
+# the dtypes a config may hold (`{"__dtype__": "float16"}`): a fixed list, never a torch attribute looked up by name
+_DTYPES: dict[str, torch.dtype] = {
+    str(dtype).removeprefix("torch."): dtype
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128,
+                  torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)
+}
+
+_T = TypeVar("_T", bound=type)
+
+
+def _init_owner(cls: type) -> type:
+    """The class in `cls`'s MRO whose own `__init__` `cls()` runs."""
+    return next((c for c in cls.__mro__ if "__init__" in c.__dict__), object)
+
+
+def _takes_var_keyword(cls: type) -> bool:
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def register_loadable(cls: _T | None = None, *, name: str | None = None,
+                      forwards_kwargs_to: type | None = None) -> _T | Callable[[_T], _T]:
+    """Declares that a saved config may name `cls` (a `PretrainedMixin` model): `from_pretrained`,
+    `load_model_from_folder` and `instantiate_from_config` rebuild it, and nothing that is not registered.
+
+    `name` is the stored name (default `module.Qualname`, the form `save_pretrained` writes); registering a class
+    again under another name adds an alias (e.g. the old name of a moved class), the first name stays the one
+    saved. `forwards_kwargs_to=Other`: the class's `**kwargs` are passed on to `Other.__init__` (a preset, a
+    subclass adding arguments), so a config may give `Other`'s parameters too, and saving records the values
+    `Other.__init__` really got (defaults included); a `**kwargs` without it takes no key from a file.
+    Usable as a decorator (`@register_loadable` or `@register_loadable(name=...)`); returns the class.
+    """
+    if cls is None:
+        return functools.partial(register_loadable, name=name, forwards_kwargs_to=forwards_kwargs_to)
+    if not isinstance(cls, type) or not issubclass(cls, PretrainedMixin):
+        raise TypeError(f"cls: expected a PretrainedMixin model class, got {cls!r}")
+    if name is None:
+        name = class_path(cls)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name: expected a non-empty string, got {name!r}")
+    if forwards_kwargs_to is not None:
+        if not isinstance(forwards_kwargs_to, type):
+            raise TypeError(f"forwards_kwargs_to: expected a class, got {forwards_kwargs_to!r}")
+        if "__init__" not in cls.__dict__ or not _takes_var_keyword(cls):
+            raise ValueError(f"forwards_kwargs_to: {cls.__qualname__} must define an __init__ taking **kwargs")
+    with _registry_lock:
+        existing = _LOADABLE.get(name)
+        if existing is not None and existing is not cls:
+            raise ValueError(f"name: {name!r} is already registered for {class_path(existing)}")
+        known_target = _FORWARDS_KWARGS_TO.get(cls)
+        if known_target is not None and forwards_kwargs_to is not None and known_target is not forwards_kwargs_to:
+            raise ValueError(f"forwards_kwargs_to: {cls.__qualname__} is already registered as forwarding its "
+                             f"**kwargs to {known_target.__qualname__}")
+        _LOADABLE[name] = cls
+        _STORED_NAME.setdefault(cls, name)
+        if forwards_kwargs_to is not None:
+            _FORWARDS_KWARGS_TO[cls] = forwards_kwargs_to
+    return cls
+
+
+def loadable_classes() -> dict[str, type]:
+    """The registered stored names and their classes (a copy), after loading the `synthesis_core.models` entry
+    points of the installed distributions."""
+    _load_entry_points()
+    with _registry_lock:
+        return dict(_LOADABLE)
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    with _registry_lock:
+        if _entry_points_loaded:
+            return
+        _entry_points_loaded = True  # first, so a package that loads a model while being imported does not recurse
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
-            obj: Any = sys.modules.get(module_name) or importlib.import_module(module_name)
-        except ModuleNotFoundError:
-            continue
-        try:
-            for attr in parts[cut:]:
-                obj = getattr(obj, attr)
-        except AttributeError:
-            continue
-        if not isinstance(obj, type):
-            raise TypeError(f"{path!r} is not a class")
-        return obj
-    raise ValueError(f"cannot import the class {path!r}: no such module or attribute "
-                     "(was the checkpoint written by another version of the package?)")
+            entry_point.load()
+        except Exception as err:  # a broken distribution must not stop loading the models of the others
+            logger.warning("could not import %s (the %s entry point %r): %s: %s", entry_point.value,
+                           ENTRY_POINT_GROUP, entry_point.name, type(err).__name__, err)
+
+
+def _stored_name(cls: type) -> str:
+    return _STORED_NAME.get(cls) or class_path(cls)
+
+
+def resolve_loadable(name: Any, *, source: str = "config", where: str = "class") -> type:
+    """The class registered under exactly `name`; a `CheckpointError` naming `where` and `source` otherwise.
+
+    Never imports a module named by `name` nor walks its attributes: an unknown name only triggers loading the
+    `synthesis_core.models` entry points of the installed distributions (once per process).
+    """
+    if not isinstance(name, str):
+        raise CheckpointError(f"{where} in {source}: expected a class name (a string), got {type(name).__name__}")
+    cls = _LOADABLE.get(name)
+    if cls is None:
+        _load_entry_points()
+        cls = _LOADABLE.get(name)
+    if cls is None:
+        raise CheckpointError(
+            f"{where} in {source} names the class {name!r}, which no installed package registered as loadable; a "
+            "stored config may only name model classes registered with synthesis_core.checkpoint.register_loadable "
+            "(nothing is imported from a name written in a file; is the package that defines it installed?)")
+    return cls
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -406,8 +575,8 @@ def _to_jsonable(value: Any, where: str, *, strict: bool) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, PretrainedMixin):
-        return {"__class__": class_path(type(value)), "config": copy.deepcopy(value._pretrained_config)}
-    if isinstance(value, torch.dtype):
+        return {"__class__": _stored_name(type(value)), "config": copy.deepcopy(value._pretrained_config)}
+    if isinstance(value, torch.dtype) and value in _DTYPES.values():
         return {"__dtype__": str(value).removeprefix("torch.")}
     if isinstance(value, list | tuple):
         return [_to_jsonable(v, f"{where}[{i}]", strict=strict) for i, v in enumerate(value)]
@@ -421,20 +590,14 @@ def _to_jsonable(value: Any, where: str, *, strict: bool) -> Any:
     return None
 
 
-def _from_jsonable(value: Any, trusted_modules: Iterable[str]) -> Any:
-    if isinstance(value, list):
-        return [_from_jsonable(v, trusted_modules) for v in value]
-    if isinstance(value, dict):
-        if set(value) == {"__class__", "config"}:
-            cls = import_class(value["__class__"], trusted_modules)
-            return instantiate_from_config(cls, value["config"], trusted_modules=trusted_modules)
-        if set(value) == {"__dtype__"}:
-            dtype = getattr(torch, value["__dtype__"], None)
-            if not isinstance(dtype, torch.dtype):
-                raise ValueError(f"unknown dtype {value['__dtype__']!r} in config")
-            return dtype
-        return {k: _from_jsonable(v, trusted_modules) for k, v in value.items()}
-    return value
+def _jsonable_default(param: inspect.Parameter) -> tuple[bool, Any]:
+    """`(True, json)` when the parameter has a default JSON can hold (it is recorded), else `(False, None)`."""
+    if param.default is inspect.Parameter.empty:
+        return False, None
+    try:
+        return True, _to_jsonable(param.default, param.name, strict=True)
+    except _NotJsonable:
+        return False, None
 
 
 def _record_arguments(init, args: tuple, kwargs: dict) -> dict | None:
@@ -455,28 +618,169 @@ def _record_arguments(init, args: tuple, kwargs: dict) -> dict | None:
                     config[k] = _to_jsonable(v, k, strict=False)
             else:
                 config[param.name] = _to_jsonable(value, param.name, strict=False)
-        elif param.default is not inspect.Parameter.empty:
-            with contextlib.suppress(_NotJsonable):
-                config[param.name] = _to_jsonable(param.default, param.name, strict=True)
+        else:
+            recordable, default = _jsonable_default(param)
+            if recordable:
+                config[param.name] = default
     return config
 
 
-def instantiate_from_config(cls: type, config: Mapping[str, Any], *, trusted_modules: Iterable[str] = (),
-                            **overrides: Any) -> Any:
-    """Builds `cls` from a recorded config (nested configs are rebuilt first); `overrides` replace entries."""
+def _record_forwarded(init, args: tuple, kwargs: dict, config: dict) -> None:
+    """Adds to `config` the arguments a constructor that received forwarded `**kwargs` got beyond them (a
+    preset's values, its defaults), so that the saved config does not depend on today's defaults."""
+    signature = inspect.signature(init)
+    try:
+        bound = signature.bind(None, *args, **kwargs)
+    except TypeError:
+        return  # the real __init__ will raise the proper error
+    for param in list(signature.parameters.values())[1:]:
+        if param.name in config or param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        if param.name in bound.arguments:
+            config[param.name] = _to_jsonable(bound.arguments[param.name], param.name, strict=False)
+        else:
+            recordable, default = _jsonable_default(param)
+            if recordable:
+                config[param.name] = default
+
+
+def _accepted_parameters(cls: type) -> tuple[dict[str, inspect.Parameter], set[str]]:
+    """`(parameters a stored config may give cls, by name; the names that are cls's own)`.
+
+    Its constructor's named parameters (`*args` too, stored as a list under its name), plus, when its `**kwargs`
+    are registered as forwarded (`register_loadable(forwards_kwargs_to=...)`), those of the receiving class.
+    Any other `**kwargs` takes no key from a file.
+    """
+    accepted: dict[str, inspect.Parameter] = {}
+    own: set[str] = set()
+    current: type | None = cls
+    seen: set[type] = set()
+    while current is not None and current not in seen:
+        seen.add(current)
+        var_keyword = False
+        for param in list(inspect.signature(current.__init__).parameters.values())[1:]:
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                var_keyword = True
+            elif param.kind is inspect.Parameter.POSITIONAL_ONLY:
+                continue  # cannot be passed by name
+            elif param.kind is inspect.Parameter.VAR_POSITIONAL and current is not cls:
+                continue  # only the outer constructor's *args can be given (by its name)
+            elif param.name not in accepted:
+                accepted[param.name] = param
+                if current is cls:
+                    own.add(param.name)
+        current = _FORWARDS_KWARGS_TO.get(_init_owner(current)) if var_keyword else None
+    return accepted, own
+
+
+def constructor_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The parameters, by name, that a stored config may give `cls` (see `register_loadable`)."""
+    if not isinstance(cls, type):
+        raise TypeError(f"cls: expected a class, got {cls!r}")
+    return _accepted_parameters(cls)[0]
+
+
+def _check_value(value: Any, where: str, dotted: str, source: str, allow_classes: bool) -> list[tuple[str, Any]]:
+    """Validates one stored value: plain JSON data, a registered class `{"__class__": name, "config": {...}}`
+    (checked recursively) or an allowed dtype. Returns the missing constructor arguments of nested classes."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return []
+    if isinstance(value, list | tuple):
+        missing: list[tuple[str, Any]] = []
+        for i, item in enumerate(value):
+            missing += _check_value(item, f"{where}[{i}]", f"{dotted}.{i}", source, allow_classes)
+        return missing
+    if isinstance(value, Mapping):
+        bad_keys = [k for k in value if not isinstance(k, str)]
+        if bad_keys:
+            raise CheckpointError(f"{where} in {source}: dict keys must be strings, got {bad_keys[0]!r}")
+        if "__class__" in value:
+            if not allow_classes:
+                raise CheckpointError(f"{where}['__class__'] in {source}: this value must be plain JSON data; "
+                                      "it cannot name a class")
+            if set(value) != {"__class__", "config"}:
+                raise CheckpointError(f"{where} in {source}: a stored model is exactly {{'__class__': name, "
+                                      f"'config': {{...}}}}, got the keys {sorted(value)}")
+            nested = resolve_loadable(value["__class__"], source=source, where=f"{where}['__class__']")
+            return _check_config(nested, value["config"], f"{where}['config']", dotted, source, allow_classes)
+        if "__dtype__" in value:
+            if set(value) != {"__dtype__"} or value["__dtype__"] not in _DTYPES:
+                raise CheckpointError(f"{where}['__dtype__'] in {source}: expected exactly {{'__dtype__': name}} "
+                                      f"with a name in {sorted(_DTYPES)}, got {dict(value)!r}")
+            return []
+        missing = []
+        for k, v in value.items():
+            missing += _check_value(v, f"{where}[{k!r}]", f"{dotted}.{k}", source, allow_classes)
+        return missing
+    raise CheckpointError(f"{where} in {source} holds a {type(value).__name__}, which is not JSON data")
+
+
+def _check_config(cls: type, config: Any, where: str, dotted: str, source: str, allow_classes: bool,
+                  supplied: Iterable[str] = ()) -> list[tuple[str, Any]]:
+    """Validates the stored config of `cls` (recursively, importing and constructing nothing) and returns
+    `(key path, default)` of each recorded-by-default constructor argument it lacks."""
     if not isinstance(config, Mapping):
-        raise TypeError(f"config: expected a dict, got {type(config).__name__}")
-    values = {k: _from_jsonable(v, trusted_modules) for k, v in config.items()}
+        raise CheckpointError(f"{where} in {source}: expected a dict of {cls.__qualname__}'s constructor arguments, "
+                              f"got {type(config).__name__}")
+    accepted, own = _accepted_parameters(cls)
+    missing: list[tuple[str, Any]] = []
+    for key, value in config.items():
+        key_where = f"{where}[{key!r}]"
+        if not isinstance(key, str) or key not in accepted:
+            raise CheckpointError(f"{key_where} in {source} is not a parameter of {cls.__qualname__}; a stored "
+                                  "config may only give the constructor's named parameters (was it written by "
+                                  "another version of the package?)")
+        missing += _check_value(value, key_where, f"{dotted}.{key}" if dotted else key, source, allow_classes)
+    supplied = set(supplied)
+    for key, param in accepted.items():
+        if key in config or key in supplied or param.kind is inspect.Parameter.VAR_POSITIONAL:
+            continue
+        if param.default is inspect.Parameter.empty:
+            if key in own:  # a forwarded class's required argument may come from the outer one (a preset)
+                raise CheckpointError(f"{where} in {source} lacks {key!r}, a required argument of "
+                                      f"{cls.__qualname__}")
+            continue
+        recordable, default = _jsonable_default(param)
+        if recordable:  # saving records it: its absence means an older version wrote the file
+            missing.append((f"{dotted}.{key}" if dotted else key, default))
+    return missing
+
+
+def check_config(cls: type, config: Mapping[str, Any], *, source: str = "config", where: str = "config",
+                 allow_classes: bool = True) -> tuple[str, ...]:
+    """Validates a stored config of `cls` without importing or constructing anything.
+
+    Every key must be a named constructor parameter (see `register_loadable` for `**kwargs`); values must be JSON
+    data, allowed dtypes or, when `allow_classes`, registered classes `{"__class__": name, "config": {...}}`
+    whose configs are checked the same way. Raises `CheckpointError` naming the key path (`where`, e.g.
+    `config['unets'][0]['__class__']`) and `source` (the file). Returns the key paths (`timesteps`,
+    `model.dim_mults`) of the constructor arguments the config lacks, which loading fills with today's defaults.
+    """
+    if not isinstance(cls, type):
+        raise TypeError(f"cls: expected a class, got {cls!r}")
+    return tuple(path for path, _ in _check_config(cls, config, where, "", source, allow_classes))
+
+
+def _from_jsonable(value: Any, source: str) -> Any:
+    """Rebuilds a value that `_check_value` accepted."""
+    if isinstance(value, list | tuple):
+        return [_from_jsonable(v, source) for v in value]
+    if isinstance(value, Mapping):
+        if "__class__" in value:
+            return _construct(_LOADABLE[value["__class__"]], value["config"], {}, source)
+        if "__dtype__" in value:
+            return _DTYPES[value["__dtype__"]]
+        return {k: _from_jsonable(v, source) for k, v in value.items()}
+    return value
+
+
+def _construct(cls: type, config: Mapping[str, Any], overrides: dict, source: str) -> Any:
+    # validated again (cheap, pure) for the key paths this object reports as filled in
+    missing = _check_config(cls, config, "config", "", source, True, supplied=overrides)
+    values = {k: _from_jsonable(v, source) for k, v in config.items()}
     values.update(overrides)
-    signature = inspect.signature(cls.__init__)
-    params = list(signature.parameters.values())[1:]
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
     var_positional = next((p for p in params if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
-    accepts_var_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-    known = {p.name for p in params}
-    unknown = [k for k in values if k not in known]
-    if unknown and not accepts_var_keyword:
-        raise CheckpointError(f"{cls.__qualname__} does not accept the recorded argument(s) {unknown} "
-                              "(was the config written by another version of the package?)")
     args: list[Any] = []
     if var_positional is not None and values.get(var_positional.name):
         # everything before *args must then be passed positionally
@@ -487,7 +791,34 @@ def instantiate_from_config(cls: type, config: Mapping[str, Any], *, trusted_mod
         args.extend(values.pop(var_positional.name))
     else:
         values.pop(getattr(var_positional, "name", None), None)
-    return cls(*args, **values)
+    obj = cls(*args, **values)
+    with contextlib.suppress(AttributeError):  # e.g. a class with __slots__
+        obj.missing_config_keys = tuple(path for path, _ in missing)
+    return obj
+
+
+def instantiate_from_config(cls: type, config: Mapping[str, Any], *, overrides: Mapping[str, Any] | None = None,
+                            source: str = "config") -> Any:
+    """Builds `cls` from a stored config; `overrides` (code-given values) replace entries.
+
+    The whole config is validated first (`check_config`): nothing is constructed when any key is not a
+    constructor parameter, or any nested class is not registered. Nested configs are rebuilt before `cls`. A
+    recorded-by-default argument the config lacks (a file from an older version) is filled with today's
+    default, logged as a warning naming each key and reported by the built object's `missing_config_keys`.
+    """
+    if not isinstance(cls, type):
+        raise TypeError(f"cls: expected a class, got {cls!r}")
+    overrides = dict(overrides or {})
+    accepted, _ = _accepted_parameters(cls)
+    unknown = [k for k in overrides if k not in accepted]
+    if unknown:
+        raise TypeError(f"overrides: {cls.__qualname__} has no parameter(s) {unknown}")
+    missing = _check_config(cls, config, "config", "", source, True, supplied=overrides)
+    if missing:
+        logger.warning("%s lacks the constructor argument(s) %s of %s (written by an older version?); they are "
+                       "filled with today's defaults: %s", source, ", ".join(path for path, _ in missing),
+                       cls.__qualname__, ", ".join(f"{path}={default!r}" for path, default in missing))
+    return _construct(cls, config, overrides, source)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -505,35 +836,56 @@ class PretrainedMixin:
     class Unet(PretrainedMixin, nn.Module):
         def __init__(self, dim=64, dim_mults=(1, 2, 4)): ...
 
+    register_loadable(Unet)         # a saved config may name it (see register_loadable)
     unet = Unet(32)
     unet.config                     # {'dim': 32, 'dim_mults': [1, 2, 4]}
     unet.save_pretrained('ckpt/')   # ckpt/config.json + ckpt/model.safetensors
     same = Unet.from_pretrained('ckpt/')
+    same.missing_config_keys        # () : the arguments the file lacked and loading filled with today's defaults
     ```
-    Only the outermost `__init__` of a class hierarchy records. Arguments that are themselves `PretrainedMixin`
-    modules are stored as `{"__class__": ..., "config": ...}` and rebuilt on load; tuples become lists; values
-    JSON cannot hold are recorded as null with a warning (pass them again to `from_pretrained`).
+    Only the outermost `__init__` of a class hierarchy records (plus, for a class registered with
+    `forwards_kwargs_to`, the arguments its `**kwargs` reach). Every argument is recorded, defaults included.
+    Arguments that are themselves `PretrainedMixin` modules are stored as `{"__class__": ..., "config": ...}` and
+    rebuilt on load (only registered classes); tuples become lists; values JSON cannot hold are recorded as null
+    with a warning (pass them again to `from_pretrained`).
     """
 
     _pretrained_config: dict
+    # the key paths (`timesteps`, `model.dim_mults`) of the constructor arguments that the config this object was
+    # loaded from lacked, filled with today's defaults (a file from an older version); () when built in code
+    missing_config_keys: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         init = cls.__dict__.get("__init__")
         if init is None or getattr(init, "_records_config", False):
             return
+        owner = cls
 
         @functools.wraps(init)
         def __init__(self, *args, **kwargs):
             if _is_recording(self):  # an inner (super().__init__) call: the outermost one records
+                if self.__dict__.get("_pretrained_forwarded_to") is owner:
+                    # the outer constructor passed its **kwargs on to this one: what this one really gets (a
+                    # preset's values, its defaults) completes the config, so loading needs no default of today
+                    _record_forwarded(init, args, kwargs, self.__dict__["_pretrained_config"])
+                    target = _FORWARDS_KWARGS_TO.get(owner)
+                    if target is not None:
+                        self.__dict__["_pretrained_forwarded_to"] = _init_owner(target)
+                    else:
+                        del self.__dict__["_pretrained_forwarded_to"]
                 return init(self, *args, **kwargs)
             self.__dict__["_pretrained_recording"] = True
             try:
                 config = _record_arguments(init, args, kwargs)
                 self.__dict__["_pretrained_config"] = config if config is not None else {}
+                target = _FORWARDS_KWARGS_TO.get(owner)
+                if target is not None:
+                    self.__dict__["_pretrained_forwarded_to"] = _init_owner(target)
                 init(self, *args, **kwargs)
             finally:
                 self.__dict__.pop("_pretrained_recording", None)
+                self.__dict__.pop("_pretrained_forwarded_to", None)
             # `config` is the public view; a model that sets its own `config` attribute keeps it
             if not hasattr(self, "config"):
                 self.__dict__["config"] = self._pretrained_config
@@ -549,14 +901,15 @@ class PretrainedMixin:
         return copy.deepcopy(self.__dict__.get("_pretrained_config", {}))
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, trusted_modules: Iterable[str] = (), **overrides: Any):
-        return instantiate_from_config(cls, config, trusted_modules=trusted_modules, **overrides)
+    def from_config(cls, config: Mapping[str, Any], **overrides: Any):
+        """`cls` built from a recorded config (validated first, see `instantiate_from_config`)."""
+        return instantiate_from_config(cls, config, overrides=overrides)
 
     def config_document(self) -> dict:
-        """What goes into `config.json`: class path, package, version and the constructor arguments."""
+        """What goes into `config.json`: class name, package, version and the constructor arguments."""
         package, version = package_info(type(self))
         return {
-            "class": class_path(type(self)),
+            "class": _stored_name(type(self)),
             "package": package,
             "version": version,
             "format_version": FORMAT_VERSION,
@@ -580,39 +933,48 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, folder: PathLike, map_location: str | torch.device = "cpu", *, strict: bool = True,
-                        trusted_modules: Iterable[str] = (), **overrides: Any):
-        """Rebuilds the model saved in `folder` and loads its weights; `overrides` replace constructor arguments."""
+                        **overrides: Any):
+        """Rebuilds the model saved in `folder` and loads its weights; `overrides` replace constructor arguments.
+
+        The folder may hold `cls` or a registered subclass of it; nested models must be registered classes.
+        """
         folder = Path(folder)
         document = _read_config_document(folder)
         recorded = document.get("class")
         target = cls
-        if recorded and recorded != class_path(cls):
-            other = import_class(recorded, tuple(trusted_modules) + (cls.__module__,))
+        if recorded is not None and recorded not in (_stored_name(cls), class_path(cls)):
+            other = resolve_loadable(recorded, source=str(folder / CONFIG_NAME), where="['class']")
             if not issubclass(other, cls):
                 raise TypeError(f"{folder} holds a {recorded}, which is not a {class_path(cls)}; "
                                 "use load_model_from_folder to load whatever it holds")
             target = other
-        return _build_and_load(target, folder, document, map_location, strict, trusted_modules, overrides)
+        return _build_and_load(target, folder, document, map_location, strict, overrides)
 
 
 def _read_config_document(folder: Path) -> dict:
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {folder} (expected a folder written by save_pretrained)")
-    document = read_json(config_path)
+    try:
+        document = read_json(config_path)
+    except (ValueError, UnicodeDecodeError) as err:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(f"{config_path} is not valid JSON ({err})") from err
     if not isinstance(document, dict) or not isinstance(document.get("config"), dict):
         raise CheckpointError(f"{config_path} is not a config written by save_pretrained")
+    if "class" in document and not isinstance(document["class"], str):
+        raise CheckpointError(f"['class'] in {config_path}: expected a class name (a string), "
+                              f"got {type(document['class']).__name__}")
     return document
 
 
-def _build_and_load(target: type, folder: Path, document: dict, map_location, strict: bool,
-                    trusted_modules: Iterable[str], overrides: dict):
+def _build_and_load(target: type, folder: Path, document: dict, map_location, strict: bool, overrides: dict):
     saved_version = document.get("version")
     _, current_version = package_info(target)
     if saved_version != current_version:
         logger.warning("%s was saved with %s %s and is loaded with %s %s; check the result",
                        folder, document.get("package"), saved_version, document.get("package"), current_version)
-    model = instantiate_from_config(target, document["config"], trusted_modules=trusted_modules, **overrides)
+    model = instantiate_from_config(target, document["config"], overrides=overrides,
+                                    source=str(folder / CONFIG_NAME))
     tensors, _ = load_checkpoint(folder / WEIGHTS_NAME, map_location="cpu")
     load_state_dict_checked(model, tensors, strict=strict, saved_version=saved_version,
                             current_version=current_version, source=str(folder))
@@ -620,23 +982,22 @@ def _build_and_load(target: type, folder: Path, document: dict, map_location, st
 
 
 def load_model_from_folder(folder: PathLike, map_location: str | torch.device = "cpu", *, strict: bool = True,
-                           trusted_modules: Iterable[str] = (), **overrides: Any):
-    """Loads whatever model `save_pretrained` wrote to `folder`, importing its class from the project's packages."""
+                           **overrides: Any):
+    """Loads whatever model `save_pretrained` wrote to `folder`: its recorded class must be a registered one
+    (`register_loadable`), looked up by its exact name; nothing else is imported or built."""
     folder = Path(folder)
     document = _read_config_document(folder)
     if not document.get("class"):
         raise CheckpointError(f"{folder / CONFIG_NAME} does not record the model class")
-    cls = import_class(document["class"], trusted_modules)
-    if not issubclass(cls, PretrainedMixin):
-        raise TypeError(f"{document['class']} is not a PretrainedMixin model")
-    return _build_and_load(cls, folder, document, map_location, strict, trusted_modules, overrides)
+    cls = resolve_loadable(document["class"], source=str(folder / CONFIG_NAME), where="['class']")
+    return _build_and_load(cls, folder, document, map_location, strict, overrides)
 
 
-def load_state_dict_checked(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], *, strict: bool = True,
-                            saved_version: str | None = None, current_version: str | None = None,
-                            source: str = "checkpoint") -> None:
-    """`module.load_state_dict` with an error that lists missing/unexpected keys and shape mismatches and names
-    the version that wrote the checkpoint and the one reading it."""
+def check_state_dict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], *, strict: bool = True,
+                     saved_version: str | None = None, current_version: str | None = None,
+                     source: str = "checkpoint") -> None:
+    """Raises the `CheckpointError` that `load_state_dict_checked` would raise, changing nothing: a trainer checks
+    every part of a checkpoint this way before it loads any of them."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
@@ -655,15 +1016,24 @@ def load_state_dict_checked(module: torch.nn.Module, tensors: Mapping[str, torch
         raise CheckpointError(f"{source} does not fit {type(module).__qualname__} "
                               f"(checkpoint written by version {saved_version}, loading with version "
                               f"{current_version}): " + "; ".join(problems))
+
+
+def load_state_dict_checked(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], *, strict: bool = True,
+                            saved_version: str | None = None, current_version: str | None = None,
+                            source: str = "checkpoint") -> None:
+    """`module.load_state_dict` with an error that lists missing/unexpected keys and shape mismatches and names
+    the version that wrote the checkpoint and the one reading it."""
+    check_state_dict(module, tensors, strict=strict, saved_version=saved_version, current_version=current_version,
+                     source=source)
     module.load_state_dict(dict(tensors), strict=strict)
 
 
 __all__ = [
-    "PROJECT_PACKAGES",
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "CheckpointError",
     "atomic_path",
+    "remove_stale_temporary_files",
     "atomic_write_bytes",
     "atomic_write_json",
     "read_json",
@@ -676,9 +1046,15 @@ __all__ = [
     "CheckpointManager",
     "package_info",
     "class_path",
-    "import_class",
+    "ENTRY_POINT_GROUP",
+    "register_loadable",
+    "loadable_classes",
+    "resolve_loadable",
+    "constructor_parameters",
+    "check_config",
     "instantiate_from_config",
     "PretrainedMixin",
     "load_model_from_folder",
+    "check_state_dict",
     "load_state_dict_checked",
 ]

@@ -7,10 +7,28 @@ Every public entry point of the project checks its inputs with these helpers ins
 
 raises `ValueError: videos: expected shape (batch, 3, 8, 32, 32) (batch, channels, frames, height, width),
 got (2, 3, 5, 32, 32)`.
+
+Model entry points (forward / loss, sample / generate, encode / decode of every package) check their tensors with
+`check_pixels` and `check_embeddings` and their sampling settings with `check_guidance_scale`, `check_steps` and
+`check_temperature`, so that one bad batch gives a clear error instead of a NaN loss or a poisoned codebook.
+
+The pixel rule, the same in every package (`check_pixels`):
+
+- dtypes: float32 is used as it is; float16, bfloat16 and float64 are cast to the model's parameter dtype; uint8
+  is read as 0-255 and divided by 255; any other dtype (int64, bool, ...) is refused with a TypeError naming it.
+- values: NaN or inf anywhere is refused (ValueError). Floats in [0, 1] are used as they are. A batch with
+  negative values is read as the [-1, 1] convention: it is mapped to [0, 1] (or kept in [-1, 1] when the model
+  works there) and values outside [-1, 1] (e.g. `torch.randn` input) are clamped, with one warning per call site.
+  A batch without negatives whose values go above 1 (e.g. 0-255 floats), or any batch far outside [-1, 1]
+  (|x| > 16), is refused with a ValueError saying to divide by 255 or to pass uint8. Overshoot up to
+  `PIXEL_TOLERANCE` = 1e-3 (resampling) is clamped silently, and does not count as a negative value.
+- the batch must be on the model's device (ValueError naming both devices) and hold at least one sample.
 """
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -28,10 +46,27 @@ __all__ = [
     "check_pixel_batch",
     "pixels_to_symmetric",
     "PIXEL_INPUT_RANGES",
+    "PIXEL_DTYPES",
+    "PIXEL_TOLERANCE",
+    "check_device",
+    "check_not_empty",
+    "check_pixels",
+    "check_embeddings",
+    "check_guidance_scale",
+    "check_steps",
+    "check_temperature",
 ]
+
+logger = logging.getLogger(__name__)
 
 # how a model reads pixel batches: 'unit' = [0, 1], 'symmetric' = [-1, 1], 'auto' = [0, 1] unless a value is negative
 PIXEL_INPUT_RANGES = ("unit", "symmetric", "auto")
+# what `check_pixels` accepts: floats (cast to the model's dtype) and 0-255 bytes
+PIXEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8)
+# pixels this far outside their range are resampling overshoot: clamped without a word
+PIXEL_TOLERANCE = 1e-3
+# beyond this magnitude a batch is no [-1, 1] data with noise on it but another scale (bytes, centred bytes)
+_PIXEL_SCALE_LIMIT = 16.0
 
 ShapeEntry = int | str | None
 
@@ -186,10 +221,12 @@ def check_pixel_batch(
     frames: int | None = None,
     allow_images: bool = True,
 ) -> Tensor:
-    """Check a floating batch of videos `(b, channels, frames, h, w)` (any frame count when `frames` is None) or,
-    with `allow_images`, of images `(b, channels, h, w)`, at `image_size = (h, w)`; returns it unchanged."""
+    """Check a batch of videos `(b, channels, frames, h, w)` (any frame count when `frames` is None) or, with
+    `allow_images`, of images `(b, channels, h, w)`, at `image_size = (h, w)`, in one of the `PIXEL_DTYPES`;
+    returns it unchanged (`check_pixels` then checks and converts its values)."""
     height, width = image_size
-    check_tensor(name, x, ndim=(4, 5) if allow_images else 5, dtype_floating=True)
+    check_tensor(name, x, ndim=(4, 5) if allow_images else 5)
+    _check_pixel_dtype(name, x)
     if x.ndim == 4:
         return check_tensor(name, x, shape=("batch", channels, height, width),
                             names=("batch", "channels", "height", "width"))
@@ -204,7 +241,9 @@ def pixels_to_symmetric(
     input_range: str = "unit",
     tolerance: float = 0.0,
 ) -> tuple[Tensor, bool]:
-    """Pixels at a model's API -> `[-1, 1]` for the network, with a clear error when they are out of range.
+    """Pixels -> `[-1, 1]`, strictly: out-of-range values are refused, never clamped. Model entry points use
+    `check_pixels` (the package-wide rule, which also converts dtypes and checks the device); this is for callers
+    that must reject anything outside an explicit range.
 
     `input_range`: 'unit' reads `[0, 1]`, 'symmetric' reads `[-1, 1]`, 'auto' reads `[0, 1]` unless the batch
     holds a negative value (then `[-1, 1]`). Values up to `tolerance` outside the range (resampling overshoot) are
@@ -219,9 +258,7 @@ def pixels_to_symmetric(
         return x * 2 - 1, False
     if x.numel() == 0:
         return x * 2 - 1 if input_range != "symmetric" else x, input_range == "symmetric"
-    low, high = torch.stack(x.detach().float().aminmax()).tolist()  # one synchronisation for both bounds
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise ValueError(f"{name}: expected finite pixel values, got NaN or inf")
+    low, high = _finite_bounds(name, x, "pixel values")
     symmetric = input_range == "symmetric" or (input_range == "auto" and low < 0)
     lower_bound = -1.0 if symmetric else 0.0
     if low < lower_bound - tolerance or high > 1.0 + tolerance:
@@ -230,3 +267,182 @@ def pixels_to_symmetric(
     if symmetric:
         return x.clamp(-1.0, 1.0), True
     return x.clamp(0.0, 1.0) * 2 - 1, False
+
+
+# model entry points: pixels, embeddings and sampling settings
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    # `torch.device("cuda")` (no index) stands for the current device, which is the one a model reports
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def check_device(name: str, x: Tensor, device: torch.device | str | None) -> Tensor:
+    """Check that tensor `x` is on `device` (None: no check); returns it.
+
+    Inputs are not moved silently: a batch on the wrong device is usually a data-loading bug (and a copy per step
+    would hide it), so the error names both devices and the fix.
+    """
+    if device is None:
+        return x
+    device = torch.device(device)
+    if not _same_device(x.device, device):
+        raise ValueError(f"{name}: expected a tensor on the model's device {device}, got one on {x.device}; "
+                         f"move it with {name}.to({str(device)!r})")
+    return x
+
+
+def _check_pixel_dtype(name: str, x: Tensor) -> None:
+    if x.dtype not in PIXEL_DTYPES:
+        raise TypeError(f"{name}: expected a floating point tensor (float32, float16, bfloat16 or float64) with pixels "
+                        f"in [0, 1], or uint8 pixels in [0, 255], got dtype {x.dtype}")
+
+
+def check_not_empty(name: str, x: Tensor) -> Tensor:
+    """Check that the batched tensor `x` holds at least one sample (an empty batch otherwise fails deep inside, e.g.
+    as a ZeroDivisionError in einops); returns it."""
+    if x.ndim == 0:
+        raise ValueError(f"{name}: expected a batched tensor (batch, ...), got a scalar")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: expected at least one sample, got an empty batch of shape {_format_received(x.shape)}")
+    return x
+
+
+def _target_dtype(name: str, dtype: torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.get_default_dtype()
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"{name}: the model's dtype must be a floating torch.dtype, got {dtype!r}")
+    return dtype
+
+
+def _finite_bounds(name: str, x: Tensor, what: str) -> tuple[float, float]:
+    """`(min, max)` of a non-empty tensor in one synchronisation; ValueError when it holds NaN or inf."""
+    values = x.detach()
+    finite, low, high = torch.stack((torch.isfinite(values).all().float(), values.min().float(),
+                                     values.max().float())).tolist()
+    if not finite:
+        bad = int((~torch.isfinite(values)).sum())
+        raise ValueError(f"{name}: expected finite {what}, got NaN or inf in {bad} of {values.numel()} values")
+    return low, high
+
+
+_OUT_OF_RANGE_HINT = "0-255 pixels must be divided by 255 (or passed as a uint8 tensor)"
+
+
+def check_pixels(
+    name: str,
+    x: Any,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    input_range: str = "auto",
+    output_range: str = "unit",
+    tolerance: float = PIXEL_TOLERANCE,
+) -> Tensor:
+    """Check the pixel values of a batch at a model's API and convert them for the model (the rule of the module
+    docstring); shapes are the caller's (`check_pixel_batch`, `check_tensor`). Returns the pixels in `dtype`
+    (default: torch's default dtype), in [0, 1] with `output_range='unit'` or [-1, 1] with 'symmetric'.
+
+    - `device`: the model's device; a batch elsewhere is refused (ValueError naming both devices).
+    - `input_range`: 'auto' (the rule), 'unit' ([0, 1] only: negative values are refused) or 'symmetric' (the
+      batch is always read as [-1, 1], e.g. `Imagen(auto_normalize_img=False)`).
+    Raises TypeError for a non-tensor or another dtype than `PIXEL_DTYPES`, ValueError for an empty batch, NaN / inf,
+    or values out of range as described. Warns (UserWarning, once per call site) when values were clamped.
+    """
+    check_choice("input_range", input_range, PIXEL_INPUT_RANGES)
+    check_choice("output_range", output_range, ("unit", "symmetric"))
+    check_tensor(name, x)
+    _check_pixel_dtype(name, x)
+    check_device(name, x, device)
+    check_not_empty(name, x)
+    dtype = _target_dtype("dtype", dtype)
+
+    if x.dtype == torch.uint8:
+        # bytes are always 0-255: exact, nothing to guess
+        unit = x.to(dtype) / 255
+        return unit if output_range == "unit" else unit * 2 - 1
+
+    low, high = _finite_bounds(name, x, "pixel values")
+    got = f"got values in [{low:.4g}, {high:.4g}]"
+    symmetric = input_range == "symmetric" or (input_range == "auto" and low < -tolerance)
+    if not symmetric:
+        if low < -tolerance:
+            raise ValueError(f"{name}: expected pixel values in [0, 1], {got}")
+        if high > 1.0 + tolerance:
+            also = " (or [-1, 1])" if input_range == "auto" else ""
+            raise ValueError(f"{name}: expected pixel values in [0, 1]{also}, {got}; {_OUT_OF_RANGE_HINT}")
+        unit = x.to(dtype).clamp(0.0, 1.0)
+        return unit if output_range == "unit" else unit * 2 - 1
+
+    if max(-low, high) > _PIXEL_SCALE_LIMIT:
+        raise ValueError(f"{name}: expected pixel values in [0, 1] (or [-1, 1]), {got}, far outside both; "
+                         f"{_OUT_OF_RANGE_HINT}")
+    if low < -1.0 - tolerance or high > 1.0 + tolerance:
+        # a constant message: Python shows it once per call site (the model's entry point), not once per batch
+        warnings.warn(f"{name}: pixel values outside [-1, 1] were clamped. Pixels are expected in [0, 1]; a batch "
+                      "with negative values is read as [-1, 1] (e.g. torch.randn input), and values outside that "
+                      "range are clamped to it.", UserWarning, stacklevel=2)
+    logger.debug("%s: negative pixel values, read as [-1, 1] (%s)", name, got)
+    symmetric_pixels = x.to(dtype).clamp(-1.0, 1.0)
+    return (symmetric_pixels + 1) * 0.5 if output_range == "unit" else symmetric_pixels
+
+
+def check_embeddings(
+    name: str,
+    x: Any,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Check conditioning vectors (text embeddings `(b, n, d)`, condition vectors `(b, d)`, quantized tokens) at a
+    model's API: a floating tensor, on `device`, with at least one sample, all values finite. float16 / bfloat16 /
+    float64 are cast to `dtype` (the model's parameter dtype; None keeps the dtype). Shapes are the caller's.
+    Returns the (cast) tensor."""
+    check_tensor(name, x)
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating point tensor (float32, float16, bfloat16 or float64), "
+                        f"got dtype {x.dtype}")
+    check_device(name, x, device)
+    check_not_empty(name, x)
+    if x.numel() > 0:
+        _finite_bounds(name, x, "values")
+    if dtype is not None:
+        x = x.to(_target_dtype("dtype", dtype))
+    return x
+
+
+def _check_real_number(name: str, value: Any, expected: str) -> float:
+    if isinstance(value, Tensor) and value.numel() == 1 and not (value.is_complex() or value.dtype == torch.bool):
+        value = value.item()  # a one-element tensor (e.g. a scheduled scale) is a number too
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected {expected}, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    return value
+
+
+def check_guidance_scale(name: str, value: Any) -> float:
+    """A classifier-free guidance scale: a finite number >= 0 (0 = unconditional, 1 = conditional, > 1 = guided);
+    returns it. A negative or NaN scale would silently push samples away from the prompt or poison them."""
+    value = _check_real_number(name, value, "a finite guidance scale >= 0 (1 = no guidance)")
+    if value < 0:
+        raise ValueError(f"{name}: expected a finite guidance scale >= 0 (1 = no guidance), got {value!r}")
+    return value
+
+
+def check_steps(name: str, value: Any, *, maximum: int | None = None) -> int:
+    """A number of sampling steps: an int >= 1 (and <= `maximum` when given); returns it."""
+    check_positive_int(name, value)
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: expected at most {maximum} steps, got {value}")
+    return value
+
+
+def check_temperature(name: str, value: Any, *, allow_zero: bool = True) -> float:
+    """A sampling temperature: a finite number >= 0 (0 = greedy, where `allow_zero`) or > 0; returns it."""
+    bound = ">= 0 (0 = greedy)" if allow_zero else "> 0"
+    value = _check_real_number(name, value, f"a finite temperature {bound}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name}: expected a finite temperature {bound}, got {value!r}")
+    return value

@@ -14,6 +14,12 @@ Three interchangeable quantizers share one interface:
 
 Gradients reach the encoder through the straight-through estimator. Codebook math runs in float32, also under
 bf16 autocast (argmin over distances in bf16 picks wrong codes).
+
+A bad batch never poisons a codebook: the statistics `VectorQuantize` keeps in buffers (EMA cluster sizes and
+sums, the k-means init, dead-code replacements) are computed from the finite feature vectors only, and a code
+whose new statistics would not be finite (overflow) keeps its old ones. The output for a non-finite input is
+whatever it is (NaN), so the training step is skipped by the trainer's NaN guard and the next clean batch trains
+an intact codebook. LFQ and FSQ keep no statistics.
 """
 from __future__ import annotations
 
@@ -158,6 +164,10 @@ def kmeans(
     """
     check_tensor("samples", samples, ndim=2, names=("num_samples", "dim"), dtype_floating=True)
     check_positive_int("num_clusters", num_clusters)
+    if samples.shape[0] == 0:
+        raise ValueError("samples: expected at least one sample to cluster, got none")
+    if not bool(torch.isfinite(samples).all()):
+        raise ValueError("samples: expected finite values, got NaN or inf (means would be NaN)")
     samples = samples.float()
     means = _kmeans_plus_plus_init(samples, num_clusters, use_cosine_sim)
     cluster_sizes = torch.zeros(num_clusters, device=samples.device)
@@ -297,11 +307,22 @@ class VectorQuantize(nn.Module):
     def _init_codebook_with_kmeans(self, flat: Tensor) -> None:
         if bool(self.initted):
             return
+        # only finite vectors are clustered; a batch without any (on any replica, so that all replicas agree)
+        # postpones the init to the next batch rather than writing NaN means into the codebook
+        flat = flat[torch.isfinite(flat).all(dim=-1)]
+        lacking = torch.tensor(float(flat.shape[0] == 0), device=self.cluster_size.device)
+        if _all_reduce_sum(lacking).item() > 0:
+            logger.warning("k-means codebook init postponed: the batch has no finite feature vectors")
+            return
         means, cluster_sizes = kmeans(flat, self.codebook_size, self.kmeans_iters, self.use_cosine_sim)
         # an empty cluster counts as one sample of its mean, so the EMA ratio embed_avg / cluster_size stays its mean
         cluster_sizes = cluster_sizes.clamp(min=1)
         _broadcast_from_first_rank(means)
         _broadcast_from_first_rank(cluster_sizes)
+        overflowed = torch.tensor(float(not bool(torch.isfinite(means).all())), device=means.device)
+        if _all_reduce_sum(overflowed).item() > 0:
+            logger.warning("k-means codebook init postponed: the means of the batch overflow float32")
+            return
         self.embed.data.copy_(means)
         self.cluster_size.copy_(cluster_sizes)
         if self.ema_update:
@@ -311,9 +332,11 @@ class VectorQuantize(nn.Module):
 
     @torch.no_grad()
     def _replace_dead_codes(self, flat: Tensor) -> None:
-        # no data-dependent branching: every code gets a candidate replacement, only the dead ones take it
-        dead = rearrange(self.cluster_size < self.threshold_ema_dead_code, "k -> k 1")
+        # no data-dependent branching: every code gets a candidate replacement, only the dead ones take it; a
+        # non-finite candidate is not taken (the code stays dead and gets another candidate next batch)
         replacements = _broadcast_from_first_rank(_sample_vectors(flat, self.codebook_size).contiguous())
+        finite = rearrange(torch.isfinite(replacements).all(dim=-1), "k -> k 1")
+        dead = rearrange(self.cluster_size < self.threshold_ema_dead_code, "k -> k 1") & finite
         self.embed.data.copy_(torch.where(dead, replacements, self.embed.data.float()))
         self.cluster_size.copy_(torch.where(dead.squeeze(-1), self.threshold_ema_dead_code, self.cluster_size.float()))
         if self.ema_update:
@@ -323,21 +346,33 @@ class VectorQuantize(nn.Module):
     @torch.no_grad()
     def _update_codebook(self, flat: Tensor, indices: Tensor) -> None:
         # statistics in float32 whatever the buffers' dtype (a model cast to bf16 keeps exact counts)
+        # a non-finite vector counts for nothing (weight 0, zero sum) instead of making its code NaN; masking
+        # instead of indexing keeps shapes static (no synchronisation, compilable)
+        finite = torch.isfinite(flat).all(dim=-1)
         counts = torch.zeros(self.codebook_size, device=flat.device)
-        counts.index_add_(0, indices, torch.ones_like(indices, dtype=counts.dtype))
+        counts.index_add_(0, indices, finite.to(counts.dtype))
         cluster_size = self.cluster_size.float().lerp(_all_reduce_sum(counts), 1 - self.decay)
-        self.cluster_size.copy_(cluster_size)
         if not self.ema_update:
+            self.cluster_size.copy_(torch.where(torch.isfinite(cluster_size), cluster_size, self.cluster_size.float()))
             return
 
-        embed_sum = flat.new_zeros(self.codebook_size, self.codebook_dim).index_add_(0, indices, flat)
+        clean = torch.where(rearrange(finite, "n -> n 1"), flat, 0.0)
+        embed_sum = flat.new_zeros(self.codebook_size, self.codebook_dim).index_add_(0, indices, clean)
         embed_avg = self.embed_avg.float().lerp(_all_reduce_sum(embed_sum), 1 - self.decay)
-        self.embed_avg.copy_(embed_avg)
 
         total = cluster_size.sum()
         smoothed_size = (cluster_size + self.eps) / (total + self.codebook_size * self.eps) * total
         embed = embed_avg / rearrange(smoothed_size, "k -> k 1")
-        self.embed.copy_(l2norm(embed) if self.use_cosine_sim else embed)
+        embed = l2norm(embed) if self.use_cosine_sim else embed
+
+        # last line of defence (finite inputs can still overflow float32, and with decay=0 a batch without finite
+        # vectors leaves total = 0): a code whose new statistics are not all finite keeps its old ones
+        keep_new = (torch.isfinite(cluster_size) & torch.isfinite(smoothed_size) & (smoothed_size > 0)
+                    & torch.isfinite(embed_avg).all(dim=-1) & torch.isfinite(embed).all(dim=-1))
+        keep_new_rows = rearrange(keep_new, "k -> k 1")
+        self.cluster_size.copy_(torch.where(keep_new, cluster_size, self.cluster_size.float()))
+        self.embed_avg.copy_(torch.where(keep_new_rows, embed_avg, self.embed_avg.float()))
+        self.embed.copy_(torch.where(keep_new_rows, embed, self.embed.float()))
 
     # forward
 
@@ -356,7 +391,7 @@ class VectorQuantize(nn.Module):
                 detached = flat.detach()
                 if self.kmeans_init:
                     self._init_codebook_with_kmeans(detached)
-                if self.threshold_ema_dead_code > 0:
+                if self.threshold_ema_dead_code > 0 and detached.shape[0] > 0:
                     self._replace_dead_codes(detached)
 
             codebook = self.codebook.float()

@@ -4,6 +4,10 @@
   width (`.dim`) is known without the network (a table of known names, or the folder's config.json); weights load
   on the first `encode`, one copy per device, kept inside the object: models hold a `TextEncoder` as a plain
   attribute, so its weights never enter their state dict.
+  Before asking the hub for a name, a quick probe (a few seconds at most, once per process) checks that the hub
+  can be reached; when it cannot, only the local cache is read, and a name missing there fails at once, and
+  again at once on every later call (see `forget_text_encoder_failures`), instead of spending half a minute in
+  the hub client's retries each time.
 - `SimpleTextEncoder`: word-level vocabulary + a small Transformer, trained with the model (the offline demo).
 - `precompute_text_embeddings` / `PrecomputedTextEmbeddings`: encode a caption list once into memory-mapped
   numpy arrays that datasets read back, so training never runs T5.
@@ -14,10 +18,16 @@ import json
 import logging
 import os
 import re
+import socket
+import sys
+import threading
+import time
+import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -25,7 +35,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from synthesis_core.attention import Transformer
-from synthesis_core.checkpoint import PretrainedMixin, atomic_write_json, read_json
+from synthesis_core.checkpoint import PretrainedMixin, atomic_write_json, read_json, register_loadable
 from synthesis_core.checks import check_positive_int, check_tensor
 
 logger = logging.getLogger(__name__)
@@ -65,8 +75,12 @@ class TextEncoderUnavailableError(OSError):
 
 
 def _is_offline() -> bool:
-    return any(os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
-               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if any(os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
+           for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return True
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: if it was set then, the hub client stays offline
+    hub_constants = sys.modules.get("huggingface_hub.constants")
+    return bool(getattr(hub_constants, "HF_HUB_OFFLINE", False))
 
 
 def _hub_cache_folder() -> str:
@@ -77,17 +91,196 @@ def _hub_cache_folder() -> str:
         return os.path.expanduser("~/.cache/huggingface/hub")
 
 
-def _unavailable(name: str, err: Exception | None, what: str = "weights") -> TextEncoderUnavailableError:
+def _hub_endpoint() -> str:
+    try:
+        from huggingface_hub import constants
+        return str(constants.ENDPOINT)
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        return "https://huggingface.co"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# is the hub reachable?
+# ----------------------------------------------------------------------------------------------------------------
+
+# Total time the reachability probe may take (DNS lookup + TCP connect). Without network the hub client retries
+# each request with back-off (23-48 s per lookup); a working connection answers in well under a second.
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def _probe_address(endpoint: str) -> tuple[str, int]:
+    """`(host, port)` the hub client would connect to for `endpoint`: the proxy from the environment, if any."""
+    parts = urlsplit(endpoint)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    proxies = urllib.request.getproxies()  # HTTPS_PROXY, ALL_PROXY, ...: what requests/httpx use too
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy and host and not urllib.request.proxy_bypass(host):
+        proxy_parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        default_port = 443 if proxy_parts.scheme == "https" else 1080 if proxy_parts.scheme.startswith("socks") else 80
+        host, port = proxy_parts.hostname or host, proxy_parts.port or default_port
+    return host, port
+
+
+def _resolve(host: str, port: int, timeout: float) -> list[tuple]:
+    """`socket.getaddrinfo` with a time limit (it has none of its own; a broken resolver can hang for minutes).
+
+    The lookup runs in a daemon thread: on time-out it is abandoned (it ends when the resolver gives up) and
+    never holds up the interpreter's exit.
+    """
+    result: dict[str, Any] = {}
+
+    def lookup() -> None:
+        try:
+            result["addresses"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as err:
+            result["error"] = err
+
+    thread = threading.Thread(target=lookup, name=f"resolve {host}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"looking up {host} took over {timeout:g} s")
+    if "error" in result:
+        raise OSError(f"cannot look up {host}: {result['error']}")
+    return result["addresses"]
+
+
+def probe_hub(endpoint: str | None = None, timeout: float | None = None) -> str | None:
+    """Checks within `timeout` seconds (default `HUB_PROBE_TIMEOUT_S`) that the hub at `endpoint` (default:
+    `huggingface_hub`'s, i.e. `HF_ENDPOINT`) accepts TCP connections, through the environment's proxy if any.
+
+    Returns None when it does, else why not (for error messages). Costs one DNS lookup and one connection.
+    """
+    endpoint = endpoint or _hub_endpoint()
+    timeout = HUB_PROBE_TIMEOUT_S if timeout is None else timeout
+    host, port = _probe_address(endpoint)
+    if not host:
+        return f"cannot tell the host of the hub endpoint {endpoint!r}"
+    deadline = time.monotonic() + timeout
+    try:
+        addresses = _resolve(host, port, timeout)
+    except OSError as err:
+        return str(err)
+    last_error: OSError | None = None
+    for i, (family, kind, proto, _, address) in enumerate(addresses):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                # a share of the time each, so that a black-holed first address (often IPv6) leaves time for
+                # the next one instead of making a reachable hub look unreachable
+                sock.settimeout(remaining / (len(addresses) - i))
+                sock.connect(address)
+            return None
+        except OSError as err:
+            last_error = err
+    if last_error is None:
+        return f"cannot connect to {host}:{port} within {timeout:g} s"
+    return f"cannot connect to {host}:{port}: {last_error}"
+
+
+class _HubMemory:
+    """What this process has learnt about getting text encoders from the hub; the one piece of mutable module
+    state here, a per-process cache that `forget_text_encoder_failures()` empties.
+
+    - per endpoint: the result of `probe_hub`, so that the probe runs once per process, not once per lookup;
+    - per (encoder name, what was looked up): the message of a failed lookup from the local cache only (offline,
+      or the hub unreachable), so that asking again fails at once with the same message. Such a failure is
+      forgotten by itself when the encoder's files in the hub cache change (e.g. downloaded meanwhile).
+    Lookups that reached the hub are never remembered: their errors come quickly and may be fixed in-process
+    (e.g. `huggingface_hub.login()` for a gated model).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # held during a probe: concurrent callers wait for its answer
+        self._unreachable: dict[str, str | None] = {}  # endpoint -> None (reachable) or why not
+        self._failures: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}  # -> (message, cache files)
+
+    def unreachable_reason(self, endpoint: str) -> str | None:
+        with self._lock:
+            if endpoint not in self._unreachable:
+                start = time.monotonic()
+                reason = probe_hub(endpoint)
+                self._unreachable[endpoint] = reason
+                if reason is not None:
+                    logger.warning("the Hugging Face hub %s is unreachable (%s, after %.1f s): text encoders are "
+                                   "read from the local cache only; set HF_HUB_OFFLINE=1 to skip this check",
+                                   endpoint, reason, time.monotonic() - start)
+            return self._unreachable[endpoint]
+
+    def failure(self, name: str, what: str) -> str | None:
+        with self._lock:
+            entry = self._failures.get((name, what))
+            if entry is None:
+                return None
+            message, files = entry
+            if files != _cached_files(name):  # the cache changed since: look again
+                del self._failures[(name, what)]
+                return None
+            return message
+
+    def remember_failure(self, name: str, what: str, message: str) -> None:
+        with self._lock:
+            self._failures[(name, what)] = (message, _cached_files(name))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._unreachable.clear()
+            self._failures.clear()
+
+
+_HUB_MEMORY = _HubMemory()
+
+
+def forget_text_encoder_failures() -> None:
+    """Forgets the remembered hub probe results and text encoder lookup failures of this process (e.g. once the
+    network is back): the next lookup probes the hub again."""
+    _HUB_MEMORY.clear()
+
+
+def _cached_files(name: str) -> tuple[str, ...]:
+    """The files of hub model `name` in the local hub cache (its snapshot folders), sorted; () when none."""
+    snapshots = Path(_hub_cache_folder()) / f"models--{name.replace('/', '--')}" / "snapshots"
+    if not snapshots.is_dir():
+        return ()
+    return tuple(sorted(str(p.relative_to(snapshots)) for p in snapshots.rglob("*")))
+
+
+def _is_hub_name(name: str) -> bool:
+    """Whether `name` can be a hub model id ('t5-small', 'google/t5-v1_1-base'); a path (e.g. '/data/t5',
+    './t5', 'a/b/c') cannot, so a missing folder is reported as such without asking the hub."""
+    try:
+        from huggingface_hub.utils import validate_repo_id
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None
+    try:
+        validate_repo_id(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _unavailable(name: str, err: Exception | None, what: str = "weights",
+                 unreachable: str | None = None) -> TextEncoderUnavailableError:
     looks_like_path = name.startswith((".", "/", "~")) or (os.sep in name and Path(name).expanduser().exists())
-    if looks_like_path or _local_folder(name) is not None:
+    if looks_like_path or _local_folder(name) is not None or not _is_hub_name(name):
         where = f"the folder {Path(name).expanduser().resolve()}"
     else:
         where = f"the Hugging Face cache {_hub_cache_folder()}"
-        where += " (offline: HF_HUB_OFFLINE is set)" if _is_offline() else " and the hub"
+        if _is_offline():
+            where += " (offline: HF_HUB_OFFLINE is set)"
+        elif unreachable is not None:
+            where += f", and the hub {_hub_endpoint()} is unreachable ({unreachable})"
+        else:
+            where += " and the hub"
     message = (f"cannot load the {what} of text encoder {name!r}: not found in {where}. To use a local copy, "
                "download it once (e.g. `huggingface-cli download NAME` or `AutoModel.from_pretrained(NAME)"
                ".save_pretrained(FOLDER)` plus the tokenizer) and pass the folder as the encoder name, e.g. "
                "text_encoder_name='/path/to/t5-v1_1-base'.")
+    if unreachable is not None:
+        message += (" Without network, set HF_HUB_OFFLINE=1 so that the hub is not even tried, and pass a local "
+                    "folder or pre-download the encoder into the cache.")
     if err is not None:
         message += f" (underlying error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
     return TextEncoderUnavailableError(message)
@@ -96,6 +289,45 @@ def _unavailable(name: str, err: Exception | None, what: str = "weights") -> Tex
 def _local_folder(name: str) -> Path | None:
     path = Path(name).expanduser()
     return path if path.is_dir() else None
+
+
+_T = TypeVar("_T")
+
+
+def _from_folder_or_hub(name: str, what: str, load: Callable[[bool], _T],
+                        errors: tuple[type[Exception], ...] = (OSError, ValueError)) -> _T:
+    """`load(local_files_only)` for text encoder `name`, turning `errors` into `TextEncoderUnavailableError`.
+
+    A local folder is read as is; a missing path fails without the hub; a hub name goes online only when the
+    hub is reachable (`_HUB_MEMORY`: one quick probe per process) and HF_HUB_OFFLINE is unset, else reads the
+    local cache only. A cache-only failure is remembered, so that the next call fails at once the same way.
+    """
+    if _local_folder(name) is not None:
+        try:
+            return load(True)
+        except errors as err:
+            raise _unavailable(name, err, what) from err
+    if not _is_hub_name(name):
+        raise _unavailable(name, None, what)
+    remembered = _HUB_MEMORY.failure(name, what)
+    if remembered is not None:
+        logger.debug("text encoder %r: %s lookup failed before, not trying again", name, what)
+        raise TextEncoderUnavailableError(remembered)
+    unreachable = None if _is_offline() else _HUB_MEMORY.unreachable_reason(_hub_endpoint())
+    local_only = _is_offline() or unreachable is not None
+    if local_only and not _cached_files(name):
+        # nothing of it in the cache: fail here rather than in the hub client, which may still try the network
+        # once per process (huggingface_hub fetches a telemetry list when building its request headers)
+        error = _unavailable(name, None, what, unreachable)
+        _HUB_MEMORY.remember_failure(name, what, str(error))
+        raise error
+    try:
+        return load(local_only)
+    except errors as err:
+        error = _unavailable(name, err, what, unreachable)
+        if local_only:
+            _HUB_MEMORY.remember_failure(name, what, str(error))
+        raise error from err
 
 
 def _read_local_config(folder: Path) -> dict:
@@ -120,10 +352,8 @@ def get_encoded_dim(name: str) -> int:
         return KNOWN_ENCODER_DIMS[name]
     else:
         from transformers import AutoConfig
-        try:
-            config = AutoConfig.from_pretrained(name, local_files_only=_is_offline()).to_dict()
-        except (OSError, ValueError) as err:
-            raise _unavailable(name, err, what="config") from err
+        config = _from_folder_or_hub(
+            name, "config", lambda local_only: AutoConfig.from_pretrained(name, local_files_only=local_only).to_dict())
     for key in ("d_model", "hidden_size", "dim"):
         if isinstance(config.get(key), int):
             return config[key]
@@ -190,35 +420,33 @@ class TextEncoder:
 
     # -- loading -----------------------------------------------------------------------------------------------
 
-    def _from_pretrained_kwargs(self) -> dict[str, Any]:
-        return {"local_files_only": _is_offline() or _local_folder(self.name) is not None}
-
     @property
     def tokenizer(self):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
-            try:
-                self._tokenizer = AutoTokenizer.from_pretrained(self.name, **self._from_pretrained_kwargs())
-            except (OSError, ValueError) as err:
-                raise _unavailable(self.name, err, what="tokenizer") from err
+            self._tokenizer = _from_folder_or_hub(
+                self.name, "tokenizer",
+                lambda local_only: AutoTokenizer.from_pretrained(self.name, local_files_only=local_only))
         return self._tokenizer
 
     def _load_model(self) -> nn.Module:
         import transformers
 
-        kwargs = self._from_pretrained_kwargs()
-        try:
-            config = transformers.AutoConfig.from_pretrained(self.name, **kwargs)
-            if config.model_type in T5_MODEL_TYPES:
-                model_class = getattr(transformers, f"{config.model_type.upper()}EncoderModel")
-            elif getattr(config, "is_encoder_decoder", False):
-                raise ValueError(f"name: {self.name!r} is an encoder-decoder {config.model_type!r} model; "
-                                 "only T5-family encoders and encoder-only models (BERT) are supported")
-            else:
-                model_class = transformers.AutoModel
-            model = model_class.from_pretrained(self.name, config=config, **kwargs)
-        except OSError as err:
-            raise _unavailable(self.name, err) from err
+        config = _from_folder_or_hub(
+            self.name, "weights",
+            lambda local_only: transformers.AutoConfig.from_pretrained(self.name, local_files_only=local_only),
+            errors=(OSError,))
+        if config.model_type in T5_MODEL_TYPES:
+            model_class = getattr(transformers, f"{config.model_type.upper()}EncoderModel")
+        elif getattr(config, "is_encoder_decoder", False):
+            raise ValueError(f"name: {self.name!r} is an encoder-decoder {config.model_type!r} model; "
+                             "only T5-family encoders and encoder-only models (BERT) are supported")
+        else:
+            model_class = transformers.AutoModel
+        model = _from_folder_or_hub(
+            self.name, "weights",
+            lambda local_only: model_class.from_pretrained(self.name, config=config, local_files_only=local_only),
+            errors=(OSError,))
         if self._dim is None:
             self._dim = getattr(config, "d_model", None) or getattr(config, "hidden_size", None)
         model = model.float().eval()
@@ -302,6 +530,7 @@ def build_vocab(captions: Iterable[str], min_count: int = 1, max_size: int | Non
     return [PAD_TOKEN, UNK_TOKEN, *words]
 
 
+@register_loadable  # a saved model may hold one (e.g. Phenaki's text_encoder)
 class SimpleTextEncoder(PretrainedMixin, nn.Module):
     """A word-level encoder trained together with the model: embedding + learned positions + a small Transformer.
 
@@ -510,6 +739,9 @@ __all__ = [
     "DEFAULT_BERT_NAME",
     "KNOWN_ENCODER_DIMS",
     "TextEncoderUnavailableError",
+    "HUB_PROBE_TIMEOUT_S",
+    "probe_hub",
+    "forget_text_encoder_failures",
     "get_encoded_dim",
     "TextEncoder",
     "SimpleTextEncoder",

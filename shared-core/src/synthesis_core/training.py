@@ -4,52 +4,79 @@ A package trainer registers what it trains and drives the loop itself:
 
 ```
 class MyTrainer(BaseTrainer):
-    def __init__(self, model, **kwargs):
+    def __init__(self, model, dataloader, **kwargs):
         super().__init__(**kwargs)
         self.add_model("model", model, lr=1e-4, warmup_steps=100, total_steps=10_000, max_grad_norm=1.0)
+        self.batches = self.add_dataloader("train", dataloader)   # endless, and its position is checkpointed
 
-    def train_step(self, batch, max_batch_size=None):
-        for fraction, (chunk,), _ in split_batch(max_batch_size, batch):
-            with self.autocast():
-                loss = self.models["model"](chunk)
-            self.backward(loss, "model", fraction=fraction)
+    def train_step(self, max_batch_size=None):
+        for _ in range(self.gradient_accumulate_every):
+            with self.accumulate("model"):   # gradients are all-reduced in the last micro-batch only
+                for fraction, (chunk,), _ in split_batch(max_batch_size, next(self.batches)):
+                    with self.autocast():
+                        loss = self.models["model"](chunk)
+                    self.backward(loss, "model", fraction=fraction)
         self.step("model")   # clip, NaN/inf guard, optimizer, scheduler, EMA, step counter
 ```
 
-Works on CPU with no code change (no `.cuda()`), under DDP (every process calls every method; saving is done
-by the main process between barriers, so nothing deadlocks) and never prompts.
+Works on CPU with no code change (no `.cuda()`) and never prompts. Under several processes (`torchrun
+--nproc_per_node 2 train.py`; on CPU the processes talk over gloo) every process runs the same steps; `save()`
+holds no collective operation, so it may be called by the main process only (`if trainer.is_main:
+trainer.save(path)`) or by every process, and `load()` is called by every process.
+
+Checkpoints resume exactly, at any step: besides the models, EMAs, optimizers, schedulers and step counts they
+record where every `add_dataloader` stream is in its epoch (and the seed of its order), and the RNG states. The
+main process's RNG states go into the checkpoint file; when every process saves, each other process writes its
+own to a companion file `<checkpoint stem>.rng-rank<N><suffix>`, so no state crosses processes. A process that
+finds no companion file of its own (the checkpoint was saved by the main process only) re-seeds itself from the
+seed, its rank and the step instead: the run goes on correctly, only that process's noise differs from the run
+that saved.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import math
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+import uuid
+import zlib
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.data_loader import skip_first_batches
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, broadcast_object_list, set_seed
 from ema_pytorch import EMA
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 from tqdm.auto import tqdm
 
 from synthesis_core.checkpoint import (
     CheckpointError,
     CheckpointManager,
     PretrainedMixin,
+    check_state_dict,
     class_path,
     flatten_state_dict,
     load_checkpoint,
-    load_state_dict_checked,
     package_info,
+    remove_stale_temporary_files,
     save_checkpoint,
     unflatten_state_dict,
 )
@@ -60,6 +87,7 @@ logger = logging.getLogger(__name__)
 
 TRAINER_FORMAT = "synthesis-trainer"
 TRAINER_FORMAT_VERSION = 1
+RNG_FORMAT = "synthesis-trainer-rng"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -157,28 +185,343 @@ def split_batch(max_batch_size: int | None, *args: Any, **kwargs: Any):
                {k: take(v, start, end) for k, v in kwargs.items()})
 
 
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+# ----------------------------------------------------------------------------------------------------------------
+# seeds and RNG states
+# ----------------------------------------------------------------------------------------------------------------
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*parts: int) -> int:
+    """A 32-bit seed derived from integers (splitmix64 over them): nearby inputs give unrelated seeds, and the
+    result fits every RNG (numpy's global one takes 32 bits)."""
+    x = 0
+    for part in parts:
+        x = (x + 0x9E3779B97F4A7C15 + (int(part) & _MASK64)) & _MASK64
+        z = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        x = z ^ (z >> 31)
+    return x >> 32
+
+
+def process_seed(seed: int, process_index: int) -> int:
+    """The seed of one process of a run seeded with `seed`: the main process uses `seed` itself (a one-process run
+    is seeded as it always was), every other one a seed derived from `(seed, rank)`, so that the processes draw
+    different noise and timesteps."""
+    return seed if process_index == 0 else mix_seed(seed, process_index)
+
+
+def _rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict]:
+    """This process's RNG states: torch's (the CPU's and, on a GPU, its device's), python's and numpy's."""
     tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = state
+    if device.type == "cuda" and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     meta = {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached]}
     _, meta = flatten_state_dict(meta)  # tuples survive the JSON round trip
     return tensors, meta
 
 
-def _set_rng_state(tensors: Mapping[str, torch.Tensor], meta: Any) -> None:
-    if "rng.torch" in tensors:
-        torch.set_rng_state(tensors["rng.torch"].to(torch.uint8))
-    cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_states)
+@dataclass
+class _RngState:
+    torch_cpu: torch.Tensor | None
+    cuda: torch.Tensor | None
+    cuda_all: list[torch.Tensor]  # checkpoints of earlier versions held every visible GPU's state
+    python: tuple | None
+    numpy: tuple | None
+
+    def apply(self, device: torch.device) -> None:
+        if self.torch_cpu is not None:
+            torch.set_rng_state(self.torch_cpu)
+        if self.cuda is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(self.cuda, device)
+        elif self.cuda_all and torch.cuda.is_available() and len(self.cuda_all) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(self.cuda_all)
+        if self.python is not None:
+            random.setstate(self.python)
+        if self.numpy is not None:
+            np.random.set_state(self.numpy)
+
+
+def _parse_rng_state(tensors: Mapping[str, torch.Tensor], meta: Any, device: torch.device) -> _RngState:
+    """The RNG states stored by `_rng_state`, each tried on a throwaway generator first: a malformed state raises
+    here (ValueError, TypeError, RuntimeError), before any RNG of the process is touched."""
+    cpu = tensors.get("rng.torch")
+    if cpu is not None:
+        cpu = cpu.to(torch.uint8)
+        torch.Generator().set_state(cpu)
+    cuda = tensors.get("rng.cuda")
+    if cuda is not None:
+        cuda = cuda.to(torch.uint8)
+        if device.type == "cuda" and cuda.numel() != torch.cuda.get_rng_state(device).numel():
+            raise ValueError(f"the CUDA RNG state has {cuda.numel()} bytes, this GPU's has "
+                             f"{torch.cuda.get_rng_state(device).numel()}")
+    cuda_all = [tensors[k].to(torch.uint8) for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    python = numpy = None
     if meta:
         state = unflatten_state_dict({}, meta)
-        random.setstate(state["python"])
+        python = state["python"]
+        random.Random().setstate(python)
         kind, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        numpy = (kind, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached))
+        np.random.RandomState().set_state(numpy)
+    return _RngState(cpu, cuda, cuda_all, python, numpy)
+
+
+@contextlib.contextmanager
+def _item_rng(seed: int) -> Iterator[None]:
+    """Runs the body with the CPU RNGs (torch, python, numpy) seeded with `seed`, then puts them back as they were:
+    the random augmentation of a data item depends on the item's seed only, not on what ran before it."""
+    torch_state, python_state, numpy_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    torch.default_generator.manual_seed(seed)  # the CPU generator only: the GPUs' RNGs are the model's business
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data streams that know their position
+# ----------------------------------------------------------------------------------------------------------------
+
+class _EpochSampler(Sampler):
+    """The indices of a map-style dataset, in an order fixed by `(seed, epoch)` (shuffled or not), each paired with
+    the seed of that item's randomness (`_SeededItems`).
+
+    Everything comes from the seed, nothing from a generator's running state: any epoch's order can be rebuilt to
+    resume in its middle. It deliberately has no `generator` attribute: accelerate would otherwise broadcast one
+    from the main process at every epoch.
+    """
+
+    def __init__(self, length: int, shuffle: bool, seed: int):
+        self.length = length
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch_seed = mix_seed(self.seed, self.epoch)
+        if self.shuffle:
+            order = torch.randperm(self.length, generator=torch.Generator().manual_seed(epoch_seed)).tolist()
+        else:
+            order = range(self.length)
+        for index in order:
+            yield index, mix_seed(epoch_seed, index)
+
+
+class _SeededItems(Dataset):
+    """A map-style dataset indexed by `(index, seed)`: item `index`, drawn with the CPU RNGs seeded by `seed`."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with _item_rng(seed):
+            return self.dataset[index]
+
+    def __getattr__(self, name: str) -> Any:
+        # the wrapped dataset's attributes (captions, paths, ...) stay reachable as `loader.dataset.<name>`
+        if name == "dataset" or name.startswith("__"):  # not set yet while unpickling in a worker process
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def _loader_kwargs(dataloader: DataLoader) -> dict[str, Any]:
+    """The settings of a DataLoader other than its data, sampler and batching."""
+    kwargs: dict[str, Any] = dict(num_workers=dataloader.num_workers, collate_fn=dataloader.collate_fn,
+                                  pin_memory=dataloader.pin_memory, timeout=dataloader.timeout,
+                                  worker_init_fn=dataloader.worker_init_fn,
+                                  multiprocessing_context=dataloader.multiprocessing_context,
+                                  persistent_workers=dataloader.persistent_workers)
+    if dataloader.num_workers > 0:
+        kwargs["prefetch_factor"] = dataloader.prefetch_factor
+    if getattr(dataloader, "pin_memory_device", ""):
+        kwargs["pin_memory_device"] = dataloader.pin_memory_device
+    if hasattr(dataloader, "in_order"):
+        kwargs["in_order"] = dataloader.in_order
+    return kwargs
+
+
+def _resumable_loader(dataloader: DataLoader, name: str, seed: int) -> tuple[DataLoader, _EpochSampler | None]:
+    """`dataloader` rebuilt on an `_EpochSampler` (same data, batch size, collate function, workers), when its
+    sampler is a plain random or sequential one; otherwise the loader itself, with a warning."""
+    dataset = dataloader.dataset
+    sampler = dataloader.sampler
+    plain_batches = type(dataloader.batch_sampler) is BatchSampler and dataloader.batch_sampler.sampler is sampler
+    if isinstance(dataset, IterableDataset):
+        why = "it reads an iterable dataset"
+    elif not plain_batches:
+        why = f"it batches with a {type(dataloader.batch_sampler).__name__}"
+    elif type(sampler) is RandomSampler and not sampler.replacement and sampler.num_samples == len(dataset):
+        why = None
+    elif type(sampler) is SequentialSampler:
+        why = None
+    else:
+        why = f"it samples with a {type(sampler).__name__}"
+    if why is not None:
+        logger.warning("dataloader %r: %s, so the trainer cannot fix its order; a resume skips the batches of the "
+                       "epoch already drawn, which repeats the saved run only if that order is deterministic",
+                       name, why)
+        return dataloader, None
+    epoch_sampler = _EpochSampler(len(dataset), shuffle=type(sampler) is RandomSampler, seed=seed)
+    # its own generator: the base seed a DataLoader draws at every epoch would otherwise come from (and advance)
+    # the global RNG, which the model's noise is drawn from
+    rebuilt = DataLoader(_SeededItems(dataset), batch_size=dataloader.batch_size, sampler=epoch_sampler,
+                         drop_last=dataloader.drop_last, generator=torch.Generator().manual_seed(seed),
+                         **_loader_kwargs(dataloader))
+    return rebuilt, epoch_sampler
+
+
+def _check_count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CheckpointError(f"{what}: expected a non-negative integer, got {value!r}")
+    return value
+
+
+class DataStream:
+    """Endless batches of a DataLoader prepared for the trainer's processes, which knows where it is: `epoch`, and
+    `batches`, the number drawn in that epoch (per process).
+
+    The order of an epoch is fixed by `(seed, epoch)` and each item's random augmentation by its own seed, so a
+    checkpoint only records these three numbers; a trainer that loads it rebuilds the epoch's order and skips the
+    batches already drawn without loading them (accelerate's `skip_first_batches`): the next batch is the one the
+    saved run drew next. Made by `BaseTrainer.add_dataloader`.
+    """
+
+    def __init__(self, name: str, dataloader: DataLoader, sampler: _EpochSampler | None, seed: int):
+        self.name = name
+        self.dataloader = dataloader
+        self.seed = seed
+        self.epoch = 0
+        self.batches = 0
+        self._sampler = sampler
+        self._iterator: Iterator | None = None
+
+    def __iter__(self) -> DataStream:
+        return self
+
+    def _start_epoch(self) -> None:
+        if self._sampler is not None:
+            self._sampler.seed = self.seed
+            self._sampler.set_epoch(self.epoch)
+        if hasattr(self.dataloader, "set_epoch"):
+            self.dataloader.set_epoch(self.epoch)
+        loader = skip_first_batches(self.dataloader, self.batches) if self.batches else self.dataloader
+        self._iterator = iter(loader)
+
+    def _reset(self) -> None:
+        if self._iterator is not None and hasattr(self._iterator, "close"):
+            self._iterator.close()  # lets go of its worker processes
+        self._iterator = None
+
+    def __next__(self) -> Any:
+        if self._iterator is None:
+            self._start_epoch()
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            if self.batches == 0:
+                raise ValueError(f"dataloader {self.name!r}: it yielded no batch (is the dataset empty or smaller "
+                                 "than batch_size with drop_last=True?)") from None
+            self.epoch, self.batches = self.epoch + 1, 0
+            self._start_epoch()
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                raise ValueError(f"dataloader {self.name!r}: an epoch yielded no batch") from None
+        self.batches += 1
+        return batch
+
+    def batches_per_epoch(self) -> int | None:
+        with contextlib.suppress(TypeError):
+            return len(self.dataloader)
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batches": self.batches, "seed": self.seed,
+                "batches_per_epoch": self.batches_per_epoch()}
+
+    @staticmethod
+    def check_state(state: Any, what: str) -> dict[str, int]:
+        """The position stored in a checkpoint, checked (CheckpointError) without changing anything."""
+        if not isinstance(state, Mapping):
+            raise CheckpointError(f"{what}: expected a dict, got {type(state).__name__}")
+        return {key: _check_count(state.get(key), f"{what}[{key!r}]") for key in ("epoch", "batches", "seed")}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continues at the position `state_dict()` recorded: the next batch is the one that followed it."""
+        checked = self.check_state(state, f"dataloader {self.name!r} position")
+        saved_length, length = state.get("batches_per_epoch"), self.batches_per_epoch()
+        if saved_length is not None and length is not None and saved_length != length:
+            logger.warning("dataloader %r: %s batches per epoch now, %s when the checkpoint was saved: the data "
+                           "changed, so the batches after the resume differ from the saved run's",
+                           self.name, length, saved_length)
+        self._reset()
+        self.epoch, self.batches, self.seed = checked["epoch"], checked["batches"], checked["seed"]
+
+
+def _check_optimizer_state(optimizer: Any, state: Any, what: str) -> None:
+    """Raises CheckpointError when `state` cannot be loaded into `optimizer` (group and parameter counts, shapes
+    of the usual per-parameter buffers); changes nothing."""
+    if not isinstance(state, Mapping) or not isinstance(state.get("param_groups"), list) \
+            or not isinstance(state.get("state"), Mapping):
+        raise CheckpointError(f"{what}: not an optimizer state (expected 'state' and 'param_groups')")
+    groups, saved_groups = optimizer.param_groups, state["param_groups"]
+    if len(groups) != len(saved_groups):
+        raise CheckpointError(f"{what}: {len(saved_groups)} parameter groups in the checkpoint, {len(groups)} here")
+    by_id = {}
+    for index, (group, saved) in enumerate(zip(groups, saved_groups)):
+        if not isinstance(saved, Mapping) or not isinstance(saved.get("params"), list):
+            raise CheckpointError(f"{what}: parameter group {index} is malformed")
+        if len(saved["params"]) != len(group["params"]):
+            raise CheckpointError(f"{what}: parameter group {index} holds {len(saved['params'])} parameters in the "
+                                  f"checkpoint, {len(group['params'])} here")
+        by_id.update(zip(saved["params"], group["params"]))
+    for param_id, param_state in state["state"].items():
+        if param_id not in by_id or not isinstance(param_state, Mapping):
+            raise CheckpointError(f"{what}: state for an unknown parameter {param_id!r}")
+        param = by_id[param_id]
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"):
+            value = param_state.get(key)
+            if isinstance(value, torch.Tensor) and value.shape != param.shape:
+                raise CheckpointError(f"{what}: {key} of parameter {param_id} has shape {tuple(value.shape)} in the "
+                                      f"checkpoint, the parameter {tuple(param.shape)}")
+
+
+def _check_scheduler_state(scheduler: LambdaLR, state: Any, what: str) -> None:
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{what}: expected a dict, got {type(state).__name__}")
+    lambdas = state.get("lr_lambdas")
+    if lambdas is not None and (not isinstance(lambdas, list) or len(lambdas) != len(scheduler.lr_lambdas)
+                                or not all(fn is None or isinstance(fn, Mapping) for fn in lambdas)):
+        raise CheckpointError(f"{what}: its lr_lambdas do not fit the {len(scheduler.lr_lambdas)} parameter group(s)")
+    last_epoch = state.get("last_epoch", 0)
+    if isinstance(last_epoch, bool) or not isinstance(last_epoch, int):
+        raise CheckpointError(f"{what}['last_epoch']: expected an integer, got {last_epoch!r}")
+
+
+def _check_scaler_state(state: Any, what: str) -> None:
+    needed = ("scale", "growth_factor", "backoff_factor", "growth_interval")
+    if not isinstance(state, Mapping) or not all(key in state for key in needed):
+        raise CheckpointError(f"{what}: not a GradScaler state (expected {', '.join(needed)})")
+
+
+def _take_prefix(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def _json_safe(obj: Any) -> Any:
@@ -186,15 +529,17 @@ def _json_safe(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=repr))
 
 
-def _take_prefix(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
 def extract_model_state(tensors: Mapping[str, torch.Tensor], name: str, ema: bool = False) -> dict[str, torch.Tensor]:
     """The state dict of model `name` (or of its EMA copy) from the tensors of a trainer checkpoint."""
     if ema:
         return _take_prefix(tensors, f"ema.{name}.ema_model.")
     return _take_prefix(tensors, f"model.{name}.")
+
+
+def process_rng_path(checkpoint: str | Path, process_index: int) -> Path:
+    """The companion file in which process `process_index` (> 0) keeps its RNG states for `checkpoint`."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}.rng-rank{process_index}{checkpoint.suffix}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -208,34 +553,49 @@ class _Registered:
     scheduler: LambdaLR | None
     ema: EMA | None
     max_grad_norm: float | None
-    params: list[nn.Parameter] = field(default_factory=list)
+    params: list[nn.Parameter]
+    micro_batches: int = 0  # `accumulate` blocks entered since the last step
+    in_no_sync: bool = False  # inside an `accumulate` block whose gradients stay local
+    unsynced: bool = False  # the last backward pass left local (not all-reduced) gradients
+    nonfinite_streak: int = 0  # consecutive steps skipped for NaN/inf gradients
+
+
+# the distributed setups whose state dicts are gathered from every process: there saving is a collective operation
+_COLLECTIVE_STATE_DICTS = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
 
 
 def _make_accelerator(**kwargs: Any) -> Accelerator:
     try:
         return Accelerator(**kwargs)
     except ValueError as err:
-        # accelerate keeps one process-wide state; a second trainer with another mixed precision in the same
-        # (non-distributed) process would otherwise be impossible, e.g. in a notebook or a test session
-        if "already been initialized" not in str(err) or PartialState().num_processes > 1:
+        if "already been initialized" not in str(err):
             raise
-        logger.warning("re-initialising accelerate's global state for mixed_precision=%r; trainers created "
-                       "earlier in this process now share it", kwargs.get("mixed_precision"))
-        AcceleratorState._reset_state()
-        return Accelerator(**kwargs)
+        # accelerate keeps one state per process; resetting it would change the trainers created before this one
+        state = AcceleratorState()
+        raise ValueError(f"mixed_precision, cpu: accelerate allows one setting per process, and a trainer created "
+                         f"earlier in this process chose mixed_precision={state.mixed_precision!r} on "
+                         f"{state.device}; create every trainer of a process with the same mixed_precision= and "
+                         f"cpu=, or train this one in a process of its own (got mixed_precision="
+                         f"{kwargs.get('mixed_precision')!r}, cpu={kwargs.get('cpu')!r})") from err
 
 
 class BaseTrainer:
     """Optimizers, schedulers, EMA, mixed precision, accumulation, NaN guard and checkpoints for named models.
 
     Args:
-        mixed_precision: 'no', 'bf16' or 'fp16' ('fp16' needs a GPU; on CPU it falls back to 'bf16').
+        mixed_precision: 'no', 'bf16' or 'fp16' ('fp16' needs a GPU; on CPU it falls back to 'bf16'). accelerate
+            allows one mixed precision per process: every trainer of a process must use the same.
         cpu: force the CPU; None picks the CPU when no GPU is available.
-        gradient_accumulate_every: `backward` divides losses by it; call `backward` that many times per `step`.
+        gradient_accumulate_every: micro-batches per optimizer step: `backward` divides losses by it, and
+            `accumulate(name)` blocks all-reduce gradients across processes in the last micro-batch only.
         results_folder: where `self.checkpoints` (a CheckpointManager) keeps numbered checkpoints.
         keep_last_checkpoints: how many numbered checkpoints to keep.
         log_with: accelerate tracker(s) ('tensorboard', 'wandb', ...), see `init_trackers` / `log`.
-        seed: seeds python, numpy and torch on every process.
+        seed: seeds python, numpy and torch: the main process with `seed`, every other one with a seed derived from
+            `seed` and its rank (`process_seed`); also fixes the order of the `add_dataloader` streams.
+        max_consecutive_nonfinite_steps: `step` raises FloatingPointError when this many steps of a model in a row
+            had NaN/inf gradients (once the weights themselves are NaN, every later step would be skipped);
+            None never stops.
         accelerate_kwargs: extra keyword arguments for `accelerate.Accelerator`.
     """
 
@@ -249,9 +609,14 @@ class BaseTrainer:
         log_with: str | list | None = None,
         seed: int | None = None,
         accelerate_kwargs: dict | None = None,
+        max_consecutive_nonfinite_steps: int | None = 10,
     ):
         check_choice("mixed_precision", mixed_precision, ("no", "bf16", "fp16"))
         check_positive_int("gradient_accumulate_every", gradient_accumulate_every)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
+            raise ValueError(f"seed: expected an integer in [0, 2**32) or None, got {seed!r}")
+        if max_consecutive_nonfinite_steps is not None:
+            check_positive_int("max_consecutive_nonfinite_steps", max_consecutive_nonfinite_steps)
         if cpu is None:
             cpu = not torch.cuda.is_available()
         if mixed_precision == "fp16" and (cpu or not torch.cuda.is_available()):
@@ -259,17 +624,28 @@ class BaseTrainer:
             mixed_precision = "bf16"
 
         accelerate_kwargs = dict(accelerate_kwargs or {})
-        # models whose every parameter is not used at every step (conditioning dropout, cascades) need this in DDP
-        accelerate_kwargs.setdefault("kwargs_handlers", [DistributedDataParallelKwargs(find_unused_parameters=True)])
+        handlers = list(accelerate_kwargs.pop("kwargs_handlers", None) or [])
+        # without DistributedDataParallelKwargs of the caller's, `add_model` picks find_unused_parameters per model
+        self._caller_ddp_kwargs = any(isinstance(h, DistributedDataParallelKwargs) for h in handlers)
         if results_folder is not None:
             accelerate_kwargs.setdefault("project_dir", str(results_folder))
         self.accelerator = _make_accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with=log_with,
-                                             **accelerate_kwargs)
+                                             kwargs_handlers=handlers, **accelerate_kwargs)
+
+        # one id shared by the processes of this run: it ties the per-process RNG files to their checkpoint
+        run_id = [uuid.uuid4().hex]
+        if self.num_processes > 1:
+            broadcast_object_list(run_id)
+        self.run_id: str = run_id[0]
+        self.seed = seed
         if seed is not None:
-            set_seed(seed)
+            set_seed(process_seed(seed, self.process_index))
+        # the order of the data streams: the same on every process (they take their share of each batch list)
+        self.data_seed = seed if seed is not None else int(self.run_id[:8], 16)
 
         self.mixed_precision = mixed_precision
         self.gradient_accumulate_every = gradient_accumulate_every
+        self.max_consecutive_nonfinite_steps = max_consecutive_nonfinite_steps
         self.results_folder = Path(results_folder) if results_folder is not None else None
         self.checkpoints = (CheckpointManager(self.results_folder, keep_last=keep_last_checkpoints)
                             if self.results_folder is not None else None)
@@ -277,6 +653,9 @@ class BaseTrainer:
             self.results_folder.mkdir(parents=True, exist_ok=True)
 
         self._registry: dict[str, _Registered] = {}
+        self._streams: dict[str, DataStream] = {}
+        # positions of data streams read from a checkpoint before the stream was added (applied by add_dataloader)
+        self._pending_streams: dict[str, dict] = {}
         self.steps: dict[str, int] = {}
         self.skipped_steps: dict[str, int] = {}
         # trainer-level settings a subclass wants stored in its checkpoints (JSON)
@@ -295,6 +674,10 @@ class BaseTrainer:
     @property
     def num_processes(self) -> int:
         return self.accelerator.num_processes
+
+    @property
+    def process_index(self) -> int:
+        return self.accelerator.process_index
 
     @property
     def global_step(self) -> int:
@@ -327,9 +710,12 @@ class BaseTrainer:
         ema_update_every: int = 10,
         ema_kwargs: dict | None = None,
         optimizer: torch.optim.Optimizer | None = None,
+        find_unused_parameters: bool = False,
     ) -> nn.Module:
         """Registers `module` under `name` with its own optimizer (AdamW unless given), optional warmup + cosine
         schedule, optional EMA copy; moves it to the device and prepares it for distributed training.
+        `find_unused_parameters`: DDP's option, needed (and only then worth its cost) when some trainable
+        parameters get no gradient in some steps (images skipping temporal layers, conditioning dropout).
         Returns the prepared module."""
         if not isinstance(name, str) or not name or "." in name:
             raise ValueError(f"name: expected a non-empty string without dots, got {name!r}")
@@ -348,17 +734,24 @@ class BaseTrainer:
         if optimizer is None:
             optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
-        ema_model = None
-        if ema:
-            ema_kwargs = {"beta": ema_decay, "update_every": ema_update_every, **(ema_kwargs or {})}
-            ema_model = EMA(module, include_online_model=False, **ema_kwargs).to(self.device)
-
         scheduler = None
         if warmup_steps or total_steps:
             scheduler = LambdaLR(optimizer, warmup_cosine_lambda(warmup_steps, total_steps, min_lr_factor))
 
+        ema_model = None
+        if ema:  # copied before `prepare`, which may shard the module (FSDP)
+            ema_kwargs = {"beta": ema_decay, "update_every": ema_update_every, **(ema_kwargs or {})}
+            ema_model = EMA(module, include_online_model=False, **ema_kwargs).to(self.device)
+
         module = module.to(self.device)
+        if not self._caller_ddp_kwargs:
+            # accelerate reads its DDP options when it wraps a model: set them for this one
+            self.accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
         prepared_model, prepared_optimizer = self.accelerator.prepare(module, optimizer)
+        if ema_model is not None and self.num_processes > 1 \
+                and self.accelerator.distributed_type not in _COLLECTIVE_STATE_DICTS:
+            # DDP gave every process the main process's weights: the EMA copies start from them everywhere too
+            ema_model.ema_model.load_state_dict(self.accelerator.unwrap_model(prepared_model).state_dict())
         self._registry[name] = _Registered(prepared_model, prepared_optimizer, scheduler, ema_model, max_grad_norm,
                                            params)
         self.steps[name] = 0
@@ -402,36 +795,113 @@ class BaseTrainer:
         _, reg = self._get(name)
         return reg.optimizer.param_groups[0]["lr"]
 
+    # -- data ------------------------------------------------------------------------------------------------
+
     def prepare_dataloader(self, dataloader):
-        """Shards a DataLoader across processes (and moves batches to the device)."""
+        """Shards a DataLoader across processes (and moves batches to the device). Its position is not saved in
+        checkpoints: train from `add_dataloader` to resume mid-epoch."""
         return self.accelerator.prepare(dataloader)
+
+    def add_dataloader(self, name: str, dataloader: DataLoader) -> DataStream:
+        """Registers a training DataLoader under `name`: returns an endless iterator over its batches (sharded
+        across processes, on the device) whose position checkpoints record, so that a resumed run goes on with
+        the very batches the saved run would have drawn, also in the middle of an epoch.
+
+        A loader with a plain random or sequential sampler is rebuilt on a sampler whose order is fixed by the
+        trainer's seed and the epoch, and each item is drawn with the CPU RNGs seeded for that item (random
+        augmentations repeat on resume, whatever `num_workers`); other samplers are kept, with a warning.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name: expected a non-empty string, got {name!r}")
+        if name in self._streams:
+            raise ValueError(f"name: a dataloader named {name!r} is already added")
+        if not isinstance(dataloader, DataLoader):
+            raise TypeError(f"dataloader: expected a torch DataLoader, got {type(dataloader).__name__}")
+        seed = mix_seed(self.data_seed, zlib.crc32(name.encode("utf-8")))
+        loader, sampler = _resumable_loader(dataloader, name, seed)
+        stream = DataStream(name, self.accelerator.prepare(loader), sampler, seed)
+        if name in self._pending_streams:
+            stream.load_state_dict(self._pending_streams.pop(name))
+        self._streams[name] = stream
+        return stream
+
+    @property
+    def data_streams(self) -> dict[str, DataStream]:
+        return dict(self._streams)
 
     # -- the optimisation step ---------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def accumulate(self, name: str | None = None) -> Iterator[None]:
+        """One micro-batch of model `name`: run its forward and `backward` passes inside. Across processes the
+        gradients stay local (accelerate's `no_sync`) in all but the last of `gradient_accumulate_every` blocks
+        before `step`, whose backward all-reduces the sum once.
+
+        (accelerate's own `accumulate()` counts micro-batches in a state shared by every model and every
+        Accelerator of the process; this counts them per model.)
+        """
+        name, reg = self._get(name)
+        last = reg.micro_batches + 1 >= self.gradient_accumulate_every
+        reg.micro_batches += 1
+        reg.in_no_sync = not last
+        try:
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(reg.model):
+                yield
+        finally:
+            reg.in_no_sync = False
+
     def backward(self, loss: torch.Tensor, name: str | None = None, fraction: float = 1.0) -> None:
-        """Backpropagates `loss * fraction / gradient_accumulate_every` (mixed-precision scaling included)."""
-        self._get(name)
+        """Backpropagates `loss * fraction / gradient_accumulate_every` (mixed-precision scaling included). Inside
+        `accumulate(name)` its gradients are all-reduced across processes in the last micro-batch only; outside,
+        at once."""
+        _, reg = self._get(name)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ValueError(f"loss: expected a scalar tensor, got {type(loss).__name__} "
                              f"{tuple(getattr(loss, 'shape', ()))}")
+        # a backward pass outside no_sync all-reduces everything accumulated so far
+        reg.unsynced = reg.in_no_sync and self.num_processes > 1
         self.accelerator.backward(loss * (fraction / self.gradient_accumulate_every))
 
     def _grad_norm(self, reg: _Registered) -> torch.Tensor:
+        """Clips the gradients to `max_grad_norm` (if set) and returns their total norm before clipping."""
         grads = [p.grad for p in reg.params if p.grad is not None]
         if not grads:
             return torch.zeros((), device=self.device)
+        scaler = self.accelerator.scaler
+        if scaler is not None:
+            # this optimizer only: accelerate's clip_grad_norm_ unscales every optimizer of the process, also those
+            # of models whose gradients are still accumulating
+            scaler.unscale_(reg.optimizer.optimizer)
+        elif reg.max_grad_norm is not None:
+            norm = self.accelerator.clip_grad_norm_(reg.params, reg.max_grad_norm)
+            if norm is not None:  # DeepSpeed clips on its own and may not report the norm
+                return norm
         if reg.max_grad_norm is not None:
             return torch.nn.utils.clip_grad_norm_(reg.params, reg.max_grad_norm)
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
 
+    def _count_nonfinite(self, name: str, reg: _Registered) -> None:
+        reg.nonfinite_streak += 1
+        limit = self.max_consecutive_nonfinite_steps
+        if limit is not None and reg.nonfinite_streak >= limit:
+            raise FloatingPointError(
+                f"model {name!r}: {reg.nonfinite_streak} optimizer steps in a row had non-finite (NaN/inf) gradients "
+                f"and were skipped (max_consecutive_nonfinite_steps={limit}), at step {self.steps[name]}; the "
+                "weights are left as they were. Lower the learning rate, set max_grad_norm, check the data for "
+                "NaN/inf values, or resume from an earlier checkpoint")
+
     def step(self, name: str | None = None) -> bool:
         """Clips gradients, skips the update if any gradient is NaN/inf (zeroing them and logging a warning),
         otherwise steps the optimizer and the scheduler, updates the EMA and counts the step. Returns whether
-        the optimizer stepped."""
+        the optimizer stepped. Raises FloatingPointError after `max_consecutive_nonfinite_steps` skips in a row."""
         name, reg = self._get(name)
+        if reg.unsynced:
+            raise RuntimeError(f"model {name!r}: the last backward pass before step() ran inside a no_sync "
+                               f"accumulate() block, so the processes hold different gradients; use "
+                               f"accumulate({name!r}) gradient_accumulate_every={self.gradient_accumulate_every} "
+                               "times per step")
+        reg.micro_batches = 0
         scaler = self.accelerator.scaler
-        if scaler is not None:
-            scaler.unscale_(reg.optimizer.optimizer)
         grad_norm = self._grad_norm(reg)
         finite = bool(torch.isfinite(grad_norm))  # after DDP's all-reduce every process agrees
 
@@ -440,6 +910,7 @@ class BaseTrainer:
             logger.warning("non-finite gradients for %r (norm %s) at step %d: optimizer step skipped (%d so far)",
                            name, grad_norm.item(), self.steps[name], self.skipped_steps[name])
             reg.optimizer.zero_grad(set_to_none=True)
+            self._count_nonfinite(name, reg)
             return False
 
         reg.optimizer.step()
@@ -448,8 +919,10 @@ class BaseTrainer:
             # fp16 overflow: the scaler lowers its scale, which is routine, so only at debug level
             self.skipped_steps[name] += 1
             logger.debug("fp16 overflow for %r at step %d: step skipped", name, self.steps[name])
+            self._count_nonfinite(name, reg)
             return False
 
+        reg.nonfinite_streak = 0
         if reg.scheduler is not None:
             reg.scheduler.step()
         if reg.ema is not None:
@@ -474,10 +947,13 @@ class BaseTrainer:
         return {}, {}
 
     def load_extra_state(self, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
-        """Override to restore what `extra_state` stored."""
+        """Override to restore what `extra_state` stored. It runs last, after every other part of the checkpoint
+        was checked and loaded: check what it reads before changing anything, so that a failure leaves the
+        trainer as it was as far as possible."""
 
     def state_for_saving(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """Everything `save` writes, as `(tensors, metadata)`. Must be called on every process (FSDP gathers)."""
+        """Everything `save` writes, as `(tensors, metadata)`, with this process's RNG states. Local under DDP;
+        under FSDP / DeepSpeed every process must call it (the weights are gathered)."""
         tensors: dict[str, torch.Tensor] = {}
         meta: dict[str, Any] = {
             "format": TRAINER_FORMAT,
@@ -487,6 +963,10 @@ class BaseTrainer:
             "steps": dict(self.steps),
             "skipped_steps": dict(self.skipped_steps),
             "config": _json_safe(self.config),
+            "seed": self.seed,
+            "run": self.run_id,
+            "num_processes": self.num_processes,
+            "data": {**self._pending_streams, **{name: s.state_dict() for name, s in self._streams.items()}},
             "models": {},
             "optimizers": {},
             "schedulers": {},
@@ -511,7 +991,7 @@ class BaseTrainer:
         if self.accelerator.scaler is not None:
             scaler_tensors, meta["scaler"] = flatten_state_dict(self.accelerator.scaler.state_dict(), prefix="scaler.")
             tensors.update(scaler_tensors)
-        rng_tensors, meta["rng"] = _rng_state()
+        rng_tensors, meta["rng"] = _rng_state(self.device)
         tensors.update(rng_tensors)
         extra_tensors, meta["extra"] = self.extra_state()
         tensors.update({f"extra.{k}": v for k, v in extra_tensors.items()})
@@ -524,30 +1004,38 @@ class BaseTrainer:
             versions[package] = version
         return versions
 
-    def save(self, path: str | Path | None = None) -> Path | None:
-        """Writes one safetensors checkpoint (models, EMAs, optimizers, schedulers, steps, RNG, config).
+    def save(self, path: str | Path | None = None) -> Path:
+        """Writes one safetensors checkpoint (models, EMAs, optimizers, schedulers, steps, data positions, RNG,
+        config) and returns its path; `path=None` numbers it in `results_folder` (keeping the last
+        `keep_last_checkpoints`).
 
-        Call it on every process: the main process writes (atomically) between two barriers, so under DDP no
-        process reads a half-written file and none waits forever. `path=None` saves a numbered checkpoint in
-        `results_folder` (keeping the last `keep_last_checkpoints`). Returns the path written.
+        No collective operation: call it from the main process only (`if trainer.is_main: trainer.save(p)`) or
+        from every process. The main process writes the file (atomically); any other process that calls it writes
+        only its own RNG states, to `process_rng_path(path, rank)`, for an exact resume of every process. Another
+        process reading the file right after must wait for the main one first (`load` does). Under FSDP /
+        DeepSpeed the weights are gathered from every process: call it from every process there.
         """
-        tensors, meta = self.state_for_saving()
-        self.accelerator.wait_for_everyone()
-        written = None
         if path is None:
             if self.checkpoints is None:
                 raise ValueError("path: give a file path, or pass results_folder= to the trainer to number them")
-            written = self.checkpoints.path_for(self.global_step)
-            if self.is_main:
-                self.checkpoints.save(self.global_step, tensors, meta)
+            target = self.checkpoints.path_for(self.global_step)
         else:
-            written = Path(path)
-            if self.is_main:
-                save_checkpoint(written, tensors, meta)
-        self.accelerator.wait_for_everyone()
+            target = Path(path)
+        if self.is_main or self.accelerator.distributed_type in _COLLECTIVE_STATE_DICTS:
+            tensors, meta = self.state_for_saving()
         if self.is_main:
-            logger.info("saved checkpoint %s", written)
-        return written
+            if path is None:
+                self.checkpoints.save(self.global_step, tensors, meta)
+            else:
+                remove_stale_temporary_files(target.parent, target.stem)
+                save_checkpoint(target, tensors, meta)
+            logger.info("saved checkpoint %s", target)
+        else:
+            rng_tensors, rng_meta = _rng_state(self.device)
+            save_checkpoint(process_rng_path(target, self.process_index), rng_tensors,
+                            {"format": RNG_FORMAT, "run": self.run_id, "steps": dict(self.steps),
+                             "process_index": self.process_index, "rng": rng_meta})
+        return target
 
     def resolve_checkpoint(self, path: str | Path) -> Path | None:
         if isinstance(path, str) and path == "latest":
@@ -562,65 +1050,179 @@ class BaseTrainer:
         return path
 
     def load(self, path: str | Path = "latest", *, strict: bool = True, load_optimizers: bool = True,
-             restore_rng: bool = True) -> dict | None:
-        """Restores a checkpoint written by `save` (`'latest'` = newest numbered one in `results_folder`).
+             restore_rng: bool = True, ignore_models: Collection[str] = ()) -> dict | None:
+        """Restores a checkpoint written by `save` (`'latest'` = newest numbered one in `results_folder`); call it
+        from every process. Returns its metadata, or None when `'latest'` was asked and there is none yet.
 
-        Returns its metadata, or None when `'latest'` was asked and there is no checkpoint yet. Keys that do not
-        match raise a `CheckpointError` naming the versions that wrote and read the checkpoint.
+        All or nothing: the whole file is checked first (metadata, tensors, model names, keys and shapes,
+        optimizer and scheduler states, data positions, RNG states), and a `CheckpointError` naming the versions
+        that wrote and read it leaves the trainer exactly as it was. `strict=True` refuses a checkpoint whose
+        models are not exactly the registered ones (besides `ignore_models`, names the caller expects and skips)
+        and keys that do not match; `strict=False` loads what both have.
         """
-        self.accelerator.wait_for_everyone()
+        self.accelerator.wait_for_everyone()  # a checkpoint the main process just saved is complete
+        if self.checkpoints is not None:
+            self.checkpoints.remove_stale_temporary_files()
         resolved = self.resolve_checkpoint(path)
         if resolved is None:
             logger.info("no checkpoint to resume from in %s; starting fresh", self.results_folder)
             return None
+        remove_stale_temporary_files(resolved.parent, resolved.stem)
         tensors, meta = load_checkpoint(resolved, map_location="cpu")
-        if meta.get("format") != TRAINER_FORMAT:
+        try:
+            actions = self._plan_load(resolved, tensors, meta, strict=strict, load_optimizers=load_optimizers,
+                                      restore_rng=restore_rng, ignore_models=set(ignore_models))
+        except CheckpointError as err:
+            if str(resolved) in str(err):
+                raise
+            raise CheckpointError(f"{resolved}: {err}; nothing was loaded") from err
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+            raise CheckpointError(f"{resolved} has broken metadata ({type(err).__name__}: {err}); nothing was "
+                                  "loaded") from err
+        try:
+            for action in actions:
+                action()
+        except Exception:
+            logger.error("loading %s failed after every part of it was checked: the trainer is partly loaded; "
+                         "load a checkpoint again before training on", resolved)
+            raise
+        self.load_extra_state(_take_prefix(tensors, "extra."), meta.get("extra", {}))
+        logger.info("loaded checkpoint %s (steps %s)", resolved, self.steps)
+        return meta
+
+    def _plan_load(self, resolved: Path, tensors: dict[str, torch.Tensor], meta: Any, *, strict: bool,
+                   load_optimizers: bool, restore_rng: bool, ignore_models: set[str]) -> list[Callable[[], Any]]:
+        """Checks every part of a checkpoint against this trainer, changing nothing; returns the actions that load
+        it (which then cannot fail on the checkpoint's account)."""
+        if not isinstance(meta, dict) or meta.get("format") != TRAINER_FORMAT:
             raise CheckpointError(f"{resolved} was not written by a trainer's save() "
-                                  f"(format {meta.get('format')!r})")
+                                  f"(format {meta.get('format') if isinstance(meta, dict) else None!r})")
         saved_versions, current_versions = meta.get("versions", {}), self._versions()
         for package, current in current_versions.items():
             saved = saved_versions.get(package)
             if saved is not None and saved != current:
                 logger.warning("%s was saved with %s %s and is loaded with %s %s", resolved, package, saved,
                                package, current)
-        describe = (f"version(s) {saved_versions}", f"version(s) {current_versions}")
+        describe = (str(saved_versions), str(current_versions))  # "checkpoint written by version {...}"
+        saved_models = meta.get("models", {})
+        if not isinstance(saved_models, dict):
+            raise CheckpointError(f"{resolved}: its 'models' entry is not a dict")
 
-        missing = [name for name in self._registry if name not in meta.get("models", {})]
-        unknown = [name for name in meta.get("models", {}) if name not in self._registry]
-        if missing and strict:
-            raise CheckpointError(f"{resolved} has no model(s) {missing} (it holds {list(meta.get('models', {}))}); "
-                                  f"written by {describe[0]}, read by {describe[1]}")
+        missing = [name for name in self._registry if name not in saved_models]
+        unknown = [name for name in saved_models if name not in self._registry and name not in ignore_models]
+        if strict and (missing or unknown):
+            problems = ([f"no model(s) {missing}"] if missing else []) + \
+                       ([f"model(s) {unknown} that this trainer does not register"] if unknown else [])
+            raise CheckpointError(f"{resolved} holds {' and '.join(problems)} (it holds {list(saved_models)}, this "
+                                  f"trainer {list(self._registry)}); written by version(s) {describe[0]}, read by "
+                                  f"version(s) {describe[1]}; strict=False loads the models both have")
+        if missing:
+            logger.warning("%s has no model(s) %s: they keep their current state", resolved, missing)
         if unknown:
             logger.warning("%s holds model(s) %s that this trainer does not register; ignored", resolved, unknown)
 
+        actions: list[Callable[[], Any]] = []
+        steps, skipped = meta.get("steps", {}), meta.get("skipped_steps", {})
         for name, reg in self._registry.items():
             if name in missing:
                 continue
+            source = f"{resolved} (model {name!r})"
             model = self.accelerator.unwrap_model(reg.model)
-            load_state_dict_checked(model, extract_model_state(tensors, name), strict=strict,
-                                    saved_version=describe[0], current_version=describe[1],
-                                    source=f"{resolved} (model {name!r})")
+            model_state = extract_model_state(tensors, name)
+            check_state_dict(model, model_state, strict=strict, saved_version=describe[0],
+                             current_version=describe[1], source=source)
+            actions.append(functools.partial(model.load_state_dict, model_state, strict=strict))
             if reg.ema is not None:
                 ema_state = _take_prefix(tensors, f"ema.{name}.")
                 if ema_state:
-                    load_state_dict_checked(reg.ema, ema_state, strict=strict, saved_version=describe[0],
-                                            current_version=describe[1], source=f"{resolved} (EMA of {name!r})")
+                    check_state_dict(reg.ema, ema_state, strict=strict, saved_version=describe[0],
+                                     current_version=describe[1], source=f"{resolved} (EMA of {name!r})")
+                    actions.append(functools.partial(reg.ema.load_state_dict, ema_state, strict=strict))
                 else:
                     logger.warning("%s has no EMA for %r; the EMA restarts from the loaded weights", resolved, name)
-                    reg.ema.ema_model.load_state_dict(model.state_dict())
-            if load_optimizers and name in meta.get("optimizers", {}):
-                reg.optimizer.load_state_dict(unflatten_state_dict(tensors, meta["optimizers"][name]))
-            if load_optimizers and reg.scheduler is not None and name in meta.get("schedulers", {}):
-                reg.scheduler.load_state_dict(unflatten_state_dict(tensors, meta["schedulers"][name]))
-            self.steps[name] = int(meta.get("steps", {}).get(name, 0))
-            self.skipped_steps[name] = int(meta.get("skipped_steps", {}).get(name, 0))
-        if load_optimizers and self.accelerator.scaler is not None and "scaler" in meta:
-            self.accelerator.scaler.load_state_dict(unflatten_state_dict(tensors, meta["scaler"]))
+                    actions.append(functools.partial(lambda ema, m: ema.ema_model.load_state_dict(m.state_dict()),
+                                                     reg.ema, model))
+            if load_optimizers:
+                if name in meta.get("optimizers", {}):
+                    opt_state = unflatten_state_dict(tensors, meta["optimizers"][name])
+                    _check_optimizer_state(reg.optimizer, opt_state, f"{source}, optimizer")
+                    actions.append(functools.partial(reg.optimizer.load_state_dict, opt_state))
+                else:
+                    logger.warning("%s has no optimizer state for %r: it restarts", resolved, name)
+                if reg.scheduler is not None and name in meta.get("schedulers", {}):
+                    sched_state = unflatten_state_dict(tensors, meta["schedulers"][name])
+                    _check_scheduler_state(reg.scheduler, sched_state, f"{source}, scheduler")
+                    actions.append(functools.partial(reg.scheduler.load_state_dict, sched_state))
+            step_count = _check_count(steps.get(name, 0), f"{resolved}: steps[{name!r}]")
+            skipped_count = _check_count(skipped.get(name, 0), f"{resolved}: skipped_steps[{name!r}]")
+            actions.append(functools.partial(self._set_counts, name, step_count, skipped_count))
+
+        scaler = self.accelerator.scaler
+        if load_optimizers and scaler is not None and "scaler" in meta:
+            scaler_state = unflatten_state_dict(tensors, meta["scaler"])
+            _check_scaler_state(scaler_state, f"{resolved}: scaler")
+            actions.append(functools.partial(scaler.load_state_dict, scaler_state))
+
+        streams = meta.get("data", {})
+        if not isinstance(streams, dict):
+            raise CheckpointError(f"{resolved}: its 'data' entry is not a dict")
+        for name, state in streams.items():
+            DataStream.check_state(state, f"{resolved}: data[{name!r}]")
+        actions.append(functools.partial(self._set_stream_positions, dict(streams), resolved))
+
         if restore_rng:
-            _set_rng_state(tensors, meta.get("rng"))
-        self.load_extra_state(_take_prefix(tensors, "extra."), meta.get("extra", {}))
-        logger.info("loaded checkpoint %s (steps %s)", resolved, self.steps)
-        return meta
+            # every process checks the main process's states, so that a broken file fails on all of them alike
+            main_rng = _parse_rng_state(tensors, meta.get("rng"), self.device)
+            if self.process_index == 0:
+                actions.append(functools.partial(main_rng.apply, self.device))
+            else:
+                actions.append(self._plan_process_rng(resolved, meta))
+        return actions
+
+    def _set_counts(self, name: str, steps: int, skipped: int) -> None:
+        self.steps[name], self.skipped_steps[name] = steps, skipped
+        reg = self._registry[name]
+        reg.micro_batches, reg.unsynced, reg.nonfinite_streak = 0, False, 0
+
+    def _set_stream_positions(self, streams: dict[str, Any], source: Path) -> None:
+        self._pending_streams = {}
+        for name, state in streams.items():
+            if name in self._streams:
+                self._streams[name].load_state_dict(state)
+            else:  # added later (e.g. ImagenTrainer.add_train_dataset after a resume in the constructor)
+                self._pending_streams[name] = dict(state)
+        for name in self._streams:
+            if name not in streams:
+                logger.info("%s records no position of dataloader %r: it goes on from where it is", source, name)
+
+    def _plan_process_rng(self, resolved: Path, meta: dict) -> Callable[[], None]:
+        """What restores the RNG of a process other than the main one: its own companion file when it wrote one
+        for this very checkpoint, else a seed derived from the run's seed, its rank and the step. Never raises
+        (a process failing alone would leave the others waiting)."""
+        rank = self.process_index
+        companion = process_rng_path(resolved, rank)
+        if companion.is_file():
+            try:
+                rng_tensors, rng_meta = load_checkpoint(companion)
+                if (rng_meta.get("format") == RNG_FORMAT and rng_meta.get("run") == meta.get("run")
+                        and rng_meta.get("steps") == meta.get("steps")):
+                    return functools.partial(_parse_rng_state(rng_tensors, rng_meta.get("rng"), self.device).apply,
+                                             self.device)
+                logger.info("%s belongs to another save than %s: not used", companion, resolved)
+            except Exception as err:  # noqa: BLE001 (any failure falls back to re-seeding, on this process only)
+                logger.warning("cannot read %s (%s): process %d re-seeds its RNGs instead", companion, err, rank)
+        saved_seed = meta.get("seed")
+        base = saved_seed if isinstance(saved_seed, int) else (self.seed if self.seed is not None
+                                                               else int(self.run_id[:8], 16))
+        step = sum(v for v in meta.get("steps", {}).values() if isinstance(v, int))
+        seed = mix_seed(base, rank, step)
+
+        def reseed() -> None:
+            logger.info("process %d: %s holds no RNG state of this process (saved by the main process only); "
+                        "re-seeded from the seed, the rank and the step", rank, resolved)
+            set_seed(seed)
+
+        return reseed
 
     # -- progress and tracking -------------------------------------------------------------------------------
 
@@ -648,8 +1250,9 @@ class BaseTrainer:
         return ema.ema_model if ema is not None else self.unwrap(name)
 
     def save_and_export(self, name: str, folder: str | Path | None = None) -> Path | None:
-        """A resumable checkpoint (`save()`, every process) plus `save_pretrained` of `averaged_model(name)` into
-        `folder` (default `results_folder/<name>`) by the main process; returns that folder (None elsewhere)."""
+        """A resumable checkpoint (`save()`) plus `save_pretrained` of `averaged_model(name)` into `folder`
+        (default `results_folder/<name>`) by the main process; returns that folder (None elsewhere). Like `save`,
+        call it from every process or from the main one only."""
         self.save()
         if not self.is_main:
             return None
@@ -801,11 +1404,12 @@ class AutoencoderGANTrainer(BaseTrainer):
         batches = []
         with frozen(getattr(plain, "discr", None)):
             for _ in range(accumulate):
-                batch = self.next_batch()
-                batches.append(batch)
-                with self.autocast():
-                    loss, terms = self.autoencoder_loss(model, batch)
-                self.backward(loss, name)
+                with self.accumulate(name):
+                    batch = self.next_batch()
+                    batches.append(batch)
+                    with self.autocast():
+                        loss, terms = self.autoencoder_loss(model, batch)
+                    self.backward(loss, name)
                 for key, value in {"loss": loss, **terms}.items():
                     value = value.detach().item() if isinstance(value, torch.Tensor) else float(value)
                     logs[key] = logs.get(key, 0.0) + value / accumulate
@@ -815,10 +1419,11 @@ class AutoencoderGANTrainer(BaseTrainer):
             apply_grad_penalty = self.step_count % self.apply_grad_penalty_every == 0
             logs["discr_loss"] = 0.0
             for batch in batches:
-                with self.autocast():
-                    discr_loss = plain.discriminator_loss(batch, apply_grad_penalty=apply_grad_penalty,
-                                                          discr=self.models["discr"])
-                self.backward(discr_loss, "discr")
+                with self.accumulate("discr"):
+                    with self.autocast():
+                        discr_loss = plain.discriminator_loss(batch, apply_grad_penalty=apply_grad_penalty,
+                                                              discr=self.models["discr"])
+                    self.backward(discr_loss, "discr")
                 logs["discr_loss"] += discr_loss.item() / len(batches)
             self.step("discr")
         return logs
@@ -836,9 +1441,13 @@ class AutoencoderGANTrainer(BaseTrainer):
 __all__ = [
     "BaseTrainer",
     "AutoencoderGANTrainer",
+    "DataStream",
     "make_dataloader",
     "split_batch",
     "cycle",
     "warmup_cosine_lambda",
     "extract_model_state",
+    "mix_seed",
+    "process_seed",
+    "process_rng_path",
 ]

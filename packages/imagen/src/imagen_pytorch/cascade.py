@@ -6,7 +6,8 @@ the diffusion formulation:
 
 - holding and casting the U-Nets (`nn.ModuleList`, so `parameters()` lists every one of them),
 - text conditioning (raw texts through a `TextEncoder` owned by the cascade, or precomputed embeddings),
-- input checks with clear errors, resizing in space and time, random crops,
+- input checks with clear errors (pixels by the rule every package shares, `synthesis_core.checks.check_pixels`),
+  resizing in space and time, random crops,
 - the low-resolution conditioning with noise augmentation, one function for training and sampling alike
   (normalise to [-1, 1] first, then resize, then noise),
 - the stage-by-stage sampling loop (start/stop stages, inpainting, init images, per-stage guidance scale).
@@ -26,7 +27,17 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from imagen_pytorch.unet import NullUnet
-from synthesis_core.checks import check_batch_match, check_choice, check_in_range, check_positive_int, check_tensor
+from synthesis_core.checks import (
+    check_batch_match,
+    check_choice,
+    check_embeddings,
+    check_guidance_scale,
+    check_in_range,
+    check_pixels,
+    check_positive_int,
+    check_steps,
+    check_tensor,
+)
 from synthesis_core.diffusion import ContinuousSchedule, dynamic_threshold, right_pad_dims_to, static_threshold
 from synthesis_core.text import DEFAULT_T5_NAME, TextEncoder
 from synthesis_core.utils import default, exists
@@ -236,6 +247,11 @@ class CascadeBase(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The U-Nets' parameter dtype: inputs in another float dtype are cast to it."""
+        return next(self.parameters()).dtype
+
     def get_unet(self, unet_number: int) -> nn.Module:
         """The U-Net of stage `unet_number` (1-based, as everywhere in the public API)."""
         self.check_unet_number("unet_number", unet_number)
@@ -301,7 +317,7 @@ class CascadeBase(nn.Module):
                              "(or build it with condition_on_text=False)")
         check_tensor("text_embeds", text_embeds, shape=("batch", "tokens", self.text_embed_dim),
                      names=("batch", "tokens", "text_embed_dim"), dtype_floating=True)
-        text_embeds = text_embeds.to(device)
+        text_embeds = check_embeddings("text_embeds", text_embeds, device=device, dtype=self.dtype)
         if exists(text_masks):
             check_tensor("text_masks", text_masks, shape=tuple(text_embeds.shape[:2]), names=("batch", "tokens"))
             text_masks = text_masks.to(device=device, dtype=torch.bool)
@@ -347,22 +363,29 @@ class CascadeBase(nn.Module):
 
     # -- input checks ---------------------------------------------------------------------------------------------
 
-    def _check_images(self, name: str, x: Any, *, min_size: int | None = None) -> Tensor:
+    def _check_pixels(self, name: str, x: Tensor, device: torch.device) -> Tensor:
+        """Pixels at the API -> [-1, 1] in the model's dtype, by the rule every package shares (`check_pixels`):
+        [0, 1] (a batch with negative values read as [-1, 1]), or always [-1, 1] with `auto_normalize_img=False`."""
+        return check_pixels(name, x, device=device, dtype=self.dtype,
+                            input_range="auto" if self.auto_normalize_img else "symmetric", output_range="symmetric")
+
+    def _check_images(self, name: str, x: Any, device: torch.device, *, min_size: int | None = None) -> Tensor:
+        """Checks images / videos given to the cascade; returns them in [-1, 1] (see `_check_pixels`)."""
         ndims = (4, 5) if self.is_video else (4,)
         layout = "(batch, channels, height, width)" + (" or (batch, channels, frames, height, width)"
                                                        if self.is_video else "")
-        check_tensor(name, x, ndim=ndims, dtype_floating=True)
+        check_tensor(name, x, ndim=ndims)
         if x.shape[1] != self.channels:
             raise ValueError(f"{name}: expected {self.channels} channels in dim 1 {layout}, got shape {tuple(x.shape)}")
         if exists(min_size) and min(x.shape[-2:]) < min_size:
             raise ValueError(f"{name}: expected height and width of at least {min_size}, got shape {tuple(x.shape)}")
-        return x
+        return self._check_pixels(name, x, device)
 
     def _check_cond_images(self, cond_images: Tensor | None, device: torch.device) -> Tensor | None:
         if not exists(cond_images):
             return None
-        check_tensor("cond_images", cond_images, ndim=(4, 5) if self.is_video else 4, dtype_floating=True)
-        return self.normalize_img(cond_images.to(device))
+        check_tensor("cond_images", cond_images, ndim=(4, 5) if self.is_video else 4)
+        return self._check_pixels("cond_images", cond_images, device)
 
     # -- training -------------------------------------------------------------------------------------------------
 
@@ -405,16 +428,14 @@ class CascadeBase(nn.Module):
         stage_unet = self.unets[index]  # attributes are read here; `unet` may be a distributed wrapper of it
         unet = unet if exists(unet) else stage_unet
         size = self.image_sizes[index]
-        x = self._check_images("images_or_video", images_or_video, min_size=size)
         device = self.device
-        x = x.to(device)
+        x = self._check_images("images_or_video", images_or_video, device, min_size=size)  # in [-1, 1]
         batch = x.shape[0]
         check_batch_match(images_or_video=x, texts=texts, text_embeds=text_embeds, text_masks=text_masks,
                           cond_images=cond_images)
         text_embeds, text_masks = self.encode_text(texts, text_embeds, text_masks, device)
         cond_images = self._check_cond_images(cond_images, device)
 
-        x = self.normalize_img(x)
         frames = x.shape[2] if x.ndim == 5 else None
         if exists(frames):
             x = resize_video_frames(x, self.stage_frames(index, frames))
@@ -546,8 +567,15 @@ class CascadeBase(nn.Module):
             raise ValueError(f"stop_at_unet_number: expected at least start_at_unet_number={start_at_unet_number}, "
                              f"got {stop_at_unet_number}")
         cond_scales = per_unet("cond_scale", cond_scale, num_unets)
+        per_unet_names = isinstance(cond_scale, list | tuple)
+        for index, scale in enumerate(cond_scales):
+            check_guidance_scale(f"cond_scale[{index}]" if per_unet_names else "cond_scale", scale)
         skip_steps = per_unet("skip_steps", skip_steps, num_unets)
+        per_unet_names = isinstance(steps, list | tuple)
         steps = per_unet("steps", steps, num_unets)
+        for index, stage_steps in enumerate(steps):
+            if exists(stage_steps):
+                check_steps(f"steps[{index}]" if per_unet_names else "steps", stage_steps)
         lowres_sample_noise_level = default(lowres_sample_noise_level, self.lowres_sample_noise_level)
         check_in_range("lowres_sample_noise_level", lowres_sample_noise_level, 0.0, 1.0)
         check_positive_int("inpaint_resample_times", inpaint_resample_times)
@@ -558,17 +586,14 @@ class CascadeBase(nn.Module):
             raise ValueError("inpaint_images, inpaint_videos: pass one of them, not both")
         inpaint_images = default(inpaint_images, inpaint_videos)
         if exists(inpaint_images):
-            inpaint_images, keep_mask = self._check_inpainting(inpaint_images, inpaint_masks)
-            inpaint_images = self.normalize_img(inpaint_images.to(device))
+            inpaint_images, keep_mask = self._check_inpainting(inpaint_images, inpaint_masks, device)
             keep_mask = keep_mask.to(device)
         elif exists(inpaint_masks):
             raise ValueError("inpaint_masks: given without inpaint_images/inpaint_videos")
         if exists(init_images):
-            self._check_images("init_images", init_images)
-            init_images = self.normalize_img(init_images.to(device))
+            init_images = self._check_images("init_images", init_images, device)
         if exists(start_image_or_video):
-            self._check_images("start_image_or_video", start_image_or_video)
-            start_image_or_video = self.normalize_img(start_image_or_video.to(device))
+            start_image_or_video = self._check_images("start_image_or_video", start_image_or_video, device)
         cond_images = self._check_cond_images(cond_images, device)
 
         batch = check_batch_match(texts=texts, text_embeds=text_embeds, text_masks=text_masks,
@@ -642,9 +667,9 @@ class CascadeBase(nn.Module):
 
     # -- sampling helpers -----------------------------------------------------------------------------------------
 
-    def _check_inpainting(self, images: Tensor, masks: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Checks inpainting inputs; returns the images and the keep mask (b, 1, [t,] h, w), True = keep."""
-        self._check_images("inpaint_images", images)
+    def _check_inpainting(self, images: Tensor, masks: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Checks inpainting inputs; returns the images in [-1, 1] and the keep mask (b, 1, [t,] h, w), True = keep."""
+        images = self._check_images("inpaint_images", images, device)
         if not exists(masks):
             raise ValueError("inpaint_masks: required with inpaint_images/inpaint_videos (bool, True where new "
                              "content is generated)")

@@ -8,6 +8,10 @@ imagen = ImagenConfig.load('imagen.json').create()
 U-Nets are given as dicts of their keyword arguments; an optional `unet_type` key picks the class ('Unet' by
 default, or 'Unet3D', 'NullUnet', 'BaseUnet64', 'SRUnet256', 'SRUnet1024').
 
+Config files and checkpoint metadata are untrusted data: `from_dict`/`load` check that every unet key is a real
+constructor parameter and every value plain JSON data (`synthesis_core.checkpoint.check_config`), raising
+`CheckpointError` naming the key path and the file before anything is built.
+
 `load_imagen_from_checkpoint(path)` rebuilds the cascade recorded in a checkpoint written by `ImagenTrainer.save`.
 """
 from __future__ import annotations
@@ -25,7 +29,13 @@ from imagen_pytorch.elucidated import ElucidatedImagen
 from imagen_pytorch.imagen import Imagen
 from imagen_pytorch.unet import BaseUnet64, NullUnet, SRUnet256, SRUnet1024, Unet
 from imagen_pytorch.unet3d import Unet3D
-from synthesis_core.checkpoint import CheckpointError, atomic_write_json, load_checkpoint, load_state_dict_checked
+from synthesis_core.checkpoint import (
+    CheckpointError,
+    atomic_write_json,
+    check_config,
+    load_checkpoint,
+    load_state_dict_checked,
+)
 from synthesis_core.checks import check_choice
 from synthesis_core.text import DEFAULT_T5_NAME
 from synthesis_core.training import extract_model_state
@@ -34,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "UNET_TYPES",
+    "check_unet_spec",
     "build_unet",
     "unet_to_dict",
     "ImagenConfig",
@@ -72,15 +83,31 @@ def _to_tuples(value: Any) -> Any:
     return value
 
 
-def build_unet(spec: dict | nn.Module) -> nn.Module:
-    """A U-Net from a dict of its keyword arguments (`unet_type` picks the class); modules pass through."""
+def check_unet_spec(spec: Any, *, source: str = "config", where: str = "unets") -> type[nn.Module]:
+    """The class a unet dict describes, after checking it names a known `unet_type`, gives only real
+    constructor parameters and holds plain JSON data; a `CheckpointError` naming `where` and `source` otherwise."""
+    if not isinstance(spec, dict):
+        raise TypeError(f"{where}: expected a dict of unet keyword arguments, got {type(spec).__name__}")
+    unet_type = spec.get("unet_type", "Unet")
+    if not isinstance(unet_type, str) or unet_type not in UNET_TYPES:
+        raise CheckpointError(f"{where}['unet_type'] in {source}: expected one of {list(UNET_TYPES)}, "
+                              f"got {unet_type!r}")
+    cls = UNET_TYPES[unet_type]
+    kwargs = {k: v for k, v in spec.items() if k != "unet_type"}
+    # unet arguments are numbers, strings and lists of them: a class named in here is refused, not built
+    check_config(cls, kwargs, source=source, where=where, allow_classes=False)
+    return cls
+
+
+def build_unet(spec: dict | nn.Module, *, source: str = "config", where: str = "unets") -> nn.Module:
+    """A U-Net from a dict of its keyword arguments (`unet_type` picks the class); modules pass through.
+
+    The dict is checked first (`check_unet_spec`); `source` and `where` name it in the error.
+    """
     if isinstance(spec, nn.Module):
         return spec
-    if not isinstance(spec, dict):
-        raise TypeError(f"unets: expected dicts of unet keyword arguments, got {type(spec).__name__}")
-    kwargs = dict(spec)
-    unet_type = check_choice("unet_type", kwargs.pop("unet_type", "Unet"), UNET_TYPES)
-    return UNET_TYPES[unet_type](**_to_tuples(kwargs))
+    cls = check_unet_spec(spec, source=source, where=where)
+    return cls(**_to_tuples({k: v for k, v in spec.items() if k != "unet_type"}))
 
 
 def unet_to_dict(unet: nn.Module) -> dict:
@@ -98,21 +125,27 @@ class _JsonConfig:
         return _to_json({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
     @classmethod
-    def from_dict(cls, data: dict):
+    def from_dict(cls, data: dict, *, source: str = "config", where: str = "config"):
+        """The config held by `data` (e.g. read from a file: `source` and `where` name it in errors)."""
         if not isinstance(data, dict):
             raise TypeError(f"{cls.__name__}: expected a dict, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known fields: {sorted(known)}")
+        cls._check_data(data, source=source, where=where)
         return cls(**data)
+
+    @classmethod
+    def _check_data(cls, data: dict, *, source: str, where: str) -> None:
+        """Checks the values of `data` before the dataclass is built (overridden by the cascade configs)."""
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_json(cls, text: str):
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, *, source: str = "config"):
+        return cls.from_dict(json.loads(text), source=source)
 
     def save(self, path: str | Path) -> Path:
         """Write the config as JSON (atomically)."""
@@ -126,18 +159,42 @@ class _JsonConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist (write one with `imagen config --path {path}`)")
-        return cls.from_json(path.read_text())
+        return cls.from_json(path.read_text(), source=str(path))
 
 
 def _model_kwargs(config: _JsonConfig) -> dict:
     return {f.name: _to_tuples(getattr(config, f.name)) for f in dataclasses.fields(config) if f.name != "unets"}
 
 
+class _CascadeConfig(_JsonConfig):
+    """What the two cascade configs share: `create()` and the checks of data read from a file."""
+
+    model_class: ClassVar[type]
+
+    @classmethod
+    def _check_data(cls, data: dict, *, source: str, where: str) -> None:
+        unets = data.get("unets", [])
+        if not isinstance(unets, list | tuple):
+            raise CheckpointError(f"{where}['unets'] in {source}: expected a list of unet dicts, "
+                                  f"got {type(unets).__name__}")
+        for index, unet in enumerate(unets):
+            if not isinstance(unet, nn.Module):
+                check_unet_spec(unet, source=source, where=f"{where}['unets'][{index}]")
+        # the cascade's own arguments: real constructor parameters holding plain JSON data (unets checked above)
+        check_config(cls.model_class, {k: v for k, v in data.items() if k != "unets"} | {"unets": []},
+                     source=source, where=where, allow_classes=False)
+
+    def create(self):
+        unets = [build_unet(unet, where=f"unets[{index}]") for index, unet in enumerate(self.unets)]
+        return self.model_class(unets, **_model_kwargs(self))
+
+
 @dataclass
-class ImagenConfig(_JsonConfig):
+class ImagenConfig(_CascadeConfig):
     """The arguments of `Imagen`, with `unets` as dicts (see the module docstring)."""
 
     model_type: ClassVar[str] = "original"
+    model_class: ClassVar[type] = Imagen
 
     unets: list[dict]
     image_sizes: int | list[int]
@@ -169,14 +226,15 @@ class ImagenConfig(_JsonConfig):
     karras_sampling_times: bool = True
 
     def create(self) -> Imagen:
-        return Imagen([build_unet(unet) for unet in self.unets], **_model_kwargs(self))
+        return super().create()
 
 
 @dataclass
-class ElucidatedImagenConfig(_JsonConfig):
+class ElucidatedImagenConfig(_CascadeConfig):
     """The arguments of `ElucidatedImagen`, with `unets` as dicts (see the module docstring)."""
 
     model_type: ClassVar[str] = "elucidated"
+    model_class: ClassVar[type] = ElucidatedImagen
 
     unets: list[dict]
     image_sizes: int | list[int]
@@ -211,7 +269,7 @@ class ElucidatedImagenConfig(_JsonConfig):
     sampler: str = "heun"
 
     def create(self) -> ElucidatedImagen:
-        return ElucidatedImagen([build_unet(unet) for unet in self.unets], **_model_kwargs(self))
+        return super().create()
 
 
 IMAGEN_CONFIG_TYPES: dict[str, type[_JsonConfig]] = {"original": ImagenConfig, "elucidated": ElucidatedImagenConfig}
@@ -273,6 +331,16 @@ class ImagenTrainerConfig(_JsonConfig):
             raise TypeError("imagen: expected an ImagenConfig, ElucidatedImagenConfig or a dict of one, got "
                             f"{type(self.imagen).__name__}")
 
+    @classmethod
+    def from_dict(cls, data: dict, *, source: str = "config", where: str = "config"):
+        """The config held by `data`; its `imagen` dict is checked as a cascade config (see `ImagenConfig`)."""
+        if isinstance(data, dict) and isinstance(data.get("imagen"), dict):
+            imagen = dict(data["imagen"])
+            kind = check_choice("imagen type", imagen.pop("type", "original"), IMAGEN_CONFIG_TYPES)
+            imagen_config = IMAGEN_CONFIG_TYPES[kind].from_dict(imagen, source=source, where=f"{where}['imagen']")
+            data = {**data, "imagen": imagen_config}
+        return super().from_dict(data, source=source, where=where)
+
     def to_dict(self) -> dict:
         data = super().to_dict()
         data["imagen"] = {"type": self.imagen.model_type, **self.imagen.to_dict()}
@@ -304,10 +372,13 @@ def imagen_from_checkpoint_data(
         raise CheckpointError(f"{source} holds no imagen config; was it written by ImagenTrainer.save?")
     recorded = dict(recorded)
     kind = check_choice("imagen type", recorded.pop("type", "original"), IMAGEN_CONFIG_TYPES)
-    imagen = IMAGEN_CONFIG_TYPES[kind].from_dict(recorded).create()
+    # checked (keys, plain data) before any unet is built: the metadata is as untrusted as the file
+    imagen = IMAGEN_CONFIG_TYPES[kind].from_dict(recorded, source=source, where="config['imagen']").create()
     if not load_weights:
         return imagen
     saved_models = metadata.get("models", {})
+    if not isinstance(saved_models, dict) or not all(isinstance(v, dict) for v in saved_models.values()):
+        raise CheckpointError(f"['models'] in {source}: expected a dict of per-unet dicts")
     for index, unet in enumerate(imagen.unets):
         name = f"unet{index + 1}"
         if name not in saved_models:

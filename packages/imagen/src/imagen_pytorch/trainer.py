@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from imagen_pytorch.configs import imagen_config_from_model, load_imagen_from_ch
 from imagen_pytorch.elucidated import ElucidatedImagen
 from imagen_pytorch.imagen import Imagen
 from synthesis_core.checks import check_in_range, check_positive_int
-from synthesis_core.training import BaseTrainer, cycle, split_batch
+from synthesis_core.training import BaseTrainer, DataStream, split_batch
 from synthesis_core.utils import exists
 
 logger = logging.getLogger(__name__)
@@ -188,8 +188,8 @@ class ImagenTrainer:
 
         self.train_dl: DataLoader | None = None
         self.valid_dl: DataLoader | None = None
-        self._train_iter: Iterator | None = None
-        self._valid_iter: Iterator | None = None
+        self._train_iter: DataStream | None = None
+        self._valid_iter: DataStream | None = None
 
         if exists(imagen_checkpoint_path):
             self.load(imagen_checkpoint_path)
@@ -254,11 +254,13 @@ class ImagenTrainer:
         unet_number, name = self._registered_name(unet_number)
         unet = self.engine.models[name]
         total = 0.0
-        for fraction, chunk_args, chunk_kwargs in split_batch(max_batch_size, *args, **kwargs):
-            with self.engine.autocast():
-                loss = self.imagen(*chunk_args, unet_number=unet_number, unet=unet, **chunk_kwargs)
-            self.engine.backward(loss, name, fraction=fraction)
-            total += loss.item() * fraction
+        # one micro-batch: across processes, gradients are all-reduced in the last of gradient_accumulate_every
+        with self.engine.accumulate(name):
+            for fraction, chunk_args, chunk_kwargs in split_batch(max_batch_size, *args, **kwargs):
+                with self.engine.autocast():
+                    loss = self.imagen(*chunk_args, unet_number=unet_number, unet=unet, **chunk_kwargs)
+                self.engine.backward(loss, name, fraction=fraction)
+                total += loss.item() * fraction
         return total
 
     def update(self, unet_number: int | None = None) -> bool:
@@ -287,16 +289,18 @@ class ImagenTrainer:
         self.add_valid_dataloader(DataLoader(dataset, batch_size=batch_size, **dl_kwargs))
 
     def add_train_dataloader(self, dataloader: DataLoader) -> None:
+        """Train from `dataloader`: its position (epoch, batches drawn) is saved in checkpoints, so a resumed run
+        goes on with the same batches, also mid-epoch (a checkpoint loaded before this call applies here)."""
         if exists(self.train_dl):
             raise ValueError("a training dataloader was already added")
-        self.train_dl = self.engine.prepare_dataloader(dataloader)
-        self._train_iter = cycle(self.train_dl)
+        self._train_iter = self.engine.add_dataloader("train", dataloader)
+        self.train_dl = self._train_iter.dataloader
 
     def add_valid_dataloader(self, dataloader: DataLoader) -> None:
         if exists(self.valid_dl):
             raise ValueError("a validation dataloader was already added")
-        self.valid_dl = self.engine.prepare_dataloader(dataloader)
-        self._valid_iter = cycle(self.valid_dl)
+        self._valid_iter = self.engine.add_dataloader("valid", dataloader)
+        self.valid_dl = self._valid_iter.dataloader
 
     def _split(self, dataset: Dataset) -> tuple[Dataset, Dataset]:
         total = len(dataset)
@@ -335,12 +339,16 @@ class ImagenTrainer:
         return kwargs
 
     def train_step(self, unet_number: int | None = None, max_batch_size: int | None = None, **kwargs: Any) -> float:
-        """One batch from the training data: forward, backward and `update`. Returns the loss."""
+        """One optimizer step from the training data: forward and backward of `gradient_accumulate_every` batches,
+        then `update`. Returns their mean loss."""
         if not exists(self._train_iter):
             raise ValueError("no training data: call add_train_dataset or add_train_dataloader first")
         unet_number, _ = self._registered_name(unet_number)
-        loss = self(**self._forward_kwargs(next(self._train_iter)), unet_number=unet_number,
-                    max_batch_size=max_batch_size, **kwargs)
+        accumulate = self.engine.gradient_accumulate_every
+        loss = 0.0
+        for _ in range(accumulate):
+            loss += self(**self._forward_kwargs(next(self._train_iter)), unet_number=unet_number,
+                         max_batch_size=max_batch_size, **kwargs) / accumulate
         self.update(unet_number)
         return loss
 
@@ -392,8 +400,12 @@ class ImagenTrainer:
     # -- checkpoints --------------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path | str:
-        """Write everything (unets, EMAs, optimizers, schedulers, steps, RNG and the cascade's config) to one
-        safetensors file; a remote fsspec URL is written locally, then uploaded."""
+        """Write everything (unets, EMAs, optimizers, schedulers, steps, data positions, RNG and the cascade's
+        config) to one safetensors file; a remote fsspec URL is written locally, then uploaded.
+
+        No collective operation: call it from the main process only (`if trainer.is_main: trainer.save(path)`) or
+        from every process (each other process then also keeps its RNG states beside a local file, see
+        `BaseTrainer.save`)."""
         if _is_remote(path):
             fs, target = _url_to_fs(str(path))
             with tempfile.TemporaryDirectory() as folder:
@@ -410,17 +422,26 @@ class ImagenTrainer:
         return written
 
     def load(self, path: str | os.PathLike, *, strict: bool = True, load_optimizers: bool = True) -> dict | None:
-        """Restore a checkpoint written by `save` (a local path or an fsspec URL)."""
+        """Restore a checkpoint written by `save` (a local path or an fsspec URL), from every process. All or
+        nothing: a checkpoint that does not fit raises CheckpointError and changes nothing. `strict=True` refuses
+        one whose unets are not this cascade's (another count, names, keys or shapes); the unets of the cascade
+        that this trainer does not train (`only_train_unet_number`) are skipped."""
+        untrained = self._untrained_unet_names()
         if _is_remote(path):
             fs, remote = _url_to_fs(str(path))
             with tempfile.TemporaryDirectory() as folder:
                 local = Path(folder) / "checkpoint.safetensors"
                 fs.get(remote, str(local))
-                return self.engine.load(local, strict=strict, load_optimizers=load_optimizers)
+                return self.engine.load(local, strict=strict, load_optimizers=load_optimizers,
+                                        ignore_models=untrained)
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        return self.engine.load(path, strict=strict, load_optimizers=load_optimizers)
+        return self.engine.load(path, strict=strict, load_optimizers=load_optimizers, ignore_models=untrained)
+
+    def _untrained_unet_names(self) -> list[str]:
+        """The other unets of this very cascade, which a checkpoint of the whole cascade holds as well."""
+        return [self.model_name(n) for n in range(1, self.num_unets + 1) if self.model_name(n) not in self.engine.models]
 
     def save_checkpoint(self) -> Path | str:
         """A numbered checkpoint in `checkpoint_path` (keeping the newest `max_checkpoints_keep`)."""
@@ -440,8 +461,8 @@ class ImagenTrainer:
                 local = self.remote_checkpoints.download_latest(Path(folder))
                 if exists(local):
                     logger.info("resuming from the newest checkpoint in %s", self.remote_checkpoints.root)
-                    self.engine.load(local)
+                    self.engine.load(local, ignore_models=self._untrained_unet_names())
             return
         if exists(self.engine.checkpoints.latest()):
             logger.info("resuming from %s", self.engine.checkpoints.latest())
-            self.engine.load("latest")
+            self.engine.load("latest", ignore_models=self._untrained_unet_names())

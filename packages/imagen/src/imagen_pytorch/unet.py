@@ -935,8 +935,8 @@ class NullUnet(PretrainedMixin, nn.Module):
         text_embed_dim: int = 768,
         self_cond: bool = False,
         cond_images_channels: int = 0,
-        **kwargs: Any,
     ):
+        # no **kwargs: a config file must not be able to hand a NullUnet arbitrary keys to store and pass on
         super().__init__()
         self.channels = channels
         self.channels_out = default(channels_out, channels)

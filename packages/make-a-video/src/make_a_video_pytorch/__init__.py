@@ -9,6 +9,13 @@ from make_a_video_pytorch.blocks import Pseudo3DConv, SpatioTemporalAttention
 from make_a_video_pytorch.make_a_video import FrameInterpolator, MakeAVideo
 from make_a_video_pytorch.trainer import MakeAVideoTrainer
 from make_a_video_pytorch.unet import SpaceTimeUnet
+from synthesis_core.checkpoint import register_loadable
+
+# The classes a saved config.json may name (`from_pretrained`, `load_model_from_folder`): nothing else is ever
+# built from a file. FrameInterpolator passes its **kwargs on to MakeAVideo.
+register_loadable(SpaceTimeUnet)
+register_loadable(MakeAVideo)
+register_loadable(FrameInterpolator, forwards_kwargs_to=MakeAVideo)
 
 __all__ = [
     "Pseudo3DConv",

@@ -11,7 +11,9 @@ this module wires them to the U-Net and implements the paper's recipe as API:
    that fills the frames in between: `interpolator.interpolate(video, factor=2)` doubles the frame rate of a
    sampled video and returns the given keyframes exactly.
 
-Pixels are floats in [0, 1] at the API and [-1, 1] inside.
+Pixels are floats in [0, 1] at the API and [-1, 1] inside; `synthesis_core.checks.check_pixels` reads them by the
+rule every package shares ([-1, 1] batches with a warning when clamped, uint8 divided by 255, other float dtypes
+cast to the model's; NaN / inf, 0-255 floats, another device or an empty batch refused).
 """
 from __future__ import annotations
 
@@ -27,12 +29,15 @@ from synthesis_core.checkpoint import PretrainedMixin
 from synthesis_core.checks import (
     check_batch_match,
     check_choice,
+    check_embeddings,
+    check_guidance_scale,
     check_image_size,
     check_in_range,
     check_pixel_batch,
+    check_pixels,
     check_positive_int,
+    check_steps,
     check_tensor,
-    pixels_to_symmetric,
 )
 from synthesis_core.diffusion import (
     BETA_SCHEDULES,
@@ -154,6 +159,11 @@ class MakeAVideo(PretrainedMixin, nn.Module):
         return next(self.unet.parameters()).device
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The U-Net's parameter dtype: inputs in another float dtype are cast to it."""
+        return next(self.unet.parameters()).dtype
+
+    @property
     def conditions_on_text(self) -> bool:
         return exists(self.unet.text_embed_dim)
 
@@ -197,10 +207,12 @@ class MakeAVideo(PretrainedMixin, nn.Module):
 
     # -- inputs ----------------------------------------------------------------------------------------------
 
-    def _check_pixels(self, name: str, x: Tensor, *, allow_images: bool = True) -> Tensor:
-        """Validate a batch of videos (or images) in [0, 1]; return it in [-1, 1]."""
+    def _check_pixels(self, name: str, x: Tensor, *, allow_images: bool = True, output_range: str = "symmetric"
+                      ) -> Tensor:
+        """Validate a batch of videos (or images) at the API (`check_pixels`: [0, 1], or [-1, 1] read as such);
+        return it in [-1, 1] (or [0, 1] with `output_range='unit'`) in the model's dtype."""
         check_pixel_batch(name, x, channels=self.channels, image_size=self.image_size, allow_images=allow_images)
-        return pixels_to_symmetric(name, x)[0]
+        return check_pixels(name, x, device=self.device, dtype=self.dtype, output_range=output_range)
 
     def encode_text(
         self,
@@ -228,7 +240,7 @@ class MakeAVideo(PretrainedMixin, nn.Module):
         if exists(text_embeds):
             check_tensor("text_embeds", text_embeds, ndim=3, shape=("batch", None, self.unet.text_embed_dim),
                          names=("batch", "tokens", "text_embed_dim"), dtype_floating=True)
-            text_embeds = text_embeds.to(device)
+            text_embeds = check_embeddings("text_embeds", text_embeds, device=device, dtype=self.dtype)
             if exists(text_mask):
                 check_tensor("text_mask", text_mask, shape=tuple(text_embeds.shape[:2]), names=("batch", "tokens"))
                 text_mask = text_mask.to(device=device, dtype=torch.bool)
@@ -335,8 +347,8 @@ class MakeAVideo(PretrainedMixin, nn.Module):
         inpaint: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         sampler = check_choice("sampler", default(sampler, self.sampler), VP_SAMPLERS)
-        steps = check_positive_int("steps", default(steps, self.sample_steps))
-        check_in_range("cond_scale", cond_scale, 0.0, None)
+        steps = check_steps("steps", default(steps, self.sample_steps), maximum=self.schedule.num_timesteps)
+        check_guidance_scale("cond_scale", cond_scale)
         device = self.device
         schedule = self.schedule.to(device)
         times = sampling_times(schedule, steps, device=device)
@@ -485,7 +497,11 @@ class FrameInterpolator(MakeAVideo):
     ) -> Tensor:
         """Raise the frame rate of `video (b, c, t, h, w)` in [0, 1] by `factor`: returns `(b, c, t * factor, h, w)`
         whose frames `0, factor, 2 factor, ...` are exactly the given frames and the others are generated."""
-        x_known = self._check_pixels("video", video, allow_images=False).to(self.device)
+        check_guidance_scale("cond_scale", cond_scale)
+        if exists(steps):
+            check_steps("steps", steps, maximum=self.schedule.num_timesteps)
+        known_unit = self._check_pixels("video", video, allow_images=False, output_range="unit")
+        x_known = known_unit * 2 - 1
         check_positive_int("factor", factor)
         if factor < 2:
             raise ValueError(f"factor: expected an interpolation factor of at least 2, got {factor}")
@@ -505,8 +521,9 @@ class FrameInterpolator(MakeAVideo):
                                 cond=self.keyframe_condition(known, keep), cond_scale=cond_scale,
                                 rescale_phi=rescale_phi, sampler=sampler, steps=steps, generator=generator,
                                 progress=progress, inpaint=(known, keep))
-        # exactly the given pixels (the [0, 1] -> [-1, 1] -> [0, 1] round trip may round the last bit)
-        out[:, :, ::factor] = video.to(out)
+        # exactly the given pixels (the [0, 1] -> [-1, 1] -> [0, 1] round trip may round the last bit), as read
+        # by the pixel rule (a uint8 or [-1, 1] video comes back in [0, 1] like the generated frames)
+        out[:, :, ::factor] = known_unit.to(out)
         return out
 
     def sample(self, *args, **kwargs) -> Tensor:

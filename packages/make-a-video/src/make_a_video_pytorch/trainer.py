@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from make_a_video_pytorch.make_a_video import FrameInterpolator, MakeAVideo
 from synthesis_core.checks import check_choice, check_in_range, check_positive_int
 from synthesis_core.data import ImageFolderDataset, VideoFolderDataset
-from synthesis_core.training import BaseTrainer, cycle, split_batch
+from synthesis_core.training import BaseTrainer, DataStream, split_batch
 from synthesis_core.utils import default, exists
 from synthesis_core.video import save_video
 
@@ -151,8 +151,8 @@ class MakeAVideoTrainer(BaseTrainer):
                 captions = " with a caption sidecar (name.txt)" if self.with_captions else ""
                 raise ValueError(f"{name}: no usable items{captions} found")
 
-        self.video_dl = self._loader(self.video_dataset, batch_size, num_workers)
-        self.image_dl = self._loader(self.image_dataset, default(image_batch_size, batch_size), num_workers)
+        self.video_dl = self._loader("videos", self.video_dataset, batch_size, num_workers)
+        self.image_dl = self._loader("images", self.image_dataset, default(image_batch_size, batch_size), num_workers)
 
         if model.unet.text_embed_dim is None and sample_texts:
             raise ValueError("sample_texts: the model is unconditional (its unet has no text_embed_dim)")
@@ -161,19 +161,23 @@ class MakeAVideoTrainer(BaseTrainer):
             logger.warning("training on images only with frozen spatial layers: images skip the temporal layers, "
                            "so nothing will learn")
 
+        # images skip the temporal layers and text conditioning is dropped now and then: some parameters then get
+        # no gradient, which DDP must be told about
         self.add_model(MODEL_NAME, model, lr=lr, warmup_steps=warmup_steps, total_steps=num_train_steps,
                        max_grad_norm=max_grad_norm, ema_decay=ema_decay, ema_update_every=ema_update_every,
-                       ema_kwargs={"update_after_step": ema_update_after_step})
+                       ema_kwargs={"update_after_step": ema_update_after_step},
+                       find_unused_parameters=has_images or self.with_captions)
         self.config.update(batch_size=batch_size, lr=lr, num_train_steps=num_train_steps,
                            grad_accum_every=grad_accum_every, ema_decay=ema_decay, has_images=has_images,
                            has_videos=has_videos, with_captions=self.with_captions)
 
-    def _loader(self, dataset: Dataset | None, batch_size: int, num_workers: int):
+    def _loader(self, name: str, dataset: Dataset | None, batch_size: int, num_workers: int) -> DataStream | None:
         if dataset is None:
             return None
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) >= batch_size,
                             num_workers=num_workers, pin_memory=torch.cuda.is_available())
-        return cycle(self.prepare_dataloader(loader))
+        # endless batches whose position checkpoints record: a resume goes on mid-epoch with the same batches
+        return self.add_dataloader(name, loader)
 
     @property
     def model(self) -> MakeAVideo:
@@ -209,11 +213,12 @@ class MakeAVideoTrainer(BaseTrainer):
         """One optimizer step over `grad_accum_every` batches (of videos, images or both); returns the loss."""
         total = 0.0
         for _ in range(self.gradient_accumulate_every):
-            if exists(self.video_dl):
-                total += self._accumulate(next(self.video_dl))
-            if exists(self.image_dl):
-                # images (b, c, h, w) train the spatial layers only
-                total += self._accumulate(next(self.image_dl), weight=self.image_loss_weight)
+            with self.accumulate(MODEL_NAME):
+                if exists(self.video_dl):
+                    total += self._accumulate(next(self.video_dl))
+                if exists(self.image_dl):
+                    # images (b, c, h, w) train the spatial layers only
+                    total += self._accumulate(next(self.image_dl), weight=self.image_loss_weight)
         self.step(MODEL_NAME)
         return total / self.gradient_accumulate_every
 
@@ -275,13 +280,12 @@ class MakeAVideoTrainer(BaseTrainer):
         return path
 
     def save_model(self, folder: str | Path | None = None, ema: bool = True) -> Path | None:
-        """`save_pretrained` of the EMA (or raw) model to `folder` (default `results_folder/model`)."""
+        """`save_pretrained` of the EMA (or raw) model to `folder` (default `results_folder/model`), written by the
+        main process. No collective operation: call it from every process or from the main one only."""
         folder = Path(default(folder, lambda: self.results_folder / "model"))
-        self.wait_for_everyone()
         if self.is_main:
             (self.ema_model if ema else self.model).save_pretrained(folder)
             logger.info("saved model to %s", folder)
-        self.wait_for_everyone()
         return folder
 
 

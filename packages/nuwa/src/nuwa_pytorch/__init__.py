@@ -4,6 +4,13 @@ from nuwa_pytorch.nuwa import NUWA, NUWASketch
 from nuwa_pytorch.sparse_3dna import Sparse3DNA
 from nuwa_pytorch.trainer import NUWATrainer, VQGanVAETrainer, WordTokenizer
 from nuwa_pytorch.vqgan_vae import VQGanVAE
+from synthesis_core.checkpoint import register_loadable
+
+# The classes a saved config.json may name (`from_pretrained`, `load_model_from_folder`): nothing else is ever
+# built from a file.
+register_loadable(VQGanVAE)
+register_loadable(NUWA)
+register_loadable(NUWASketch)
 
 __all__ = [
     "__version__",

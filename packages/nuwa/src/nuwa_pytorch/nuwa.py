@@ -32,7 +32,17 @@ from nuwa_pytorch.sparse_3dna import KVCache, Sparse3DNA, to_3d
 from nuwa_pytorch.vqgan_vae import VQGanVAE
 from synthesis_core.attention import Attention, RotaryEmbedding, Transformer, attend
 from synthesis_core.checkpoint import PretrainedMixin
-from synthesis_core.checks import check_batch_match, check_in_range, check_positive_int, check_tensor
+from synthesis_core.checks import (
+    check_batch_match,
+    check_device,
+    check_guidance_scale,
+    check_in_range,
+    check_not_empty,
+    check_pixels,
+    check_positive_int,
+    check_temperature,
+    check_tensor,
+)
 from synthesis_core.chunked import ReversibleSequence, SequentialResidual
 from synthesis_core.layers import FeedForward, LayerNorm, token_shift
 from synthesis_core.utils import cast_tuple, default, eval_decorator, exists, prob_mask_like
@@ -443,12 +453,14 @@ class _FrozenVAEVideoModel(nn.Module):
         if exists(video):
             size, channels = self.image_size, self.vae.channels
             check_tensor("video", video, shape=("batch", "frames", channels, size, size),
-                         names=("batch", "frames", "channels", "height", "width"), dtype_floating=True)
+                         names=("batch", "frames", "channels", "height", "width"))
             self._check_num_frames("video", video.shape[1])
-            return self.vae.get_video_indices(video)
+            return self.vae.get_video_indices(video)  # checks the pixels (`check_pixels`)
         check_tensor("video_indices", video_indices, ndim=(2, 4))
         if video_indices.is_floating_point():
             raise TypeError(f"video_indices: expected integer codebook indices, got {video_indices.dtype}")
+        check_device("video_indices", video_indices, self.vae.device)
+        check_not_empty("video_indices", video_indices)
         if video_indices.ndim == 4:
             _, height, width = self.video_shape
             check_tensor("video_indices", video_indices, shape=("batch", "frames", height, width),
@@ -486,8 +498,8 @@ class _FrozenVAEVideoModel(nn.Module):
                                 num_frames: int | None, use_cache: bool, generator: torch.Generator | None,
                                 progress: bool) -> Tensor:
         check_in_range("filter_thres", filter_thres, 0.0, 1.0)
-        check_in_range("temperature", temperature, 0.0, None)
-        check_in_range("cond_scale", cond_scale, 0.0, None)
+        check_temperature("temperature", temperature)
+        check_guidance_scale("cond_scale", cond_scale)
         num_frames = default(num_frames, self.max_video_frames)
         self._check_num_frames("num_frames", num_frames)
         context, context_mask = self.encode_condition(condition)
@@ -593,6 +605,8 @@ class NUWA(PretrainedMixin, _FrozenVAEVideoModel):
         check_tensor("text", text, ndim=2, names=("batch", "text_seq"))
         if text.is_floating_point() or text.dtype == torch.bool:
             raise TypeError(f"text: expected integer token ids, got dtype {text.dtype}")
+        check_device("text", text, self.text_token_emb.weight.device)
+        check_not_empty("text", text)
         if text.shape[1] > self.text_max_seq_len:
             raise ValueError(f"text: {text.shape[1]} tokens exceed text_max_seq_len={self.text_max_seq_len}")
         check_tensor("text", text, value_range=(0, self.text_num_tokens - 1))
@@ -739,8 +753,10 @@ class NUWASketch(PretrainedMixin, _FrozenVAEVideoModel):
         """Sketches `(b, sketch_frames, c, h, w)` in [0, 1] -> `(encodings (b, m, dim), mask (b, m) all True)`."""
         size, channels = self.sketch_vae.image_size, self.sketch_vae.channels
         check_tensor("sketch", sketch, shape=("batch", "sketch_frames", channels, size, size),
-                     names=("batch", "sketch_frames", "channels", "height", "width"), dtype_floating=True)
+                     names=("batch", "sketch_frames", "channels", "height", "width"))
         self._check_num_frames("sketch", sketch.shape[1], limit_name="sketch_max_video_frames")
+        # checked here so that errors name the sketch (the sketch VAE would call it "video")
+        sketch = check_pixels("sketch", sketch, device=self.sketch_vae.device, dtype=self.sketch_vae.dtype)
         indices = self.sketch_vae.get_video_indices(sketch)
         x = embed_gradient_fraction(self.sketch_token_emb(indices), self.embed_gradient_frac)
         x = self.sketch_encoder(x + self.sketch_pos_emb[:indices.shape[1]])

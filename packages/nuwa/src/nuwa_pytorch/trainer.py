@@ -2,8 +2,8 @@
 `NUWATrainer` (text + video on the frozen VAE), plus the word-level `WordTokenizer` for captions.
 
 Both run on `synthesis_core.training.BaseTrainer`: CPU or GPUs through accelerate, mixed precision, EMA, NaN
-guard, atomic safetensors checkpoints in `results_folder` (resume with `resume='latest'`), samples written as
-images / gifs, never an interactive prompt. Data layout at this package's boundary is `(b, f, c, h, w)`; the
+guard, atomic safetensors checkpoints in `results_folder` (resume with `resume='latest'`, exactly, also mid-epoch),
+samples written as images / gifs, never an interactive prompt. Data layout at this package's boundary is `(b, f, c, h, w)`; the
 core datasets give `(c, t, h, w)` items, converted here.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from synthesis_core.checkpoint import atomic_write_json, read_json
 from synthesis_core.checks import check_in_range, check_positive_int
 from synthesis_core.data import ImageFolderDataset, VideoFolderDataset
 from synthesis_core.text import build_vocab, split_words
-from synthesis_core.training import AutoencoderGANTrainer, BaseTrainer, cycle, make_dataloader
+from synthesis_core.training import AutoencoderGANTrainer, BaseTrainer, make_dataloader
 from synthesis_core.utils import default, exists
 from synthesis_core.video import save_image, save_video
 
@@ -216,7 +216,7 @@ class VQGanVAETrainer(AutoencoderGANTrainer):
                              warmup_steps=warmup_steps, ema=use_ema, ema_decay=ema_decay,
                              ema_update_every=ema_update_every)
         loader = make_dataloader(dataset, batch_size, num_workers=num_workers, collate_fn=collate_images)
-        self.dataloader = cycle(self.prepare_dataloader(loader))
+        self.dataloader = self.add_dataloader("train", loader)  # its position is checkpointed
         self.config.update(batch_size=batch_size)
         if exists(resume):
             self.load(resume)
@@ -237,7 +237,11 @@ class VQGanVAETrainer(AutoencoderGANTrainer):
         was_training = model.training
         model.eval()
         try:
-            images = self.next_batch()[: self.num_sample_images]
+            # the same first images of the dataset every time, read directly: drawing from the training loader on
+            # the main process only would put the processes at different places in the data
+            count = min(self.num_sample_images, len(self.dataset))
+            images = collate_images([self.dataset[i] for i in range(count)])[: self.num_sample_images]
+            images = images.to(self.device)
             recons = model(images)
         finally:
             model.train(was_training)
@@ -327,7 +331,7 @@ class NUWATrainer(BaseTrainer):
 
         collate = functools.partial(collate_text_and_video, tokenizer=tokenizer, max_text_len=nuwa.text_max_seq_len)
         loader = make_dataloader(dataset, batch_size, num_workers=num_workers, collate_fn=collate)
-        self.dataloader = cycle(self.prepare_dataloader(loader))
+        self.dataloader = self.add_dataloader("train", loader)  # its position is checkpointed
         self.config.update(dict(batch_size=batch_size, num_train_steps=num_train_steps, lr=lr, num_frames=num_frames,
                                 vocab=tokenizer.vocab if exists(tokenizer) else None))
         if exists(tokenizer) and self.is_main:
@@ -351,10 +355,11 @@ class NUWATrainer(BaseTrainer):
         nuwa.train()
         logs = {"loss": 0.0}
         for _ in range(self.gradient_accumulate_every):
-            batch = {k: v.to(self.device) for k, v in next(self.dataloader).items()}
-            with self.autocast():
-                loss = nuwa(**batch, return_loss=True, cond_dropout_prob=self.cond_dropout_prob)
-            self.backward(loss, "nuwa")
+            with self.accumulate("nuwa"):
+                batch = {k: v.to(self.device) for k, v in next(self.dataloader).items()}
+                with self.autocast():
+                    loss = nuwa(**batch, return_loss=True, cond_dropout_prob=self.cond_dropout_prob)
+                self.backward(loss, "nuwa")
             logs["loss"] += loss.item() / self.gradient_accumulate_every
         self.step("nuwa")
         return logs

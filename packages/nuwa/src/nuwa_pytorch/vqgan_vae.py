@@ -10,7 +10,10 @@ quantizer and adversarial losses, applied to videos frame by frame.
 A resnet encoder halves the resolution `num_layers` times (feature maps of `image_size // 2 ** num_layers`), the
 core `VectorQuantize` turns each feature vector into a code (optionally in a lower `vq_codebook_dim`, cosine,
 k-means initialised, orthogonally regularised) and a mirrored decoder maps codes back to pixels. Images and videos
-are floats in [0, 1] at the public boundary and [-1, 1] inside.
+are floats in [0, 1] at the public boundary and [-1, 1] inside. Inputs are read by the rule every package shares
+(`synthesis_core.checks.check_pixels`: [-1, 1] batches with a warning when clamped, uint8 divided by 255, other
+float dtypes cast to the model's; NaN / inf, 0-255 floats, another device or an empty batch refused), so a bad
+batch never reaches the codebook.
 
 The perceptual loss runs over `vgg`: any injected network, else torchvision's pretrained VGG16 from the local
 torch cache (`synthesis_core.gan.default_vgg`), resolved on first use, so building a model never needs it.
@@ -29,7 +32,15 @@ from torch import Tensor, nn
 
 from synthesis_core.attention import Attention
 from synthesis_core.checkpoint import PretrainedMixin
-from synthesis_core.checks import check_in_range, check_positive_int, check_tensor
+from synthesis_core.checks import (
+    check_device,
+    check_embeddings,
+    check_in_range,
+    check_not_empty,
+    check_pixels,
+    check_positive_int,
+    check_tensor,
+)
 from synthesis_core.chunked import apply_in_slices
 from synthesis_core.gan import (
     Discriminator,
@@ -240,15 +251,26 @@ class VQGanVAE(PretrainedMixin, nn.Module):
     def num_tokens_per_frame(self) -> int:
         return self.fmap_size**2
 
+    @property
+    def device(self) -> torch.device:
+        return self.last_layer.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The parameter dtype: inputs in another float dtype are cast to it."""
+        return self.last_layer.dtype
+
     def _check_pixels(self, name: str, x: Tensor) -> Tensor:
-        check_tensor(name, x, ndim=(4, 5), dtype_floating=True)
+        """Images `(b, c, h, w)` or videos `(b, f, c, h, w)` at the API -> pixels in [0, 1] in the model's dtype
+        (`check_pixels`)."""
+        check_tensor(name, x, ndim=(4, 5))
         size, channels = self.image_size, self.channels
         if x.ndim == 4:
             check_tensor(name, x, shape=("batch", channels, size, size), names=("batch", "channels", "height", "width"))
         else:
             check_tensor(name, x, shape=("batch", "frames", channels, size, size),
                          names=("batch", "frames", "channels", "height", "width"))
-        return x
+        return check_pixels(name, x, device=self.device, dtype=self.dtype)
 
     # encoding and decoding (internal scale [-1, 1], images (b, c, h, w))
 
@@ -281,7 +303,7 @@ class VQGanVAE(PretrainedMixin, nn.Module):
 
     def encode(self, x: Tensor) -> Tensor:
         """Continuous (pre-quantization) feature maps: `(b, d, fmap, fmap)`, or `(b, f, d, fmap, fmap)` for videos."""
-        self._check_pixels("x", x)
+        x = self._check_pixels("x", x)
         if x.ndim == 5:
             frames = x.shape[1]
             fmap = self._encode(rearrange(x, "b f c h w -> (b f) c h w") * 2 - 1)
@@ -298,6 +320,7 @@ class VQGanVAE(PretrainedMixin, nn.Module):
             fmap = rearrange(fmap, "b f d h w -> (b f) d h w")
         check_tensor("fmap", fmap, shape=("batch", self.codebook_dim, self.fmap_size, self.fmap_size),
                      names=("batch", "dim", "height", "width"))
+        fmap = check_embeddings("fmap", fmap, device=self.device, dtype=self.dtype)
         if quantize:
             fmap, _, _ = self._quantize(fmap)
         images = ((self._decode(fmap) + 1) * 0.5).clamp(0.0, 1.0)
@@ -307,7 +330,7 @@ class VQGanVAE(PretrainedMixin, nn.Module):
     def get_video_indices(self, video: Tensor) -> Tensor:
         """Codebook indices of a video `(b, f, c, h, w)` -> `(b, f * fmap * fmap)` (frame, row, column order), or of
         images `(b, c, h, w)` -> `(b, fmap * fmap)`."""
-        self._check_pixels("video", video)
+        video = self._check_pixels("video", video)
         is_video = video.ndim == 5
         images = rearrange(video, "b f c h w -> (b f) c h w") if is_video else video
         _, indices, _ = self._quantize(self._encode(images * 2 - 1))
@@ -337,6 +360,8 @@ class VQGanVAE(PretrainedMixin, nn.Module):
         if indices.shape[1] % per_frame != 0:
             raise ValueError(f"indices: expected a whole number of frames of {self.fmap_size} x {self.fmap_size} = "
                              f"{per_frame} tokens, got {indices.shape[1]} tokens")
+        check_device("indices", indices, self.device)
+        check_not_empty("indices", indices)
         check_tensor("indices", indices, value_range=(0, self.codebook_size - 1))
         batch = indices.shape[0]
         frame_indices = rearrange(indices, "b (f n) -> (b f) n", n=per_frame)
@@ -382,7 +407,7 @@ class VQGanVAE(PretrainedMixin, nn.Module):
         `self.discr` (a trainer passes its distributed wrapper of it)."""
         if not self.use_vgg_and_gan:
             raise ValueError("return_discr_loss: this VQGanVAE has no discriminator (use_vgg_and_gan=False)")
-        self._check_pixels("img", images)
+        images = self._check_pixels("img", images)
         if images.ndim == 5:
             images = rearrange(images, "b f c h w -> (b f) c h w")
         discr = discr if exists(discr) else self.discr
@@ -421,7 +446,7 @@ class VQGanVAE(PretrainedMixin, nn.Module):
         if return_loss and return_discr_loss:
             raise ValueError("return_loss and return_discr_loss: ask for one loss at a time (they train different "
                              "parameters in alternating steps)")
-        self._check_pixels("img", img)
+        img = self._check_pixels("img", img)
         is_video = img.ndim == 5
         images = rearrange(img, "b f c h w -> (b f) c h w") if is_video else img
 

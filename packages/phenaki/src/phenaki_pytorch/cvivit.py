@@ -11,7 +11,10 @@ Training (VQGAN recipe): reconstruction MSE + quantizer loss + LPIPS-style perce
 from a StyleGAN-like discriminator on one random frame per video, weighted adaptively against the reconstruction
 gradient at the last layer. The discriminator is trained by a separate call with `return_discr_loss=True`.
 
-Pixel values are in [0, 1] at the boundary (inputs and decoded videos); the model works in [-1, 1].
+Pixel values are in [0, 1] at the boundary (inputs and decoded videos); the model works in [-1, 1]. Inputs are read
+by the rule every package shares (`synthesis_core.checks.check_pixels`: [-1, 1] batches with a warning when clamped,
+uint8 divided by 255, other float dtypes cast to the model's; NaN / inf, 0-255 floats, another device or an empty
+batch refused), so a bad batch never reaches the codebook.
 """
 from __future__ import annotations
 
@@ -26,7 +29,16 @@ from torch import Tensor, nn
 
 from synthesis_core.attention import ContinuousPositionBias, Transformer
 from synthesis_core.checkpoint import PretrainedMixin
-from synthesis_core.checks import check_choice, check_in_range, check_positive_int, check_tensor
+from synthesis_core.checks import (
+    check_choice,
+    check_device,
+    check_embeddings,
+    check_in_range,
+    check_not_empty,
+    check_pixels,
+    check_positive_int,
+    check_tensor,
+)
 from synthesis_core.gan import (
     Discriminator,
     PerceptualLoss,
@@ -204,6 +216,11 @@ class CViViT(PretrainedMixin, nn.Module):
     def device(self) -> torch.device:
         return self.to_first_frame_tokens[2].weight.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The parameter dtype: inputs in another float dtype are cast to it."""
+        return self.to_first_frame_tokens[2].weight.dtype
+
     def patch_grid(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, int]:
         """Tokens per frame along height and width for frames of `image_size` (default: the model's)."""
         size = _pair("image_size", image_size) if exists(image_size) else self.image_size
@@ -240,8 +257,10 @@ class CViViT(PretrainedMixin, nn.Module):
     # -- input checks ---------------------------------------------------------------------------------------------
 
     def _check_video(self, video: Tensor, name: str = "video") -> Tensor:
-        """Validate `(b, c, f, h, w)` (or an image `(b, c, h, w)`, a 1-frame video); returns the 5D video."""
-        check_tensor(name, video, ndim=(4, 5), dtype_floating=True)
+        """Validate `(b, c, f, h, w)` (or an image `(b, c, h, w)`, a 1-frame video); returns the 5D video with pixels
+        in [0, 1] in the model's dtype (`check_pixels`)."""
+        check_tensor(name, video, ndim=(4, 5))
+        video = check_pixels(name, video, device=self.device, dtype=self.dtype)
         if video.ndim == 4:
             video = rearrange(video, "b c h w -> b c 1 h w")
         _, channels, frames, height, width = video.shape
@@ -325,6 +344,7 @@ class CViViT(PretrainedMixin, nn.Module):
                      names=("batch", "token_frames", "height", "width", "dim"))
         if tokens.shape[-1] != self.dim:
             raise ValueError(f"tokens: expected the last dimension to be dim={self.dim}, got shape {tuple(tokens.shape)}")
+        tokens = check_embeddings("tokens", tokens, device=self.device, dtype=self.dtype)
         return ((self._decode(tokens) + 1) * 0.5).clamp(0.0, 1.0)
 
     def decode_from_codebook_indices(self, indices: Tensor, *, image_size: int | tuple[int, int] | None = None
@@ -337,6 +357,8 @@ class CViViT(PretrainedMixin, nn.Module):
         check_tensor("indices", indices, ndim=(2, 4))
         if indices.dtype.is_floating_point:
             raise TypeError(f"indices: expected an integer tensor, got dtype {indices.dtype}")
+        check_device("indices", indices, self.device)
+        check_not_empty("indices", indices)
         check_tensor("indices", indices, value_range=(0, self.codebook_size - 1))
         if indices.ndim == 2:
             height, width = self.patch_grid(image_size)

@@ -21,7 +21,17 @@ from torch import Tensor, nn
 
 from synthesis_core.attention import ContinuousPositionBias, Transformer
 from synthesis_core.checkpoint import PretrainedMixin
-from synthesis_core.checks import check_batch_match, check_in_range, check_positive_int, check_tensor
+from synthesis_core.checks import (
+    check_batch_match,
+    check_device,
+    check_embeddings,
+    check_guidance_scale,
+    check_in_range,
+    check_not_empty,
+    check_positive_int,
+    check_temperature,
+    check_tensor,
+)
 from synthesis_core.utils import default, exists, prob_mask_like
 
 __all__ = [
@@ -145,6 +155,11 @@ class VideoTokenTransformer(nn.Module):
     def device(self) -> torch.device:
         return self.token_emb.weight.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The parameter dtype: embeddings in another float dtype are cast to it."""
+        return self.token_emb.weight.dtype
+
     # -- validation (public entry points only: it synchronises with the device) ----------------------------------
 
     def check_inputs(
@@ -154,10 +169,14 @@ class VideoTokenTransformer(nn.Module):
         text_mask: Tensor | None = None,
         video_patch_shape: Sequence[int] | None = None,
         self_cond_embeds: Tensor | None = None,
-    ) -> None:
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Validate the inputs of a public call; returns `(text_embeds, self_cond_embeds)` checked finite, on the
+        model's device and cast to its dtype (None stays None)."""
         check_tensor("x", x, ndim=2, names=("batch", "seq"))
         if x.dtype.is_floating_point or x.dtype == torch.bool:
             raise TypeError(f"x: expected integer token ids, got dtype {x.dtype}")
+        check_device("x", x, self.device)
+        check_not_empty("x", x)
         seq_len = x.shape[1]
         if seq_len > self.max_seq_len:
             raise ValueError(f"x: {seq_len} tokens exceed max_seq_len={self.max_seq_len}; build the model with a "
@@ -173,6 +192,7 @@ class VideoTokenTransformer(nn.Module):
             check_tensor("text_embeds", text_embeds, ndim=3, shape=(None, None, self.dim_context),
                          names=("batch", "text_seq", "dim_context"), dtype_floating=True)
             check_batch_match(x=x, text_embeds=text_embeds)
+            text_embeds = check_embeddings("text_embeds", text_embeds, device=self.device, dtype=self.dtype)
         if exists(text_mask):
             if not exists(text_embeds):
                 raise ValueError("text_mask: given without text_embeds")
@@ -182,6 +202,9 @@ class VideoTokenTransformer(nn.Module):
         if exists(self_cond_embeds):
             check_tensor("self_cond_embeds", self_cond_embeds, shape=(x.shape[0], seq_len, self.dim),
                          names=("batch", "seq", "dim"))
+            self_cond_embeds = check_embeddings("self_cond_embeds", self_cond_embeds, device=self.device,
+                                                dtype=self.dtype)
+        return text_embeds, self_cond_embeds
 
     @staticmethod
     def _check_patch_shape(video_patch_shape: Sequence[int], seq_len: int) -> None:
@@ -298,7 +321,8 @@ class MaskGit(PretrainedMixin, VideoTokenTransformer):
         `video_patch_shape`: the `(frames, height, width)` token grid for the 3D position bias (default 1D).
         """
         check_in_range("cond_drop_prob", cond_drop_prob, 0.0, 1.0)
-        self.check_inputs(x, text_embeds, text_mask, video_patch_shape, self_cond_embeds)
+        text_embeds, self_cond_embeds = self.check_inputs(x, text_embeds, text_mask, video_patch_shape,
+                                                          self_cond_embeds)
         logits, embeds = self.logits(x, text_embeds, text_mask, cond_drop_prob=cond_drop_prob,
                                      video_patch_shape=video_patch_shape, self_cond_embeds=self_cond_embeds)
         return (logits, embeds) if return_embeds else logits
@@ -338,7 +362,9 @@ class MaskGit(PretrainedMixin, VideoTokenTransformer):
         return_embeds: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Guided logits: `null + cond_scale * (cond - null)`, where null is the dropped-text prediction."""
-        self.check_inputs(x, text_embeds, text_mask, video_patch_shape, self_cond_embeds)
+        check_guidance_scale("cond_scale", cond_scale)
+        text_embeds, self_cond_embeds = self.check_inputs(x, text_embeds, text_mask, video_patch_shape,
+                                                          self_cond_embeds)
         logits, embeds = self.guided_logits(x, cond_scale=cond_scale, text_embeds=text_embeds, text_mask=text_mask,
                                             video_patch_shape=video_patch_shape, self_cond_embeds=self_cond_embeds)
         return (logits, embeds) if return_embeds else logits
@@ -351,7 +377,7 @@ class CriticScoring:
                 cond_drop_prob: float = 0.0, video_patch_shape: Sequence[int] | None = None) -> Tensor:
         """Logits `(b, n)` that each token of `x (b, n)` was generated (higher = less trustworthy)."""
         check_in_range("cond_drop_prob", cond_drop_prob, 0.0, 1.0)
-        self.check_inputs(x, text_embeds, text_mask, video_patch_shape)
+        text_embeds, _ = self.check_inputs(x, text_embeds, text_mask, video_patch_shape)
         return self.scores(x, text_embeds, text_mask, cond_drop_prob=cond_drop_prob,
                            video_patch_shape=video_patch_shape)
 
@@ -372,7 +398,8 @@ class CriticScoring:
     def forward_with_cond_scale(self, x: Tensor, *, cond_scale: float = 3.0, text_embeds: Tensor | None = None,
                                 text_mask: Tensor | None = None,
                                 video_patch_shape: Sequence[int] | None = None) -> Tensor:
-        self.check_inputs(x, text_embeds, text_mask, video_patch_shape)
+        check_guidance_scale("cond_scale", cond_scale)
+        text_embeds, _ = self.check_inputs(x, text_embeds, text_mask, video_patch_shape)
         return self.guided_scores(x, cond_scale=cond_scale, text_embeds=text_embeds, text_mask=text_mask,
                                   video_patch_shape=video_patch_shape)
 
@@ -435,8 +462,8 @@ class SelfCritic(CriticScoring, nn.Module):
         self.num_tokens = maskgit.num_tokens
         self.max_seq_len = maskgit.max_seq_len
 
-    def check_inputs(self, *args, **kwargs) -> None:
-        self.maskgit.check_inputs(*args, **kwargs)
+    def check_inputs(self, *args, **kwargs) -> tuple[Tensor | None, Tensor | None]:
+        return self.maskgit.check_inputs(*args, **kwargs)
 
     def scores(self, x: Tensor, text_embeds: Tensor | None = None, text_mask: Tensor | None = None, *,
                cond_drop_prob: float = 0.0, video_patch_shape: Sequence[int] | None = None) -> Tensor:
@@ -477,7 +504,7 @@ class CriticTrainer(nn.Module):
             raise TypeError(f"critic: expected a TokenCritic or SelfCritic, got {type(critic).__name__}")
         if critic.num_tokens != maskgit.num_tokens:
             raise ValueError(f"critic: num_tokens={critic.num_tokens} differs from maskgit's {maskgit.num_tokens}")
-        check_in_range("temperature", temperature, 0.0, None)
+        check_temperature("temperature", temperature)
         check_in_range("cond_drop_prob", cond_drop_prob, 0.0, 1.0)
         # MaskGit is only a frozen sample generator here: kept out of this module's parameters (and optimizer)
         self.__dict__["maskgit"] = maskgit
@@ -488,7 +515,7 @@ class CriticTrainer(nn.Module):
     def forward(self, video_codes: Tensor, text_embeds: Tensor | None = None, text_mask: Tensor | None = None, *,
                 video_patch_shape: Sequence[int] | None = None) -> Tensor:
         maskgit = self.maskgit
-        maskgit.check_inputs(video_codes, text_embeds, text_mask, video_patch_shape)
+        text_embeds, _ = maskgit.check_inputs(video_codes, text_embeds, text_mask, video_patch_shape)
         if exists(text_embeds) and self.critic.unconditional:
             text_embeds, text_mask = None, None
         batch, seq_len = video_codes.shape

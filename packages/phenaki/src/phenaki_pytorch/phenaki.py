@@ -41,8 +41,14 @@ from synthesis_core.checkpoint import PretrainedMixin
 from synthesis_core.checks import (
     check_batch_match,
     check_choice,
+    check_device,
+    check_embeddings,
+    check_guidance_scale,
     check_in_range,
+    check_not_empty,
     check_positive_int,
+    check_steps,
+    check_temperature,
     check_tensor,
 )
 from synthesis_core.text import DEFAULT_T5_NAME, TextEncoder
@@ -187,7 +193,7 @@ class Phenaki(PretrainedMixin, nn.Module):
             if exists(batch) and text_embeds.shape[0] != batch:
                 what = "texts" if exists(texts) else "text_embeds"
                 raise ValueError(f"batch sizes must match, got videos={batch}, {what}={text_embeds.shape[0]}")
-            text_embeds = text_embeds.to(self.device)
+            text_embeds = check_embeddings("text_embeds", text_embeds, device=self.device, dtype=self.maskgit.dtype)
             text_mask = text_mask.to(self.device).bool() if exists(text_mask) else None
         return text_embeds, text_mask
 
@@ -201,15 +207,17 @@ class Phenaki(PretrainedMixin, nn.Module):
         if exists(videos) == exists(video_codebook_ids):
             raise ValueError("videos: pass exactly one of videos or video_codebook_ids")
         if exists(videos):
-            # validate (frames, sizes, sequence length) before running the tokenizer
-            videos = self.cvivit._check_video(videos)
+            # validate (pixels, frames, sizes, sequence length) before running the tokenizer
+            videos = self.cvivit._check_video(videos, "videos")
             height, width = self.cvivit.patch_grid(videos.shape[-2:])
             self._check_seq_len(self.cvivit.num_token_frames(videos.shape[2]) * height * width, "videos")
-            return self.tokenize(videos.to(self.device))
+            return self.tokenize(videos)
         ids = video_codebook_ids
         check_tensor("video_codebook_ids", ids, ndim=(2, 4))
         if ids.dtype.is_floating_point or ids.dtype == torch.bool:
             raise TypeError(f"video_codebook_ids: expected integer ids, got dtype {ids.dtype}")
+        check_device("video_codebook_ids", ids, self.device)
+        check_not_empty("video_codebook_ids", ids)
         if ids.ndim == 2:
             height, width = self.cvivit.patch_grid()
             if ids.shape[1] % (height * width) != 0:
@@ -323,9 +331,11 @@ class Phenaki(PretrainedMixin, nn.Module):
         `(b, t, h', w')` token grid (primed tokens included).
         """
         steps = default(steps, self.steps)
-        check_positive_int("steps", steps)
+        check_steps("steps", steps)
         check_positive_int("num_frames", num_frames)
-        check_in_range("starting_temperature", starting_temperature, 0.0, None)
+        check_guidance_scale("cond_scale", cond_scale)
+        check_temperature("starting_temperature", starting_temperature)
+        check_in_range("noise_K", noise_K, 0.0, None)
         cvivit, maskgit = self.cvivit, self.maskgit
         device = self.device
 
@@ -340,7 +350,7 @@ class Phenaki(PretrainedMixin, nn.Module):
         if exists(prime_frames):
             prime_frames = cvivit._check_video(prime_frames, "prime_frames")
             image_size = prime_frames.shape[-2:]
-            prime_ids = self.tokenize(prime_frames.to(device))
+            prime_ids = self.tokenize(prime_frames)
         sizes = dict(texts=texts, text_embeds=text_embeds, prime_frames=prime_ids)
         batch = check_batch_match(**{k: v for k, v in sizes.items() if exists(v) and not
                                      (k == "prime_frames" and v.shape[0] == 1)})

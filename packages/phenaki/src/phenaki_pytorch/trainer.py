@@ -1,8 +1,8 @@
 """Trainers: `CViViTTrainer` (the video tokenizer, VQGAN style) and `PhenakiTrainer` (MaskGIT on its tokens).
 
-Both run on `synthesis_core.training.BaseTrainer`: CPU or GPUs through accelerate (launch with `accelerate launch`
-for several), mixed precision, EMA, NaN guard, atomic safetensors checkpoints in `results_folder` (resume with
-`resume='latest'`), samples written as gifs, never an interactive prompt.
+Both run on `synthesis_core.training.BaseTrainer`: CPU or GPUs through accelerate (several processes with
+`torchrun --nproc_per_node N`), mixed precision, EMA, NaN guard, atomic safetensors checkpoints in `results_folder`
+(resume with `resume='latest'`, exactly, also mid-epoch), samples written as gifs, never an interactive prompt.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from phenaki_pytorch.cvivit import CViViT
 from phenaki_pytorch.phenaki import Phenaki
 from synthesis_core.checks import check_in_range, check_positive_int
 from synthesis_core.data import VideoFolderDataset
-from synthesis_core.training import AutoencoderGANTrainer, BaseTrainer, cycle, make_dataloader
+from synthesis_core.training import AutoencoderGANTrainer, BaseTrainer, make_dataloader
 from synthesis_core.utils import default, exists
 from synthesis_core.video import save_video
 
@@ -142,7 +142,7 @@ class CViViTTrainer(AutoencoderGANTrainer):
                              warmup_steps=warmup_steps, ema=use_ema, ema_decay=ema_decay,
                              ema_update_every=ema_update_every)
         loader = make_dataloader(dataset, batch_size, num_workers=num_workers, collate_fn=collate_videos_and_text)
-        self.dataloader = cycle(self.prepare_dataloader(loader))
+        self.dataloader = self.add_dataloader("train", loader)  # its position is checkpointed
         self.config.update(batch_size=batch_size)
         if exists(resume):
             self.load(resume)
@@ -255,7 +255,7 @@ class PhenakiTrainer(BaseTrainer):
                        total_steps=num_train_steps, max_grad_norm=max_grad_norm, ema=use_ema, ema_decay=ema_decay,
                        ema_update_every=ema_update_every)
         loader = make_dataloader(dataset, batch_size, num_workers=num_workers, collate_fn=collate_videos_and_text)
-        self.dataloader = cycle(self.prepare_dataloader(loader))
+        self.dataloader = self.add_dataloader("train", loader)  # its position is checkpointed
         self.config.update(dict(batch_size=batch_size, num_train_steps=num_train_steps, lr=lr))
         if exists(resume):
             self.load(resume)
@@ -269,10 +269,11 @@ class PhenakiTrainer(BaseTrainer):
         phenaki.train()
         logs: dict[str, float] = {}
         for _ in range(self.gradient_accumulate_every):
-            batch = _batch_to_device(next(self.dataloader), self.device)
-            with self.autocast():
-                loss, breakdown = phenaki(**batch, return_loss_breakdown=True)
-            self.backward(loss, "phenaki")
+            with self.accumulate("phenaki"):
+                batch = _batch_to_device(next(self.dataloader), self.device)
+                with self.autocast():
+                    loss, breakdown = phenaki(**batch, return_loss_breakdown=True)
+                self.backward(loss, "phenaki")
             logs["loss"] = logs.get("loss", 0.0) + loss.item() / self.gradient_accumulate_every
             for key, value in breakdown._asdict().items():
                 logs[key] = logs.get(key, 0.0) + value.item() / self.gradient_accumulate_every

@@ -2,7 +2,9 @@
 
 The schedule, parameterisations, guidance and samplers are the core's (`synthesis_core.diffusion`); this module
 only wires them to the video model. Videos are `(batch, channels, frames, height, width)` floats in [0, 1] at the
-API and [-1, 1] inside.
+API and [-1, 1] inside; `synthesis_core.checks.check_pixels` reads them by the rule every package shares ([-1, 1]
+batches with a warning when clamped, uint8 divided by 255, other float dtypes cast to the model's; NaN / inf,
+0-255 floats, another device or an empty batch refused).
 """
 from __future__ import annotations
 
@@ -16,12 +18,15 @@ from torch import Tensor, nn
 from synthesis_core.checkpoint import PretrainedMixin
 from synthesis_core.checks import (
     check_choice,
+    check_embeddings,
+    check_guidance_scale,
     check_image_size,
     check_in_range,
     check_pixel_batch,
+    check_pixels,
     check_positive_int,
+    check_steps,
     check_tensor,
-    pixels_to_symmetric,
 )
 from synthesis_core.diffusion import (
     BETA_SCHEDULES,
@@ -46,8 +51,6 @@ logger = logging.getLogger(__name__)
 LOSS_TYPES = ("l1", "l2", "huber")
 # how `forward` reads its videos: 'auto' takes [0, 1], and a batch with negative values as already in [-1, 1]
 INPUT_RANGES = ("auto", "unit", "symmetric")
-# pixels slightly outside the range (resampling overshoot) are tolerated and clamped
-_RANGE_TOLERANCE = 1e-3
 
 
 class GaussianDiffusion(PretrainedMixin, nn.Module):
@@ -69,8 +72,9 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
             needs the null branch trained; 0 disables it).
         sampler: default sampler, 'ddpm', 'ddim' or 'dpmpp_2m'.
         sample_steps: default number of model calls when sampling (None: `timesteps`, i.e. full DDPM).
-        input_range: 'auto' (videos in [0, 1]; a batch with negative values is taken as already in [-1, 1]),
-            'unit' ([0, 1] only) or 'symmetric' ([-1, 1] only).
+        input_range: 'auto' (videos in [0, 1]; a batch with negative values is taken as already in [-1, 1] and
+            values outside it are clamped with a warning), 'unit' ([0, 1] only) or 'symmetric' (always [-1, 1]).
+            uint8 videos are divided by 255; float16 / bfloat16 / float64 are cast to the model's dtype.
     """
 
     def __init__(
@@ -126,7 +130,6 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
         self.sample_steps = sample_steps
         self.input_range = input_range
         self.schedule = DiscreteSchedule.from_name(beta_schedule, timesteps)
-        self._warned_symmetric = False
 
     @property
     def num_timesteps(self) -> int:
@@ -135,6 +138,11 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's parameter dtype: inputs in another float dtype are cast to it."""
+        return next(self.model.parameters()).dtype
 
     # -- inputs ------------------------------------------------------------------------------------------------
 
@@ -147,20 +155,21 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
         return videos.unsqueeze(2) if videos.ndim == 4 else videos
 
     def normalize(self, name: str, videos: Tensor) -> Tensor:
-        """Pixel values at the API -> [-1, 1] for the model (see `input_range`); clear error when out of range."""
-        x, symmetric = pixels_to_symmetric(name, videos, input_range=self.input_range, tolerance=_RANGE_TOLERANCE)
-        if symmetric and self.input_range == "auto" and not self._warned_symmetric:
-            self._warned_symmetric = True
-            logger.info("%s: negative values, so the batch is taken as already in [-1, 1]", name)
-        return x
+        """Pixel values at the API -> [-1, 1] in the model's dtype (see `input_range` and `check_pixels`): clear
+        errors for NaN / inf, 0-255 floats, another device or an empty batch."""
+        return check_pixels(name, videos, device=self.device, dtype=self.dtype, input_range=self.input_range,
+                            output_range="symmetric")
 
     def prepare_cond(self, cond: Condition, batch: int | None = None) -> Tensor | None:
-        """Captions -> vectors (pooled as configured by `text_use_bert_cls`), validated against the batch."""
+        """Captions -> vectors (pooled as configured by `text_use_bert_cls`), validated against the batch: finite,
+        on the model's device, cast to its dtype."""
         if cond is None:
             return None
-        if not hasattr(self.model, "prepare_cond"):
-            return cond
-        return self.model.prepare_cond(cond, batch, use_cls=self.text_use_bert_cls)
+        if hasattr(self.model, "prepare_cond"):
+            cond = self.model.prepare_cond(cond, batch, use_cls=self.text_use_bert_cls)
+        if isinstance(cond, Tensor):
+            cond = check_embeddings("cond", cond, device=self.device, dtype=self.dtype)
+        return cond
 
     # -- training -------------------------------------------------------------------------------------------
 
@@ -261,14 +270,14 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
         """
         sampler = default(sampler, self.sampler)
         check_choice("sampler", sampler, VP_SAMPLERS)
-        check_in_range("cond_scale", cond_scale, 0.0, None)
+        check_guidance_scale("cond_scale", cond_scale)
         device = self.device
         cond = self.prepare_cond(cond)
         if exists(cond):
             batch_size = cond.shape[0]
         check_positive_int("batch_size", batch_size)
         if exists(steps):
-            check_positive_int("steps", steps)
+            check_steps("steps", steps, maximum=self.num_timesteps)
 
         schedule = self.schedule.to(device)
         times = self._times(steps, schedule, device)
@@ -307,10 +316,13 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
             raise ValueError(f"t: expected an int time in [0, {self.num_timesteps - 1}], got {t!r}")
         sampler = default(sampler, self.sampler)
         check_choice("sampler", sampler, VP_SAMPLERS)
+        check_guidance_scale("cond_scale", cond_scale)
+        if exists(steps):
+            check_steps("steps", steps, maximum=self.num_timesteps)
 
         device = self.device
-        x1 = self.normalize("x1", x1.to(device))
-        x2 = self.normalize("x2", x2.to(device))
+        x1 = self.normalize("x1", x1)
+        x2 = self.normalize("x2", x2)
         cond = self.prepare_cond(cond, x1.shape[0])
         schedule = self.schedule.to(device)
 

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from synthesis_core.checks import check_choice, check_in_range, check_positive_int
 from synthesis_core.data import ImageFolderDataset, VideoFolderDataset
-from synthesis_core.training import BaseTrainer, cycle, split_batch
+from synthesis_core.training import BaseTrainer, split_batch
 from synthesis_core.utils import default, exists
 from synthesis_core.video import save_video
 from video_diffusion_pytorch.diffusion import GaussianDiffusion
@@ -155,7 +155,8 @@ class Trainer(BaseTrainer):
                                           with_captions=self.with_captions, exts=tuple(exts))
         if len(self.dataset) == 0:
             raise ValueError(f"folder: no readable {'/'.join(exts)} videos found in {folder}")
-        self.dl = cycle(self.prepare_dataloader(self._loader(self.dataset, train_batch_size, num_workers)))
+        # endless batches whose position checkpoints record: a resume goes on mid-epoch with the same batches
+        self.dl = self.add_dataloader("videos", self._loader(self.dataset, train_batch_size, num_workers))
 
         self.image_dl = None
         if exists(image_folder):
@@ -163,7 +164,7 @@ class Trainer(BaseTrainer):
             if len(images) == 0:
                 raise ValueError(f"image_folder: no readable images found in {image_folder}")
             loader = self._loader(images, default(image_batch_size, train_batch_size), num_workers)
-            self.image_dl = cycle(self.prepare_dataloader(loader))
+            self.image_dl = self.add_dataloader("images", loader)
 
         self.add_model(
             MODEL_NAME,
@@ -173,6 +174,9 @@ class Trainer(BaseTrainer):
             ema_decay=ema_decay,
             ema_update_every=update_ema_every,
             ema_kwargs={"update_after_step": step_start_ema},
+            # images skip the temporal layers, and text conditioning drops the caption now and then: some
+            # parameters then get no gradient, which DDP must be told about
+            find_unused_parameters=exists(image_folder) or self.with_captions or prob_focus_present > 0,
         )
         self.config.update(
             train_batch_size=train_batch_size, train_lr=train_lr, train_num_steps=train_num_steps,
@@ -211,12 +215,13 @@ class Trainer(BaseTrainer):
         """One optimizer step over `gradient_accumulate_every` batches; returns the mean loss."""
         total = 0.0
         for _ in range(self.gradient_accumulate_every):
-            videos, captions = _split_batch(next(self.dl))
-            total += self._accumulate(videos, captions, prob_focus_present=self.prob_focus_present)
-            if exists(self.image_dl):
-                # images are (b, c, h, w): the diffusion trains them as one-frame videos, temporal attention off
-                images, image_captions = _split_batch(next(self.image_dl))
-                total += self._accumulate(images, image_captions, weight=self.image_loss_weight)
+            with self.accumulate(MODEL_NAME):
+                videos, captions = _split_batch(next(self.dl))
+                total += self._accumulate(videos, captions, prob_focus_present=self.prob_focus_present)
+                if exists(self.image_dl):
+                    # images are (b, c, h, w): the diffusion trains them as one-frame videos, temporal attention off
+                    images, image_captions = _split_batch(next(self.image_dl))
+                    total += self._accumulate(images, image_captions, weight=self.image_loss_weight)
         self.step(MODEL_NAME)
         return total / self.gradient_accumulate_every
 

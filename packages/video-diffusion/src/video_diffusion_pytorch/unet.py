@@ -23,7 +23,14 @@ from synthesis_core.checkpoint import PretrainedMixin
 from synthesis_core.checks import check_choice, check_positive_int, check_tensor
 from synthesis_core.chunked import checkpointed
 from synthesis_core.diffusion import cfg_combine
-from synthesis_core.layers import ChannelLayerNorm, Downsample, ResnetBlock, TimestepEmbedding, Upsample
+from synthesis_core.layers import (
+    ChannelLayerNorm,
+    Downsample,
+    FrameEmbedding,
+    ResnetBlock,
+    TimestepEmbedding,
+    Upsample,
+)
 from synthesis_core.text import DEFAULT_BERT_NAME, TextEncoder
 from synthesis_core.utils import default, exists, prob_mask_like
 
@@ -121,8 +128,12 @@ class _Level(nn.Module):
     """One resolution of the U-Net: two blocks, spatial attention, temporal attention."""
 
     def __init__(self, dim_in: int, dim_out: int, *, block, time_dim: int, spatial_attn: nn.Module,
-                 temporal_attn: _TemporalAttention):
+                 temporal_attn: _TemporalAttention, motion_conv: bool = False):
         super().__init__()
+        self.motion_conv = nn.Conv3d(dim_out, dim_out, 3, padding=1) if motion_conv else None
+        if motion_conv:
+            nn.init.zeros_(self.motion_conv.weight)
+            nn.init.zeros_(self.motion_conv.bias)
         self.block1 = block(dim_in, dim_out, time_dim)
         self.block2 = block(dim_out, dim_out, time_dim)
         self.spatial_attn = spatial_attn
@@ -134,6 +145,9 @@ class _Level(nn.Module):
         x = self.spatial_attn(x)
         if time_enabled:
             x = self.temporal_attn(x, frames, skip_mask)
+            if self.motion_conv is not None:
+                video = rearrange(x, "(b t) c h w -> b c t h w", t=frames)
+                x = x + rearrange(self.motion_conv(video), "b c t h w -> (b t) c h w")
         return x
 
 
@@ -157,6 +171,9 @@ class Unet3D(PretrainedMixin, nn.Module):
         time_pos_bias: position information of the temporal attention: 't5' relative bias, 'rotary' or
             'continuous' (an MLP bias that extrapolates to more frames).
         text_max_length: maximum caption length in tokens for the BERT encoder.
+        frame_embedding: tell every per-frame layer which frame of the clip it is working on, mixed with the
+            condition (`synthesis_core.layers.FrameEmbedding`); what lets a caption such as "moving left" decide
+            where the content of each frame goes. One-frame inputs (images) skip it.
         gradient_checkpointing: recompute activations in backward instead of storing them: True (or 'levels')
             for every level, 'attention' for the attention layers only (most of the activation memory at the
             high resolutions, a smaller share of the compute).
@@ -181,6 +198,9 @@ class Unet3D(PretrainedMixin, nn.Module):
         time_pos_bias: str = "t5",
         text_max_length: int = 256,
         gradient_checkpointing: bool | str = False,
+        frame_embedding: bool = True,
+        coord_channels: bool = False,
+        motion_convs: bool = False,
     ):
         super().__init__()
         check_positive_int("dim", dim)
@@ -225,6 +245,9 @@ class Unet3D(PretrainedMixin, nn.Module):
             check_positive_int("cond_dim", cond_dim)
             self.null_cond_emb = nn.Parameter(torch.randn(cond_dim))
             self.cond_mlp = nn.Sequential(nn.Linear(cond_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+        # which frame of the clip each folded frame is, mixed with the condition: without it no layer can place the
+        # content of frame i according to the caption (only relative frame distances reach the temporal attention)
+        self.frame_embedding = FrameEmbedding(time_dim) if frame_embedding else None
 
         if block_type == "resnet":
             def block(dim_in, dim_out, time_emb_dim):
@@ -242,7 +265,8 @@ class Unet3D(PretrainedMixin, nn.Module):
             return _LinearAttention(width, heads=attn_heads, dim_head=attn_dim_head)
 
         init_dim = default(init_dim, dim)
-        self.init_conv = nn.Conv2d(channels, init_dim, init_kernel_size, padding=init_kernel_size // 2)
+        self.coord_channels = coord_channels
+        self.init_conv = nn.Conv2d(channels + 2 * coord_channels, init_dim, init_kernel_size, padding=init_kernel_size // 2)
         self.init_temporal_attn = temporal_attn(init_dim)
 
         dims = [init_dim, *(dim * mult for mult in dim_mults)]
@@ -253,7 +277,8 @@ class Unet3D(PretrainedMixin, nn.Module):
         for index, (dim_in, dim_out) in enumerate(in_out):
             is_last = index == len(in_out) - 1
             self.downs.append(_Level(dim_in, dim_out, block=block, time_dim=time_dim,
-                                     spatial_attn=spatial_attn(dim_out), temporal_attn=temporal_attn(dim_out)))
+                                     spatial_attn=spatial_attn(dim_out), temporal_attn=temporal_attn(dim_out),
+                                     motion_conv=motion_convs))
             self.downsamples.append(nn.Identity() if is_last else Downsample(dim_out))
 
         mid_dim = dims[-1]
@@ -267,7 +292,8 @@ class Unet3D(PretrainedMixin, nn.Module):
         self.upsamples = nn.ModuleList([])
         for index, (dim_in, dim_out) in reversed(list(enumerate(in_out))):
             self.ups.append(_Level(dim_out * 2, dim_in, block=block, time_dim=time_dim,
-                                   spatial_attn=spatial_attn(dim_in), temporal_attn=temporal_attn(dim_in)))
+                                   spatial_attn=spatial_attn(dim_in), temporal_attn=temporal_attn(dim_in),
+                                   motion_conv=motion_convs))
             self.upsamples.append(nn.Identity() if index == 0 else Upsample(dim_in))
 
         self.final_block = block(init_dim * 2, dim, time_dim)
@@ -380,8 +406,18 @@ class Unet3D(PretrainedMixin, nn.Module):
             skip_mask = prob_mask_like((batch,), prob_focus_present, device)
 
         # one embedding per frame, since the frames are folded into the batch
-        emb = repeat(self._embedding(time, cond, null_cond_mask), "b d -> (b t) d", t=frames)
+        emb = self._embedding(time, cond, null_cond_mask)
+        if exists(self.frame_embedding) and time_enabled:
+            emb = self.frame_embedding(emb, frames)
+        else:
+            emb = repeat(emb, "b d -> (b t) d", t=frames)
         x = rearrange(x, "b c t h w -> (b t) c h w")
+        if self.coord_channels:
+            height, width = x.shape[-2:]
+            ys = torch.linspace(-1, 1, height, device=device, dtype=x.dtype)
+            xs = torch.linspace(-1, 1, width, device=device, dtype=x.dtype)
+            grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))
+            x = torch.cat((x, repeat(grid, "c h w -> n c h w", n=x.shape[0])), dim=1)
 
         x = self.init_conv(x)
         if time_enabled:
