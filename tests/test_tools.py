@@ -63,11 +63,12 @@ def test_bump_rewrites_version_and_opens_dated_changelog_section(tmp_path):
     root = copy_workspace(tmp_path)
     member = workspace.load_member("packages/nuwa", root)
     assert member.changelog == root / "packages/nuwa/CHANGELOG.md"
+    before = member.version
     new = bump.set_version(member, "minor", use_hatch=False)
     bump.open_changelog_section(member.changelog, new, "Faster 3DNA", dt.date(2026, 11, 22))
-    assert member.version == "0.2.0"
+    assert member.version == new == bump.next_version(before, "minor")
     text = member.changelog.read_text()
-    assert text.index("## 0.2.0 - 2026-11-22\n- Faster 3DNA") < text.index("## 0.1.0")
+    assert text.index(f"## {new} - 2026-11-22\n- Faster 3DNA") < text.index(f"## {before}")
     assert (ROOT / "packages/nuwa/CHANGELOG.md").read_text() == real_changelog, "the real checkout was written"
 
 
@@ -77,19 +78,22 @@ def test_bump_through_hatch(tmp_path):
         pytest.skip("hatch is not installed")
     root = copy_workspace(tmp_path)
     member = workspace.load_member("shared-core", root)
+    before = member.version
     subprocess.run([hatch, "version", "patch"], cwd=root / "shared-core", check=True, capture_output=True)
-    assert member.version == "0.1.1"
+    assert member.version == bump.next_version(before, "patch")
 
 
 def test_pin_check_accepts_the_workspace_and_rejects_bad_pins(tmp_path):
     assert check_pins.problems(workspace.members()) == []
     root = copy_workspace(tmp_path)
     about = root / "shared-core/src/synthesis_core/__about__.py"
-    about.write_text('__version__ = "0.2.0"\n')
+    major, minor, _ = workspace.member_named("synthesis-core").version.split(".")
+    outside = f"{major}.{int(minor) + 1}.0"  # the next minor: outside every package's compatible range
+    about.write_text(f'__version__ = "{outside}"\n')
     found = check_pins.problems(workspace.members(root))
-    assert len(found) == 5 and all("does not admit synthesis-core 0.2.0" in line for line in found)
+    assert len(found) == 5 and all(f"does not admit synthesis-core {outside}" in line for line in found)
     pyproject = root / "packages/nuwa/pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace('"synthesis-core>=0.1,<0.2"', '"synthesis-core @ file:///x"'))
+    pyproject.write_text(pyproject.read_text().replace('"synthesis-core>=0.2,<0.3"', '"synthesis-core @ file:///x"'))
     assert any("by URL/path" in line for line in check_pins.problems(workspace.members(root)))
 
 

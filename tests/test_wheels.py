@@ -55,7 +55,7 @@ def test_six_wheels_carry_their_versions_and_the_core_range(wheels):
             metadata = archive.read(next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))).decode()
         assert f"Version: {member.version}" in metadata
         if member.path != CORE_DIR:
-            assert "Requires-Dist: synthesis-core<0.2,>=0.1" in metadata
+            assert "Requires-Dist: synthesis-core<0.3,>=0.2" in metadata
 
 
 @pytest.mark.parametrize("member", PACKAGES, ids=lambda m: m.distribution)

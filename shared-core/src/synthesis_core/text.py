@@ -426,7 +426,8 @@ class TextEncoder:
             from transformers import AutoTokenizer
             self._tokenizer = _from_folder_or_hub(
                 self.name, "tokenizer",
-                lambda local_only: AutoTokenizer.from_pretrained(self.name, local_files_only=local_only))
+                lambda local_only: AutoTokenizer.from_pretrained(self.name, local_files_only=local_only,
+                                                                 trust_remote_code=False))
         return self._tokenizer
 
     def _load_model(self) -> nn.Module:
@@ -445,7 +446,9 @@ class TextEncoder:
             model_class = transformers.AutoModel
         model = _from_folder_or_hub(
             self.name, "weights",
-            lambda local_only: model_class.from_pretrained(self.name, config=config, local_files_only=local_only),
+            # safetensors only: a pickled .bin from a stranger's folder or repo could run code when unpickled
+            lambda local_only: model_class.from_pretrained(self.name, config=config, local_files_only=local_only,
+                                                           use_safetensors=True, trust_remote_code=False),
             errors=(OSError,))
         if self._dim is None:
             self._dim = getattr(config, "d_model", None) or getattr(config, "hidden_size", None)
