@@ -30,6 +30,7 @@ __all__ = [
     "LearnedSinusoidalPosEmb",
     "TimestepEmbedding",
     "FrameEmbedding",
+    "position_grid",
     "token_shift",
     "shift_tokens",
     "PEG",
@@ -260,6 +261,20 @@ class FrameEmbedding(nn.Module):
         index = repeat(torch.arange(frames, device=emb.device), "t -> (b t)", b=emb.shape[0] // frames)
         position = self.pos_emb(index).to(emb.dtype)
         return emb + self.mlp(torch.cat((emb, position), dim=-1))
+
+
+def position_grid(x: Tensor) -> Tensor:
+    """`(n, 2, h, w)` channels holding the row and the column of every pixel of `x (n, c, h, w)`, in [-1, 1].
+
+    Concatenated to a convolutional network's input, they tell it where it is in the frame, which zero padding
+    tells only near the borders ("CoordConv", Liu et al. 2018).
+    """
+    check_tensor("x", x, ndim=4, names=("batch", "channels", "height", "width"))
+    height, width = x.shape[-2:]
+    rows = torch.linspace(-1, 1, height, device=x.device, dtype=x.dtype)
+    cols = torch.linspace(-1, 1, width, device=x.device, dtype=x.dtype)
+    grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"))
+    return repeat(grid, "c h w -> n c h w", n=x.shape[0])
 
 
 # token shift

@@ -30,6 +30,7 @@ from synthesis_core.layers import (
     ResnetBlock,
     TimestepEmbedding,
     Upsample,
+    position_grid,
 )
 from synthesis_core.text import DEFAULT_BERT_NAME, TextEncoder
 from synthesis_core.utils import default, exists, prob_mask_like
@@ -128,12 +129,8 @@ class _Level(nn.Module):
     """One resolution of the U-Net: two blocks, spatial attention, temporal attention."""
 
     def __init__(self, dim_in: int, dim_out: int, *, block, time_dim: int, spatial_attn: nn.Module,
-                 temporal_attn: _TemporalAttention, motion_conv: bool = False):
+                 temporal_attn: _TemporalAttention):
         super().__init__()
-        self.motion_conv = nn.Conv3d(dim_out, dim_out, 3, padding=1) if motion_conv else None
-        if motion_conv:
-            nn.init.zeros_(self.motion_conv.weight)
-            nn.init.zeros_(self.motion_conv.bias)
         self.block1 = block(dim_in, dim_out, time_dim)
         self.block2 = block(dim_out, dim_out, time_dim)
         self.spatial_attn = spatial_attn
@@ -145,9 +142,6 @@ class _Level(nn.Module):
         x = self.spatial_attn(x)
         if time_enabled:
             x = self.temporal_attn(x, frames, skip_mask)
-            if self.motion_conv is not None:
-                video = rearrange(x, "(b t) c h w -> b c t h w", t=frames)
-                x = x + rearrange(self.motion_conv(video), "b c t h w -> (b t) c h w")
         return x
 
 
@@ -174,6 +168,9 @@ class Unet3D(PretrainedMixin, nn.Module):
         frame_embedding: tell every per-frame layer which frame of the clip it is working on, mixed with the
             condition (`synthesis_core.layers.FrameEmbedding`); what lets a caption such as "moving left" decide
             where the content of each frame goes. One-frame inputs (images) skip it.
+        position_channels: two extra input channels holding each pixel's row and column in [-1, 1]. With
+            `frame_embedding`, what lets the first denoising steps put content where the caption and the frame
+            index say (zero padding alone tells the convolutions little about where they are).
         gradient_checkpointing: recompute activations in backward instead of storing them: True (or 'levels')
             for every level, 'attention' for the attention layers only (most of the activation memory at the
             high resolutions, a smaller share of the compute).
@@ -199,8 +196,7 @@ class Unet3D(PretrainedMixin, nn.Module):
         text_max_length: int = 256,
         gradient_checkpointing: bool | str = False,
         frame_embedding: bool = True,
-        coord_channels: bool = False,
-        motion_convs: bool = False,
+        position_channels: bool = True,
     ):
         super().__init__()
         check_positive_int("dim", dim)
@@ -265,8 +261,8 @@ class Unet3D(PretrainedMixin, nn.Module):
             return _LinearAttention(width, heads=attn_heads, dim_head=attn_dim_head)
 
         init_dim = default(init_dim, dim)
-        self.coord_channels = coord_channels
-        self.init_conv = nn.Conv2d(channels + 2 * coord_channels, init_dim, init_kernel_size, padding=init_kernel_size // 2)
+        self.position_channels = position_channels
+        self.init_conv = nn.Conv2d(channels + 2 * position_channels, init_dim, init_kernel_size, padding=init_kernel_size // 2)
         self.init_temporal_attn = temporal_attn(init_dim)
 
         dims = [init_dim, *(dim * mult for mult in dim_mults)]
@@ -277,8 +273,7 @@ class Unet3D(PretrainedMixin, nn.Module):
         for index, (dim_in, dim_out) in enumerate(in_out):
             is_last = index == len(in_out) - 1
             self.downs.append(_Level(dim_in, dim_out, block=block, time_dim=time_dim,
-                                     spatial_attn=spatial_attn(dim_out), temporal_attn=temporal_attn(dim_out),
-                                     motion_conv=motion_convs))
+                                     spatial_attn=spatial_attn(dim_out), temporal_attn=temporal_attn(dim_out)))
             self.downsamples.append(nn.Identity() if is_last else Downsample(dim_out))
 
         mid_dim = dims[-1]
@@ -292,8 +287,7 @@ class Unet3D(PretrainedMixin, nn.Module):
         self.upsamples = nn.ModuleList([])
         for index, (dim_in, dim_out) in reversed(list(enumerate(in_out))):
             self.ups.append(_Level(dim_out * 2, dim_in, block=block, time_dim=time_dim,
-                                   spatial_attn=spatial_attn(dim_in), temporal_attn=temporal_attn(dim_in),
-                                   motion_conv=motion_convs))
+                                   spatial_attn=spatial_attn(dim_in), temporal_attn=temporal_attn(dim_in)))
             self.upsamples.append(nn.Identity() if index == 0 else Upsample(dim_in))
 
         self.final_block = block(init_dim * 2, dim, time_dim)
@@ -412,12 +406,8 @@ class Unet3D(PretrainedMixin, nn.Module):
         else:
             emb = repeat(emb, "b d -> (b t) d", t=frames)
         x = rearrange(x, "b c t h w -> (b t) c h w")
-        if self.coord_channels:
-            height, width = x.shape[-2:]
-            ys = torch.linspace(-1, 1, height, device=device, dtype=x.dtype)
-            xs = torch.linspace(-1, 1, width, device=device, dtype=x.dtype)
-            grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))
-            x = torch.cat((x, repeat(grid, "c h w -> n c h w", n=x.shape[0])), dim=1)
+        if self.position_channels:
+            x = torch.cat((x, position_grid(x)), dim=1)
 
         x = self.init_conv(x)
         if time_enabled:
