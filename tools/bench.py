@@ -1012,6 +1012,20 @@ def machine_info() -> dict:
     return info
 
 
+def git_state() -> dict | None:
+    """The commit of this checkout and the files changed since: what code "ours" was, since the packages are
+    installed editable and others may be changing them while a long run goes on."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode != 0:
+        return None
+    return {"commit": commit.stdout.strip(), "changed": [line[3:] for line in status.stdout.splitlines()]}
+
+
 def _load_average() -> list[float] | None:
     """The machine's 1/5/15-minute load: times measured on a shared machine only mean something next to it."""
     try:
@@ -1211,6 +1225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": "python3 tools/bench.py " + shlex.join(argv),
         "machine": info,
         "torch": info["torch"],
+        "git": git_state(),
     }
     if args.quality and args.compare:
         config = QualityCompareConfig(steps=args.steps, batch_size=args.batch_size, image_size=args.image_size,
@@ -1255,6 +1270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  for n in names]
             table = speed_table(report["results"])
 
+    report["git_at_end"] = git_state()  # differs from "git" when someone committed during the run
     kind = "-quality" if args.quality else ""
     kind += "-compare" if args.compare else ""
     out = args.out or ROOT / "benchmarks" / "results" / f"{dt.date.today().isoformat()}-{machine_tag(info)}{kind}.json"
