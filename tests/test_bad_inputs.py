@@ -27,24 +27,26 @@ TEXT_DIM = 16
 # tiny models, as in each package's tests
 
 
-@cache
-def imagen():
-    from imagen_pytorch import Imagen, Unet
+def tiny_imagen_unet():
+    from imagen_pytorch import Unet
 
-    unet = Unet(dim=8, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=(False, True),
+    return Unet(dim=8, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=(False, True),
                 layer_cross_attns=(False, True), attn_heads=2, attn_dim_head=8, cond_dim=16,
                 attn_pool_num_latents=4, num_time_tokens=1)
-    return Imagen(unet, image_sizes=8, text_embed_dim=TEXT_DIM, timesteps=10).eval()
+
+
+@cache
+def imagen():
+    from imagen_pytorch import Imagen
+
+    return Imagen(tiny_imagen_unet(), image_sizes=8, text_embed_dim=TEXT_DIM, timesteps=10).eval()
 
 
 @cache
 def elucidated_imagen():
-    from imagen_pytorch import ElucidatedImagen, Unet
+    from imagen_pytorch import ElucidatedImagen
 
-    unet = Unet(dim=8, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=(False, True),
-                layer_cross_attns=(False, True), attn_heads=2, attn_dim_head=8, cond_dim=16,
-                attn_pool_num_latents=4, num_time_tokens=1)
-    return ElucidatedImagen(unet, image_sizes=8, text_embed_dim=TEXT_DIM, num_sample_steps=2).eval()
+    return ElucidatedImagen(tiny_imagen_unet(), image_sizes=8, text_embed_dim=TEXT_DIM, num_sample_steps=2).eval()
 
 
 @cache
