@@ -6,6 +6,7 @@ for one step (the middle of an epoch), saves it from the main process only and f
 third trainer from the file and trains two more steps, and resumes a fourth from the main-only file. Each process
 writes what it saw to OUT/PACKAGE/rank{N}.json; the test compares the processes and the runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -85,7 +86,7 @@ def check_package(package: str, out: Path) -> dict:
         "weights_equal_across_processes": _same_on_every_process(_checksum(uninterrupted)),
         "resumed_weights_equal_across_processes": _same_on_every_process(_checksum(second)),
         "main_only_weights_equal_across_processes": _same_on_every_process(_checksum(third)),
-        "main_only_steps": dict(third.engine.steps),
+        "main_only_steps": dict(third.engine.step_counts),
         "after_main_only": after_main_only,
         "positions": positions,
         "positions_equal_across_processes": _same_on_every_process(positions),

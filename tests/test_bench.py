@@ -2,6 +2,7 @@
 
 No timing assertions: only that times are measured and reported consistently.
 """
+
 import importlib.util
 import json
 import os
@@ -20,8 +21,21 @@ torch.set_num_threads(1)
 
 def test_tiny_workload_on_cpu_writes_a_result_file(tmp_path):
     out = tmp_path / "results" / "run.json"
-    argv = ["--size", "tiny", "--device", "cpu", "--workloads", "video_diffusion_16x64", "--steps", "2",
-            "--warmup", "1", "--no-isolate", "--out", str(out)]
+    argv = [
+        "--size",
+        "tiny",
+        "--device",
+        "cpu",
+        "--workloads",
+        "video_diffusion_16x64",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--no-isolate",
+        "--out",
+        str(out),
+    ]
     assert bench.main(argv) == 0
 
     report = json.loads(out.read_text())
@@ -32,8 +46,9 @@ def test_tiny_workload_on_cpu_writes_a_result_file(tmp_path):
     assert "error" not in result, result.get("error")
     assert result["workload"] == "video_diffusion_16x64" and result["precision"] == "fp32"
     assert len(result["ms_per_step_all"]) == 2
-    assert result["ms_per_step"] == pytest.approx(sorted(result["ms_per_step_all"])[0] / 2
-                                                  + sorted(result["ms_per_step_all"])[1] / 2)
+    assert result["ms_per_step"] == pytest.approx(
+        sorted(result["ms_per_step_all"])[0] / 2 + sorted(result["ms_per_step_all"])[1] / 2
+    )
     assert result["samples_per_s"] == pytest.approx(result["batch_size"] / result["ms_per_step"] * 1e3)
     assert result["flops_per_step"] > 0
     assert result["tflops"] == pytest.approx(result["flops_per_step"] / result["ms_per_step"] * 1e3 / 1e12)
@@ -43,6 +58,7 @@ def test_tiny_workload_on_cpu_writes_a_result_file(tmp_path):
 
 def _measure_module(monkeypatch, model, loss, batch):
     """bench.measure on a hand-made workload (the code path of the reference workloads)."""
+
     def workload(size, device):
         return bench.Workload(model=model, loss=loss, batch_size=batch, description="hand-made")
 
@@ -126,13 +142,35 @@ def test_reversible_layers_count_one_recomputed_forward(monkeypatch):
 
 
 def test_comparison_ratios_and_error_rows():
-    ours = [{"ms_per_step": 10.0, "peak_memory_mb": 50.0, "tflops": 2.0, "sample_ms": None,
-             "model_flops_per_step": 2e9, "adaptations": []},
-            {"ms_per_step": 30.0, "peak_memory_mb": 50.0, "tflops": 1.0, "sample_ms": None,
-             "model_flops_per_step": 2e9, "adaptations": []}]
-    theirs = [{"ms_per_step": 40.0, "peak_memory_mb": 100.0, "tflops": 0.5, "sample_ms": None,
-               "model_flops_per_step": 2.05e9, "adaptations": ["Thing(dim_mult=...) instead of dim_mults="]},
-              {"workload": "x", "error": "ImportError: no module"}]
+    ours = [
+        {
+            "ms_per_step": 10.0,
+            "peak_memory_mb": 50.0,
+            "tflops": 2.0,
+            "sample_ms": None,
+            "model_flops_per_step": 2e9,
+            "adaptations": [],
+        },
+        {
+            "ms_per_step": 30.0,
+            "peak_memory_mb": 50.0,
+            "tflops": 1.0,
+            "sample_ms": None,
+            "model_flops_per_step": 2e9,
+            "adaptations": [],
+        },
+    ]
+    theirs = [
+        {
+            "ms_per_step": 40.0,
+            "peak_memory_mb": 100.0,
+            "tflops": 0.5,
+            "sample_ms": None,
+            "model_flops_per_step": 2.05e9,
+            "adaptations": ["Thing(dim_mult=...) instead of dim_mults="],
+        },
+        {"workload": "x", "error": "ImportError: no module"},
+    ]
     summary = bench.compare_records(ours, theirs)
     assert summary["ms_per_step"] == {"ours": 20.0, "theirs": 40.0, "ratio": 0.5}
     assert summary["speedup"] == 2.0
@@ -153,8 +191,9 @@ def test_comparison_ratios_and_error_rows():
 @pytest.mark.slow
 def test_worker_process_reports_one_workload():
     # the isolated path (one process per workload) is the one --compare uses with another environment's python
-    args = bench.resolve_defaults(bench.parse_args(["--size", "tiny", "--device", "cpu", "--steps", "1",
-                                                    "--warmup", "1", "--no-sample"]))
+    args = bench.resolve_defaults(
+        bench.parse_args(["--size", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "1", "--no-sample"])
+    )
     result = bench.run_worker(sys.executable, "phenaki_cvivit_17x128", args)
     assert "error" not in result, result.get("error")
     assert result["workload"] == "phenaki_cvivit_17x128" and result["size"] == "tiny"
@@ -163,14 +202,36 @@ def test_worker_process_reports_one_workload():
 
 def test_quality_curve_in_the_smoke_configuration(tmp_path):
     out = tmp_path / "quality.json"
-    assert bench.main(["--quality", "--smoke", "--device", "cpu", "--models", "video-diffusion",
-                       "--points", "0.5,1", "--eval-samples", "2", "--out", str(out)]) == 0
-    (record,) = json.loads(out.read_text())["quality"]
-    assert "error" not in record, record.get("error")
-    steps = [point["steps"] for point in record["curve"]]
-    assert steps == [1, 2]  # the smoke budget is 2 steps: scored halfway and at the end
-    for point in record["curve"]:
-        assert point["n"] == 2 and 0 <= point["color"] <= 1 and point["train_seconds"] >= 0
+    # every demo model (driven through the one generation protocol; the two-stage ones switch from their
+    # tokenizer to their generator halfway)
+    assert (
+        bench.main(
+            [
+                "--quality",
+                "--smoke",
+                "--device",
+                "cpu",
+                "--models",
+                "video-diffusion,imagen,make-a-video,phenaki,nuwa",
+                "--points",
+                "0.5,1",
+                "--eval-samples",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    records = json.loads(out.read_text())["quality"]
+    assert [record["model"] for record in records] == ["video-diffusion", "imagen", "make-a-video", "phenaki", "nuwa"]
+    for record in records:
+        assert "error" not in record, record.get("error")
+        steps = [point["steps"] for point in record["curve"]]
+        assert steps == [1, 2]  # the smoke budget is 2 steps: scored halfway and at the end
+        for point in record["curve"]:
+            assert point["n"] == 2 and 0 <= point["color"] <= 1 and point["train_seconds"] >= 0
+        assert record["parameters"] > 0
 
 
 def test_unknown_workload_is_refused_by_name(tmp_path):
@@ -193,7 +254,7 @@ def test_t5_config_cache_is_found_by_the_hub_client_offline(tmp_path):
 
 
 def test_training_data_file_holds_the_dataset_batches_and_one_hot_vectors(tmp_path):
-    from synthesis_core.datasets import ShapesVideoDataset
+    from synthesis_core.shapes import ShapesVideoDataset
 
     config = bench.QualityCompareConfig(steps=3, batch_size=2, image_size=8, num_frames=4, eval_samples=5, seed=7)
     info = bench.write_training_data(tmp_path / "data.pt", config)
@@ -220,9 +281,34 @@ def test_wilson_interval():
 def test_quality_side_by_side_with_this_environment_as_the_other(tmp_path):
     # the published package's environment is not needed for the mechanism: this one stands in for it
     out = tmp_path / "quality-compare.json"
-    assert bench.main(["--quality", "--compare", sys.executable, "--device", "cpu", "--steps", "2", "--batch-size",
-                       "2", "--image-size", "8", "--frames", "2", "--dim", "8", "--timesteps", "3",
-                       "--eval-samples", "3", "--out", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--quality",
+                "--compare",
+                sys.executable,
+                "--device",
+                "cpu",
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--image-size",
+                "8",
+                "--frames",
+                "2",
+                "--dim",
+                "8",
+                "--timesteps",
+                "3",
+                "--eval-samples",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())["quality_compare"]
     assert report["data"]["videos"] == 4 and report["config"]["timesteps"] == 3
     for side in ("ours", "theirs"):
@@ -238,11 +324,14 @@ PUBLISHED_PYTHON = os.environ.get("BENCH_PUBLISHED_PYTHON", "/work/published-ven
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists(PUBLISHED_PYTHON),
-                    reason="no environment with the published packages (see benchmarks/README.md to make one)")
+@pytest.mark.skipif(
+    not os.path.exists(PUBLISHED_PYTHON),
+    reason="no environment with the published packages (see benchmarks/README.md to make one)",
+)
 def test_published_make_a_video_runs_with_its_adaptation_recorded():
-    args = bench.resolve_defaults(bench.parse_args(["--size", "tiny", "--device", "cpu", "--steps", "1",
-                                                    "--warmup", "1", "--no-sample"]))
+    args = bench.resolve_defaults(
+        bench.parse_args(["--size", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "1", "--no-sample"])
+    )
     result = bench.run_worker(PUBLISHED_PYTHON, "make_a_video_16x64", args)
     assert "error" not in result, result.get("error")
     assert result["package_version"] == "0.4.0"

@@ -1,6 +1,9 @@
 """The demo (tools/demo.py) end to end in its tiny --smoke configuration, and the pieces it is made of."""
+
 import dataclasses
+import importlib.util
 import json
+import math
 import os
 import sys
 
@@ -12,7 +15,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from einops import rearrange  # noqa: E402
 
-from synthesis_core.datasets import COLORS, SHAPES, all_captions, caption_attributes  # noqa: E402
+from synthesis_core.shapes import COLORS, SHAPES, all_captions, caption_attributes  # noqa: E402
 from synthesis_core.video import read_image, read_video  # noqa: E402
 
 torch.set_num_threads(1)
@@ -65,7 +68,7 @@ def test_prompts_show_every_colour_and_shape_first_and_cover_every_caption():
 def test_caption_encoder_trains_jointly_with_the_model(model):
     # generator steps must move the small text encoder: the conditioning is learned with the model (several
     # steps, since zero-initialised output layers pass no gradient to the text on the very first one)
-    pytest.importorskip(demo.PACKAGES[model][0])
+    pytest.importorskip(demo.PRESETS[model].package)
     config = demo.make_config(model, smoke=True, tokenizer_fraction=0.0, max_steps=3)
     torch.manual_seed(0)
     net = demo.build_model(model, config)
@@ -83,14 +86,52 @@ def test_two_stage_model_trains_tokenizer_then_generator_with_a_fresh_optimizer(
     net = demo.build_model("phenaki", config)
     trainer = demo.DemoTrainer(net, config, budget=3600, device=torch.device("cpu"), seed=0)
     trainer.run(until=0.5, progress_bar=False)
-    assert trainer.stage == "tokenizer" and net.phenaki is None
-    tokenizer_weights = {n: p.detach().clone() for n, p in net.cvivit.named_parameters()}
+    assert trainer.stage == "tokenizer" and net.video_model is None
+    tokenizer_weights = {n: p.detach().clone() for n, p in net.tokenizer.named_parameters()}
     trainer.run(progress_bar=False)
-    assert trainer.stage == "generator" and net.phenaki is not None and trainer.steps == 4
+    assert trainer.stage == "generator" and net.video_model is not None and trainer.steps == 4
+    assert net.video_model.cvivit is net.tokenizer  # the model is built on the trained tokenizer
     # the generator stage leaves the (now frozen) tokenizer alone and only optimises what requires grad
-    assert all(torch.equal(tokenizer_weights[n], p) for n, p in net.cvivit.named_parameters())
+    assert all(torch.equal(tokenizer_weights[n], p) for n, p in net.tokenizer.named_parameters())
     optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
-    assert not optimised & {id(p) for p in net.cvivit.parameters()}
+    assert not optimised & {id(p) for p in net.tokenizer.parameters()}
+    net.train()
+    assert net.video_model.training and not net.tokenizer.training  # a frozen tokenizer stays in eval mode
+
+
+@pytest.mark.parametrize("model", demo.MODELS)
+def test_every_model_trains_and_samples_through_the_protocol(model):
+    # no per-model code: the preset builds it, then `model(videos, ...)` trains it and `model.sample(...)` samples
+    # it, reproducibly from the seed, without touching the global random state that training draws from
+    pytest.importorskip(demo.PRESETS[model].package)
+    config = demo.make_config(model, smoke=True, tokenizer_fraction=0.5)
+    torch.manual_seed(0)
+    net = demo.build_model(model, config)
+    trainer = demo.DemoTrainer(net, config, budget=3600, device=torch.device("cpu"), seed=0).run(progress_bar=False)
+    assert trainer.steps == config.max_steps and all(map(math.isfinite, trainer.losses))
+    prompts = demo.demo_prompts(3)
+    rng = torch.get_rng_state()
+    videos = demo.generate(net, prompts, 2, torch.device("cpu"), seed=3)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert videos.shape == (3, 3, config.num_frames, config.image_size, config.image_size)
+    assert videos.min() >= 0 and videos.max() <= 1
+    assert torch.equal(demo.generate(net, prompts, 2, torch.device("cpu"), seed=3), videos)
+    assert not torch.equal(demo.generate(net, prompts, 2, torch.device("cpu"), seed=4), videos)
+
+
+def test_video_diffusion_is_conditioned_on_the_mean_caption_embedding():
+    # the demo passes token embeddings and their mask; the model pools them: the same loss as the pooled vector
+    config = demo.make_config("video-diffusion", smoke=True)
+    net = demo.build_model("video-diffusion", config).train()
+    captions = ["a red circle", "a blue square moving up"]
+    videos = torch.rand(2, 3, config.num_frames, config.image_size, config.image_size)
+    embeds, mask = net.text(captions)
+    assert not mask.all()  # captions of different lengths: the mask matters
+    pooled = torch.stack([embeds[i][mask[i]].mean(0) for i in range(2)])
+    torch.manual_seed(5)
+    through_demo = net.loss(videos, captions)
+    torch.manual_seed(5)
+    torch.testing.assert_close(through_demo, net.video_model(videos, cond=pooled))
 
 
 def test_training_stops_when_the_time_budget_is_spent():
@@ -110,9 +151,19 @@ def test_missing_package_is_one_clear_error(tmp_path, monkeypatch, caplog):
     assert not list(tmp_path.iterdir())
 
 
-def test_bad_settings_are_reported_by_name():
+def test_bad_settings_are_reported_by_name(tmp_path):
     with pytest.raises(demo.DemoError, match="--frames"):
         demo.build_model("phenaki", demo.make_config("phenaki", smoke=True, num_frames=4))
+    # a model that reads token ids has its own text encoder: a frozen one is refused before anything is loaded
+    with pytest.raises(demo.DemoError, match="--text-encoder: --model nuwa"):
+        demo.build_model("nuwa", demo.make_config("nuwa", smoke=True), text_encoder=str(tmp_path))
+    if importlib.util.find_spec("transformers") is not None:
+        with pytest.raises(demo.DemoError, match="--text-encoder: .*not found"):
+            demo.build_model(
+                demo.DEFAULT_MODEL,
+                demo.make_config(demo.DEFAULT_MODEL, smoke=True),
+                text_encoder=str(tmp_path / "missing"),
+            )
     if not torch.cuda.is_available():
         with pytest.raises(demo.DemoError, match="--device cuda"):
             demo.pick_device("cuda")
@@ -128,16 +179,21 @@ def test_frozen_text_encoder_from_a_local_folder(tmp_path):
 
     tokenizer = Tokenizer(models.Unigram())
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.train_from_iterator(all_captions() * 4, trainers.UnigramTrainer(
-        vocab_size=40, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
+    tokenizer.train_from_iterator(
+        all_captions() * 4,
+        trainers.UnigramTrainer(vocab_size=40, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"),
+    )
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", tokenizer.token_to_id("</s>"))])
+        single="$A </s>", special_tokens=[("</s>", tokenizer.token_to_id("</s>"))]
+    )
     folder = tmp_path / "t5"
-    tok = T5TokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                          extra_ids=0)
+    tok = T5TokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
+    )
     tok.save_pretrained(folder)
-    T5EncoderModel(T5Config(vocab_size=len(tok), d_model=16, d_ff=32, d_kv=8, num_layers=1, num_heads=2)
-                   ).save_pretrained(folder)
+    T5EncoderModel(
+        T5Config(vocab_size=len(tok), d_model=16, d_ff=32, d_kv=8, num_layers=1, num_heads=2)
+    ).save_pretrained(folder)
 
     out = tmp_path / "demo"
     assert demo.main(["--smoke", "--quiet", "--text-encoder", str(folder), "--out", str(out)]) == 0

@@ -1,4 +1,5 @@
 """Every member imports, and its version is the one its distribution metadata carries."""
+
 import importlib
 from importlib.metadata import requires, version
 

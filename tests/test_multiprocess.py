@@ -4,6 +4,7 @@ from every process, and a resume in the middle of an epoch that repeats the unin
 
 One launch runs all five packages (_multiprocess_worker.py); each package's results are checked by its own test.
 """
+
 import json
 import os
 import subprocess
@@ -20,8 +21,17 @@ PACKAGES = ("imagen", "video-diffusion", "make-a-video", "phenaki", "nuwa")
 def two_processes(tmp_path_factory):
     out = tmp_path_factory.mktemp("two-processes")
     # `python -m torch.distributed.run` is the `torchrun` command of this interpreter's torch
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(HERE / "_multiprocess_worker.py"), str(out), *PACKAGES]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(HERE / "_multiprocess_worker.py"),
+        str(out),
+        *PACKAGES,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     return out, result

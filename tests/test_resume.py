@@ -1,5 +1,6 @@
 """Every trainer of every package resumes exactly in the middle of an epoch: trained N steps straight, or k steps,
 saved, loaded into a fresh trainer (other seed) and trained N - k more, it gives the same losses and weights."""
+
 import sys
 from pathlib import Path
 

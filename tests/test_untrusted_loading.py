@@ -4,6 +4,7 @@ load path and every command line that loads one, build nothing and fail with a `
 The payloads are the ones of issue #13: a nested `{"__class__": ..., "config": ...}` reaching `subprocess.Popen`
 through the attributes of a project module (it ran `sh -c`), and `logging.FileHandler` (it truncated a file).
 """
+
 import importlib
 import json
 import logging
@@ -38,12 +39,19 @@ from synthesis_core.checkpoint import (  # noqa: E402
     save_checkpoint,
 )
 
-PACKAGES = [synthesis_core, imagen_pytorch, video_diffusion_pytorch, make_a_video_pytorch, phenaki_pytorch,
-            nuwa_pytorch]
+PACKAGES = [
+    synthesis_core,
+    imagen_pytorch,
+    video_diffusion_pytorch,
+    make_a_video_pytorch,
+    phenaki_pytorch,
+    nuwa_pytorch,
+]
 PACKAGE_NAMES = {package.__name__ for package in PACKAGES}
 POPEN_PATH = "synthesis_core.checks.torch.ctypes.util.subprocess.Popen"
-TINY_UNET = dict(dim=8, dim_mults=[1, 2], attn_heads=2, attn_dim_head=8, layer_attns=[False, True],
-                 layer_cross_attns=False)
+TINY_UNET = dict(
+    dim=8, dim_mults=[1, 2], attn_heads=2, attn_dim_head=8, layer_attns=[False, True], layer_cross_attns=False
+)
 
 
 @pytest.fixture
@@ -113,9 +121,24 @@ def test_every_registered_class_is_a_project_model():
     assert set(project_classes()) == set(classes)  # nothing from the standard library, torch or transformers
     for name, cls in classes.items():
         assert issubclass(cls, ckpt.PretrainedMixin) and resolve_loadable(name) is cls
-    expected = {"Unet", "Imagen", "ElucidatedImagen", "NullUnet", "GaussianDiffusion", "Unet3D", "MakeAVideo",
-                "SpaceTimeUnet", "FrameInterpolator", "Phenaki", "CViViT", "MaskGit", "TokenCritic", "NUWA", "VQGanVAE",
-                "SimpleTextEncoder"}
+    expected = {
+        "Unet",
+        "Imagen",
+        "ElucidatedImagen",
+        "NullUnet",
+        "GaussianDiffusion",
+        "Unet3D",
+        "MakeAVideo",
+        "SpaceTimeUnet",
+        "FrameInterpolator",
+        "Phenaki",
+        "CViViT",
+        "MaskGit",
+        "TokenCritic",
+        "NUWA",
+        "VQGanVAE",
+        "SimpleTextEncoder",
+    }
     assert expected <= {cls.__name__ for cls in classes.values()}
 
 
@@ -153,29 +176,72 @@ def test_crafted_folders_fail_in_every_command_line(tmp_path, payload, caplog):
     for folder, where in folders(phenaki_pytorch.Phenaki):
         runs.append((phenaki_main, ["sample", "--model", str(folder), "--text", "a red square"], where))
     for folder, where in folders(phenaki_pytorch.CViViT):
-        runs.append((phenaki_main, ["train", "--tokenizer", str(folder), "--shapes", "2",
-                                    "--results-folder", str(tmp_path / "r")], where))
+        runs.append(
+            (
+                phenaki_main,
+                ["train", "--tokenizer", str(folder), "--shapes", "2", "--results-folder", str(tmp_path / "r")],
+                where,
+            )
+        )
     for folder, where in folders(make_a_video_pytorch.MakeAVideo):
         runs.append((make_a_video_main, ["sample", "--model", str(folder), "--out", str(tmp_path / "v.gif")], where))
-        runs.append((make_a_video_main, ["train", "--init-from", str(folder), "--shapes", "2",
-                                         "--results-folder", str(tmp_path / "r")], where))
+        runs.append(
+            (
+                make_a_video_main,
+                ["train", "--init-from", str(folder), "--shapes", "2", "--results-folder", str(tmp_path / "r")],
+                where,
+            )
+        )
     for folder, where in folders(nuwa_pytorch.NUWA):
-        runs.append((nuwa_main, ["generate", "--model", str(folder), "--text", "a", "--out", str(tmp_path / "v.gif")],
-                     where))
+        runs.append(
+            (nuwa_main, ["generate", "--model", str(folder), "--text", "a", "--out", str(tmp_path / "v.gif")], where)
+        )
     for folder, where in folders(nuwa_pytorch.VQGanVAE):
-        runs.append((nuwa_main, ["train", "--vae", str(folder), "--shapes", "2",
-                                 "--results-folder", str(tmp_path / "r")], where))
+        runs.append(
+            (
+                nuwa_main,
+                ["train", "--vae", str(folder), "--shapes", "2", "--results-folder", str(tmp_path / "r")],
+                where,
+            )
+        )
 
     # the interpolator is loaded after sampling from a good model
     from make_a_video_pytorch import MakeAVideo, SpaceTimeUnet
 
-    good = MakeAVideo(SpaceTimeUnet(dim=8, dim_mults=(1, 2), self_attns=False, temporal_compression=False,
-                                    resnet_block_depths=1, attn_dim_head=8, attn_heads=2),
-                      image_size=8, num_frames=2, timesteps=10, sample_steps=1)
+    good = MakeAVideo(
+        SpaceTimeUnet(
+            dim=8,
+            dim_mults=(1, 2),
+            self_attns=False,
+            temporal_compression=False,
+            resnet_block_depths=1,
+            attn_dim_head=8,
+            attn_heads=2,
+        ),
+        image_size=8,
+        num_frames=2,
+        timesteps=10,
+        sample_steps=1,
+    )
     good.save_pretrained(tmp_path / "good")
     for folder, where in folders(make_a_video_pytorch.FrameInterpolator):
-        runs.append((make_a_video_main, ["sample", "--model", str(tmp_path / "good"), "--interpolator", str(folder),
-                                         "--steps", "1", "--out", str(tmp_path / "v.gif")], where))
+        runs.append(
+            (
+                make_a_video_main,
+                [
+                    "sample",
+                    "--model",
+                    str(tmp_path / "good"),
+                    "--interpolator",
+                    str(folder),
+                    "--steps",
+                    "1",
+                    "--out",
+                    str(tmp_path / "v.gif"),
+                ],
+                where,
+            )
+        )
 
     for main, argv, where in runs:
         caplog.clear()
@@ -192,17 +258,28 @@ def crafted_imagen_configs(payloads: dict) -> list[tuple[dict, str]]:
     """(the imagen config of a checkpoint, the key path the error must name)."""
 
     def cascade(unets, **extra):
-        return {"type": "original", "unets": unets, "image_sizes": [8, 16], "text_embed_dim": 16,
-                "condition_on_text": False, **extra}
+        return {
+            "type": "original",
+            "unets": unets,
+            "image_sizes": [8, 16],
+            "text_embed_dim": 16,
+            "condition_on_text": False,
+            **extra,
+        }
 
     out = []
     for payload in payloads.values():
         out += [
             # issue #13: a NullUnet with an extra key that from_config rebuilt when the cascade cast the unet
             (cascade([{"unet_type": "NullUnet", "payload": payload}, TINY_UNET]), "['unets'][0]['payload']"),
-            (cascade([{"unet_type": "NullUnet", "channels": payload}, TINY_UNET]),
-             "['unets'][0]['channels']['__class__']"),
-            (cascade([TINY_UNET, {**TINY_UNET, "dim_mults": [1, payload]}]), "['unets'][1]['dim_mults'][1]['__class__']"),
+            (
+                cascade([{"unet_type": "NullUnet", "channels": payload}, TINY_UNET]),
+                "['unets'][0]['channels']['__class__']",
+            ),
+            (
+                cascade([TINY_UNET, {**TINY_UNET, "dim_mults": [1, payload]}]),
+                "['unets'][1]['dim_mults'][1]['__class__']",
+            ),
             (cascade([{**TINY_UNET, "unet_type": payload["__class__"]}, TINY_UNET]), "['unets'][0]['unet_type']"),
             (cascade([{"unet_type": "BaseUnet64", "dim": 8, "evil": payload}, TINY_UNET]), "['unets'][0]['evil']"),
             (cascade([TINY_UNET, TINY_UNET], image_sizes=payload), "['image_sizes']['__class__']"),
@@ -261,9 +338,19 @@ def project_modules() -> list:
 
 def test_class_paths_through_module_attributes_are_refused_without_importing():
     registered = loadable_classes()  # entry points loaded once, up front
-    suffixes = ["subprocess.Popen", "os.system", "os.popen", "builtins.eval", "builtins.exec", "logging.FileHandler",
-                "pathlib.Path", "sys.modules", "importlib.import_module", "ctypes.util.subprocess.Popen",
-                "torch.ctypes.util.subprocess.Popen"]
+    suffixes = [
+        "subprocess.Popen",
+        "os.system",
+        "os.popen",
+        "builtins.eval",
+        "builtins.exec",
+        "logging.FileHandler",
+        "pathlib.Path",
+        "sys.modules",
+        "importlib.import_module",
+        "ctypes.util.subprocess.Popen",
+        "torch.ctypes.util.subprocess.Popen",
+    ]
     names = [f"{prefix}.{suffix}" for prefix in ("", "torch", "transformers") for suffix in suffixes]
     names = [name.lstrip(".") for name in names]
     count = 0

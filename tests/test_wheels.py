@@ -5,6 +5,7 @@ installed with the core into its own fresh folder, on top of an interpreter that
 third-party dependencies (torch, transformers, ...) but none of the workspace members: the
 editable installs of the dev environment are hidden by starting Python without `site` processing.
 """
+
 import json
 import site
 import subprocess
@@ -42,8 +43,21 @@ print(json.dumps({"version": module.__version__, "file": module.__file__, "unmet
 def wheels(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
     for member in MEMBERS:
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                        str(ROOT / member.path)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--no-build-isolation",
+                "-q",
+                "-w",
+                str(out),
+                str(ROOT / member.path),
+            ],
+            check=True,
+        )
     return {m.distribution: next(out.glob(m.distribution.replace("-", "_") + "-*.whl")) for m in MEMBERS}
 
 
@@ -52,20 +66,51 @@ def test_six_wheels_carry_their_versions_and_the_core_range(wheels):
         wheel = wheels[member.distribution]
         assert wheel.name.startswith(f"{member.distribution.replace('-', '_')}-{member.version}-")
         with zipfile.ZipFile(wheel) as archive:
-            metadata = archive.read(next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+            names = archive.namelist()
+            metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         assert f"Version: {member.version}" in metadata
+        assert "License-File: LICENSE" in metadata and any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+        assert f"{member.import_name}/py.typed" in names
         if member.path != CORE_DIR:
-            assert "Requires-Dist: synthesis-core<0.3,>=0.2" in metadata
+            assert "Requires-Dist: synthesis-core<0.4,>=0.3" in metadata
 
 
 @pytest.mark.parametrize("member", PACKAGES, ids=lambda m: m.distribution)
 def test_wheel_installs_alone_beside_the_core(member, wheels, tmp_path):
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target", str(target),
-                    str(wheels["synthesis-core"]), str(wheels[member.distribution])], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-compile",
+            "--target",
+            str(target),
+            str(wheels["synthesis-core"]),
+            str(wheels[member.distribution]),
+        ],
+        check=True,
+    )
     siblings = ",".join(m.import_name for m in PACKAGES if m is not member)
-    run = subprocess.run([sys.executable, "-S", "-c", PROBE, str(target), site.getsitepackages()[0], member.import_name,
-                          member.distribution, siblings], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-S",
+            "-c",
+            PROBE,
+            str(target),
+            site.getsitepackages()[0],
+            member.import_name,
+            member.distribution,
+            siblings,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["version"] == member.version

@@ -9,6 +9,7 @@ A change outside every member (root pyproject, tools/, tests/, .ci/, workflows) 
 since it can change how all of them are built or tested; Markdown outside the members and
 benchmark results select nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,9 @@ def affected(paths: list[str], all_members: list[Member] | None = None) -> list[
 
 
 def changed_paths(base: str) -> list[str]:
-    out = subprocess.run(["git", "diff", "--name-only", f"{base}...HEAD"], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["git", "diff", "--name-only", f"{base}...HEAD"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
     return out.splitlines()
 
 

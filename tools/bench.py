@@ -41,6 +41,7 @@ full DDPM from the same conditioning vectors, and scores the samples of both wit
 Results go to `--out` (default `benchmarks/results/<date>-<machine>[-quality|-compare|-quality-compare].json`) with
 the machine, torch version, date and the command line; a markdown table is printed for `benchmarks/README.md`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,12 +80,13 @@ logger = logging.getLogger("bench")
 # workloads (README APIs only; torch and the packages are imported inside, so --help and the parent stay light)
 # ----------------------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Workload:
     """One training step and, optionally, one sampling call of a reference workload at a given size."""
 
-    model: object                     # the nn.Module whose parameters AdamW trains
-    loss: Callable[[], object]        # computes the training loss of one batch
+    model: object  # the nn.Module whose parameters AdamW trains
+    loss: Callable[[], object]  # computes the training loss of one batch
     batch_size: int
     description: str
     sample: Callable[[], object] | None = None
@@ -110,29 +112,57 @@ def imagen_base64(size: str, device):
 
     from imagen_pytorch import Imagen, Unet
 
-    s = _pick(size,
-              full=dict(dim=128, cond_dim=512, mults=(1, 2, 3, 4), blocks=3, image=64, batch=32, tokens=64,
-                        sample_batch=8, sample_steps=25),
-              cpu=dict(dim=32, cond_dim=128, mults=(1, 2, 3, 4), blocks=1, image=32, batch=4, tokens=16,
-                       sample_batch=2, sample_steps=4),
-              tiny=dict(dim=8, cond_dim=16, mults=(1, 2), blocks=1, image=16, batch=2, tokens=4,
-                        sample_batch=1, sample_steps=2))
+    s = _pick(
+        size,
+        full=dict(
+            dim=128,
+            cond_dim=512,
+            mults=(1, 2, 3, 4),
+            blocks=3,
+            image=64,
+            batch=32,
+            tokens=64,
+            sample_batch=8,
+            sample_steps=25,
+        ),
+        cpu=dict(
+            dim=32,
+            cond_dim=128,
+            mults=(1, 2, 3, 4),
+            blocks=1,
+            image=32,
+            batch=4,
+            tokens=16,
+            sample_batch=2,
+            sample_steps=4,
+        ),
+        tiny=dict(
+            dim=8, cond_dim=16, mults=(1, 2), blocks=1, image=16, batch=2, tokens=4, sample_batch=1, sample_steps=2
+        ),
+    )
     attns = tuple(level > 0 for level in range(len(s["mults"])))  # attention on every level but the first
-    unet = Unet(dim=s["dim"], cond_dim=s["cond_dim"], dim_mults=s["mults"], num_resnet_blocks=s["blocks"],
-                layer_attns=attns, layer_cross_attns=attns)
+    unet = Unet(
+        dim=s["dim"],
+        cond_dim=s["cond_dim"],
+        dim_mults=s["mults"],
+        num_resnet_blocks=s["blocks"],
+        layer_attns=attns,
+        layer_cross_attns=attns,
+    )
     imagen = Imagen(unets=(unet,), image_sizes=(s["image"],), timesteps=1000, cond_drop_prob=0.1).to(device)
     images = torch.rand(s["batch"], 3, s["image"], s["image"], device=device)
     text_embeds = torch.randn(s["batch"], s["tokens"], 768, device=device)
     # sampling: the same U-Net in a cascade whose `timesteps` is the number of sampling steps
-    sampler = Imagen(unets=(unet,), image_sizes=(s["image"],), timesteps=s["sample_steps"],
-                     cond_drop_prob=0.1).to(device)
+    sampler = Imagen(unets=(unet,), image_sizes=(s["image"],), timesteps=s["sample_steps"], cond_drop_prob=0.1).to(
+        device
+    )
     sample_embeds = text_embeds[: s["sample_batch"]]
     return Workload(
         model=imagen,
         loss=lambda: imagen(images, text_embeds=text_embeds, unet_number=1),
         batch_size=s["batch"],
         description=f"Unet(dim={s['dim']}, dim_mults={s['mults']}, num_resnet_blocks={s['blocks']}), "
-                    f"{s['image']}x{s['image']}, batch {s['batch']}, {s['tokens']} text tokens x 768",
+        f"{s['image']}x{s['image']}, batch {s['batch']}, {s['tokens']} text tokens x 768",
         sample=lambda: sampler.sample(text_embeds=sample_embeds, cond_scale=3.0),
         sample_description=f"{s['sample_batch']} images, {s['sample_steps']} steps, cond_scale 3",
     )
@@ -143,22 +173,26 @@ def video_diffusion_16x64(size: str, device):
 
     from video_diffusion_pytorch import GaussianDiffusion, Unet3D
 
-    s = _pick(size,
-              full=dict(dim=64, mults=(1, 2, 4, 8), image=64, frames=16, batch=4, sample_steps=25),
-              cpu=dict(dim=16, mults=(1, 2, 4, 8), image=32, frames=4, batch=1, sample_steps=4),
-              tiny=dict(dim=8, mults=(1, 2), image=8, frames=2, batch=1, sample_steps=2))
+    s = _pick(
+        size,
+        full=dict(dim=64, mults=(1, 2, 4, 8), image=64, frames=16, batch=4, sample_steps=25),
+        cpu=dict(dim=16, mults=(1, 2, 4, 8), image=32, frames=4, batch=1, sample_steps=4),
+        tiny=dict(dim=8, mults=(1, 2), image=8, frames=2, batch=1, sample_steps=2),
+    )
     unet = Unet3D(dim=s["dim"], dim_mults=s["mults"])
-    diffusion = GaussianDiffusion(unet, image_size=s["image"], num_frames=s["frames"], timesteps=1000,
-                                  loss_type="l1").to(device)
-    sampler = GaussianDiffusion(unet, image_size=s["image"], num_frames=s["frames"], timesteps=s["sample_steps"],
-                                loss_type="l1").to(device)
+    diffusion = GaussianDiffusion(
+        unet, image_size=s["image"], num_frames=s["frames"], timesteps=1000, loss_type="l1"
+    ).to(device)
+    sampler = GaussianDiffusion(
+        unet, image_size=s["image"], num_frames=s["frames"], timesteps=s["sample_steps"], loss_type="l1"
+    ).to(device)
     videos = torch.rand(s["batch"], 3, s["frames"], s["image"], s["image"], device=device)
     return Workload(
         model=diffusion,
         loss=lambda: diffusion(videos),
         batch_size=s["batch"],
         description=f"Unet3D(dim={s['dim']}, dim_mults={s['mults']}), {s['frames']} frames of "
-                    f"{s['image']}x{s['image']}, batch {s['batch']}",
+        f"{s['image']}x{s['image']}, batch {s['batch']}",
         sample=lambda: sampler.sample(batch_size=1),
         sample_description=f"1 video, {s['sample_steps']} steps",
     )
@@ -170,10 +204,12 @@ def make_a_video_16x64(size: str, device):
 
     from make_a_video_pytorch import SpaceTimeUnet
 
-    s = _pick(size,
-              full=dict(dim=64, mults=(1, 2, 4, 8), image=64, frames=16, batch=4, depth=2),
-              cpu=dict(dim=16, mults=(1, 2, 4, 8), image=32, frames=8, batch=1, depth=2),
-              tiny=dict(dim=8, mults=(1, 2), image=8, frames=2, batch=1, depth=1))
+    s = _pick(
+        size,
+        full=dict(dim=64, mults=(1, 2, 4, 8), image=64, frames=16, batch=4, depth=2),
+        cpu=dict(dim=16, mults=(1, 2, 4, 8), image=32, frames=8, batch=1, depth=2),
+        tiny=dict(dim=8, mults=(1, 2), image=8, frames=2, batch=1, depth=1),
+    )
     levels = len(s["mults"])
     adaptations = []
     # ours spells it dim_mults like the other U-Nets; the published 0.4.0 SpaceTimeUnet takes dim_mult
@@ -181,10 +217,13 @@ def make_a_video_16x64(size: str, device):
     if mults_keyword != "dim_mults":
         adaptations.append(f"SpaceTimeUnet({mults_keyword}=...) instead of dim_mults=")
     # every per-level setting is given in full: the published constructor wants one entry per level for each
-    unet = SpaceTimeUnet(dim=s["dim"], **{mults_keyword: s["mults"]},
-                         self_attns=tuple(level == levels - 1 for level in range(levels)),
-                         temporal_compression=tuple(level > 0 for level in range(levels)),
-                         resnet_block_depths=(s["depth"],) * levels).to(device)
+    unet = SpaceTimeUnet(
+        dim=s["dim"],
+        **{mults_keyword: s["mults"]},
+        self_attns=tuple(level == levels - 1 for level in range(levels)),
+        temporal_compression=tuple(level > 0 for level in range(levels)),
+        resnet_block_depths=(s["depth"],) * levels,
+    ).to(device)
     videos = torch.randn(s["batch"], 3, s["frames"], s["image"], s["image"], device=device)
     noise = torch.randn_like(videos)
     times = torch.rand(s["batch"], device=device)
@@ -193,27 +232,40 @@ def make_a_video_16x64(size: str, device):
         return F.mse_loss(unet(videos + noise, timestep=times), noise)
 
     return Workload(
-        model=unet, loss=loss, batch_size=s["batch"],
+        model=unet,
+        loss=loss,
+        batch_size=s["batch"],
         description=f"SpaceTimeUnet(dim={s['dim']}, dim_mults={s['mults']}, {s['depth']} resnet blocks per level, "
-                    f"attention at the last level, temporal compression below the first), {s['frames']} frames of "
-                    f"{s['image']}x{s['image']}, batch {s['batch']}",
+        f"attention at the last level, temporal compression below the first), {s['frames']} frames of "
+        f"{s['image']}x{s['image']}, batch {s['batch']}",
         adaptations=adaptations,
     )
 
 
 def _cvivit_settings(size: str) -> dict:
-    return _pick(size,
-                 full=dict(dim=512, codebook=5000, image=128, patch=16, depth=4, heads=8, dim_head=64, frames=17),
-                 cpu=dict(dim=64, codebook=512, image=64, patch=16, depth=1, heads=2, dim_head=32, frames=9),
-                 tiny=dict(dim=16, codebook=64, image=16, patch=8, depth=1, heads=2, dim_head=8, frames=3))
+    return _pick(
+        size,
+        full=dict(dim=512, codebook=5000, image=128, patch=16, depth=4, heads=8, dim_head=64, frames=17),
+        cpu=dict(dim=64, codebook=512, image=64, patch=16, depth=1, heads=2, dim_head=32, frames=9),
+        tiny=dict(dim=16, codebook=64, image=16, patch=8, depth=1, heads=2, dim_head=8, frames=3),
+    )
 
 
 def _cvivit(s: dict):
     from phenaki_pytorch import CViViT
 
-    return CViViT(dim=s["dim"], codebook_size=s["codebook"], image_size=s["image"], patch_size=s["patch"],
-                  temporal_patch_size=2, spatial_depth=s["depth"], temporal_depth=s["depth"], dim_head=s["dim_head"],
-                  heads=s["heads"], use_vgg_and_gan=False)
+    return CViViT(
+        dim=s["dim"],
+        codebook_size=s["codebook"],
+        image_size=s["image"],
+        patch_size=s["patch"],
+        temporal_patch_size=2,
+        spatial_depth=s["depth"],
+        temporal_depth=s["depth"],
+        dim_head=s["dim_head"],
+        heads=s["heads"],
+        use_vgg_and_gan=False,
+    )
 
 
 def phenaki_cvivit_17x128(size: str, device):
@@ -224,9 +276,11 @@ def phenaki_cvivit_17x128(size: str, device):
     cvivit = _cvivit(s).to(device)
     videos = torch.rand(s["batch"], 3, s["frames"], s["image"], s["image"], device=device)
     return Workload(
-        model=cvivit, loss=lambda: cvivit(videos), batch_size=s["batch"],
+        model=cvivit,
+        loss=lambda: cvivit(videos),
+        batch_size=s["batch"],
         description=f"CViViT(dim={s['dim']}, patch {s['patch']}, depths {s['depth']}, no GAN), {s['frames']} frames "
-                    f"of {s['image']}x{s['image']}, batch {s['batch']}",
+        f"of {s['image']}x{s['image']}, batch {s['batch']}",
         sample_description="a tokenizer: nothing to sample",
     )
 
@@ -237,15 +291,18 @@ def phenaki_maskgit_576tok(size: str, device):
     from phenaki_pytorch import MaskGit, Phenaki
 
     cv = _cvivit_settings(size)
-    s = _pick(size,
-              full=dict(dim=512, depth=6, context=768, text=32, batch=8),
-              cpu=dict(dim=64, depth=2, context=768, text=8, batch=2),
-              tiny=dict(dim=16, depth=1, context=768, text=4, batch=1))
+    s = _pick(
+        size,
+        full=dict(dim=512, depth=6, context=768, text=32, batch=8),
+        cpu=dict(dim=64, depth=2, context=768, text=8, batch=2),
+        tiny=dict(dim=16, depth=1, context=768, text=4, batch=1),
+    )
     side = cv["image"] // cv["patch"]
     token_frames = 1 + (cv["frames"] - 1) // 2
     seq_len = side * side * token_frames
-    maskgit = MaskGit(num_tokens=cv["codebook"], max_seq_len=seq_len, dim=s["dim"], dim_context=s["context"],
-                      depth=s["depth"])
+    maskgit = MaskGit(
+        num_tokens=cv["codebook"], max_seq_len=seq_len, dim=s["dim"], dim_context=s["context"], depth=s["depth"]
+    )
     phenaki = Phenaki(cvivit=_cvivit(cv), maskgit=maskgit).to(device)
     # token ids shaped (batch, frames, height, width): both packages take that layout, and it is how the published
     # MaskGit learns the video's patch shape (it refuses flat (batch, seq) ids without one)
@@ -253,13 +310,16 @@ def phenaki_maskgit_576tok(size: str, device):
     text_embeds = torch.randn(s["batch"], s["text"], s["context"], device=device)
     adaptations = []
     if _accepts(phenaki.sample, "text_embeds"):
+
         def sample():
             return phenaki.sample(text_embeds=text_embeds[:1], num_frames=cv["frames"], cond_scale=3.0)
     else:
         # the published Phenaki.sample takes only `texts`, which it encodes with its T5 (weights we cannot load
         # offline); its text encoder is replaced by one that returns the same embeddings ours is given
-        adaptations.append("Phenaki.sample has no text_embeds keyword: sample(texts=['']) with encode_texts "
-                           "returning the same precomputed text embeddings")
+        adaptations.append(
+            "Phenaki.sample has no text_embeds keyword: sample(texts=['']) with encode_texts "
+            "returning the same precomputed text embeddings"
+        )
         phenaki.encode_texts = lambda texts, output_device=None: text_embeds[: len(texts)].to(output_device or device)
 
         def sample():
@@ -270,7 +330,7 @@ def phenaki_maskgit_576tok(size: str, device):
         loss=lambda: phenaki(video_codebook_ids=ids, text_embeds=text_embeds),
         batch_size=s["batch"],
         description=f"MaskGit(dim={s['dim']}, depth={s['depth']}), {seq_len} video tokens, {s['text']} text tokens "
-                    f"x {s['context']}, batch {s['batch']}",
+        f"x {s['context']}, batch {s['batch']}",
         sample=sample,
         sample_description=f"1 video of {cv['frames']} frames (MaskGIT steps and C-ViViT decode)",
         adaptations=adaptations,
@@ -282,27 +342,43 @@ def nuwa_10x128(size: str, device):
 
     from nuwa_pytorch import NUWA, VQGanVAE
 
-    s = _pick(size,
-              full=dict(vae_dim=64, image=128, layers=3, dim=512, enc=6, dec=12, frames=10, batch=2, text=64),
-              cpu=dict(vae_dim=16, image=32, layers=2, dim=64, enc=1, dec=2, frames=4, batch=1, text=16),
-              tiny=dict(vae_dim=16, image=16, layers=2, dim=16, enc=1, dec=1, frames=2, batch=1, text=4))
+    s = _pick(
+        size,
+        full=dict(vae_dim=64, image=128, layers=3, dim=512, enc=6, dec=12, frames=10, batch=2, text=64),
+        cpu=dict(vae_dim=16, image=32, layers=2, dim=64, enc=1, dec=2, frames=4, batch=1, text=16),
+        tiny=dict(vae_dim=16, image=16, layers=2, dim=16, enc=1, dec=1, frames=2, batch=1, text=4),
+    )
     # the VAE is frozen inside NUWA: its GAN discriminator and VGG perceptual loss (which the published package
     # downloads when built) are for training the VAE and play no part in NUWA's step. vae_dim stays a multiple of
     # the default 16 GroupNorm groups, which the published VAE requires.
     vae = VQGanVAE(dim=s["vae_dim"], image_size=s["image"], num_layers=s["layers"], use_vgg_and_gan=False)
     # the image size comes from the VAE (the published NUWA refuses both at once)
-    nuwa = NUWA(vae=vae, dim=s["dim"], text_num_tokens=20000, text_enc_depth=s["enc"], text_enc_heads=8,
-                text_max_seq_len=s["text"], max_video_frames=s["frames"], dec_depth=s["dec"],
-                dec_heads=8, dec_reversible=True, enc_reversible=True, sparse_3dna_kernel_size=3,
-                sparse_3dna_dilation=(1, 2, 4), shift_video_tokens=True).to(device)
+    nuwa = NUWA(
+        vae=vae,
+        dim=s["dim"],
+        text_num_tokens=20000,
+        text_enc_depth=s["enc"],
+        text_enc_heads=8,
+        text_max_seq_len=s["text"],
+        max_video_frames=s["frames"],
+        dec_depth=s["dec"],
+        dec_heads=8,
+        dec_reversible=True,
+        enc_reversible=True,
+        sparse_3dna_kernel_size=3,
+        sparse_3dna_dilation=(1, 2, 4),
+        shift_video_tokens=True,
+    ).to(device)
     text = torch.randint(1, 20000, (s["batch"], s["text"]), device=device)
     videos = torch.rand(s["batch"], s["frames"], 3, s["image"], s["image"], device=device)
     tokens = s["image"] // 2 ** s["layers"]
     return Workload(
-        model=nuwa, loss=lambda: nuwa(text=text, video=videos, return_loss=True), batch_size=s["batch"],
+        model=nuwa,
+        loss=lambda: nuwa(text=text, video=videos, return_loss=True),
+        batch_size=s["batch"],
         description=f"VQGanVAE(dim={s['vae_dim']}, image_size={s['image']}, num_layers={s['layers']}, no GAN/VGG), "
-                    f"NUWA(dim={s['dim']}, text_enc_depth={s['enc']}, dec_depth={s['dec']}, reversible), "
-                    f"{s['frames']} frames of {tokens}x{tokens} tokens, batch {s['batch']}, {s['text']} text tokens",
+        f"NUWA(dim={s['dim']}, text_enc_depth={s['enc']}, dec_depth={s['dec']}, reversible), "
+        f"{s['frames']} frames of {tokens}x{tokens} tokens, batch {s['batch']}, {s['text']} text tokens",
         sample_description="autoregressive generation is not timed",
     )
 
@@ -325,14 +401,16 @@ PACKAGE_OF = {
 }
 
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # counting FLOPs
 # ----------------------------------------------------------------------------------------------------------------
 
 # torch counts the CUDA fused attention kernels but has no formula for the CPU one, so attention done through
 # F.scaled_dot_product_attention on a CPU counted nothing (the "math" fallback decomposes into counted bmm calls)
-CPU_ATTENTION_OPS = ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention_for_cpu_backward")
+CPU_ATTENTION_OPS = (
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_flash_attention_for_cpu_backward",
+)
 # fused attention backward kernels, whose first matmul recomputes the scores QK^T that the forward did not keep
 ATTENTION_BACKWARD_OPS = (
     "_scaled_dot_product_flash_attention_for_cpu_backward",
@@ -357,8 +435,9 @@ def attention_forward_flops(query_shape, key_shape, value_shape, *args, out_shap
     return scores + values
 
 
-def attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
-                             **kwargs) -> int:
+def attention_backward_flops(
+    grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
+) -> int:
     """Fused attention backward as the kernel runs it (the convention of torch's CUDA formulas): the scores QK^T
     again (the forward kept only the log-sum-exp), dP = dO V^T, dV = P^T dO, dQ = dS K and dK = dS^T Q."""
     scores, values = _attention_matmul_flops(query_shape, key_shape, value_shape)
@@ -439,6 +518,7 @@ class TrainingStepFlops:
 
     def _recording_rescoring(self, formula: Callable) -> Callable:
         """The registered formula of a fused attention backward op, also noting its recomputed scores."""
+
         def counted(grad_out, query, key, value, *args, **kwargs):
             self.attention_rescoring += _attention_matmul_flops(query.shape, key.shape, value.shape)[0]
             return formula(grad_out, query, key, value, *args, **kwargs)
@@ -469,15 +549,19 @@ class TrainingStepFlops:
             "flops_recomputed_forward": recomputed,
             "flops_attention_rescoring": self.attention_rescoring,
             # where the FLOPs are: shows what differs when two implementations' counts do
-            "flops_by_op": {str(op).removeprefix("aten."): count
-                            for op, count in sorted(self.mode.get_flop_counts().get("Global", {}).items(),
-                                                    key=lambda item: -item[1])},
+            "flops_by_op": {
+                str(op).removeprefix("aten."): count
+                for op, count in sorted(
+                    self.mode.get_flop_counts().get("Global", {}).items(), key=lambda item: -item[1]
+                )
+            },
         }
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # measuring one workload (runs inside the worker process)
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def _current_rss_mb() -> float:
     try:
@@ -492,8 +576,9 @@ def _peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
-def measure(name: str, size: str, device_name: str, steps: int, warmup: int, sample: bool = True,
-            seed: int = 0) -> dict:
+def measure(
+    name: str, size: str, device_name: str, steps: int, warmup: int, sample: bool = True, seed: int = 0
+) -> dict:
     """Builds workload `name` and times its training step (and its sampler); returns the result record."""
     import torch
 
@@ -619,11 +704,26 @@ def _version(distribution: str) -> str | None:
 # a minimal T5 config: the published imagen and phenaki read only d_model from it (the text embedding width), at
 # import or construction, and neither loads weights when given precomputed text embeddings
 T5_NAME = "google/t5-v1_1-base"
-T5_CONFIG = {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "d_model": 768, "d_ff": 2048,
-             "d_kv": 64, "num_layers": 12, "num_decoder_layers": 12, "num_heads": 12,
-             "relative_attention_num_buckets": 32, "feed_forward_proj": "gated-gelu", "vocab_size": 32128,
-             "dropout_rate": 0.1, "layer_norm_epsilon": 1e-6, "is_encoder_decoder": True, "pad_token_id": 0,
-             "eos_token_id": 1, "decoder_start_token_id": 0, "tie_word_embeddings": False}
+T5_CONFIG = {
+    "model_type": "t5",
+    "architectures": ["T5ForConditionalGeneration"],
+    "d_model": 768,
+    "d_ff": 2048,
+    "d_kv": 64,
+    "num_layers": 12,
+    "num_decoder_layers": 12,
+    "num_heads": 12,
+    "relative_attention_num_buckets": 32,
+    "feed_forward_proj": "gated-gelu",
+    "vocab_size": 32128,
+    "dropout_rate": 0.1,
+    "layer_norm_epsilon": 1e-6,
+    "is_encoder_decoder": True,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "decoder_start_token_id": 0,
+    "tie_word_embeddings": False,
+}
 
 
 def write_t5_config_cache(hf_home: Path) -> Path:
@@ -661,8 +761,13 @@ class WorkerProcess:
         self.stdout_path, self.stderr_path = Path(self.logs.name) / "stdout", Path(self.logs.name) / "stderr"
         self.started = time.monotonic()
         with self.stdout_path.open("w") as stdout, self.stderr_path.open("w") as stderr:
-            self.process = subprocess.Popen([python, str(Path(__file__).resolve()), *worker_args], stdout=stdout,
-                                            stderr=stderr, stdin=subprocess.DEVNULL, env=worker_environment())
+            self.process = subprocess.Popen(
+                [python, str(Path(__file__).resolve()), *worker_args],
+                stdout=stdout,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                env=worker_environment(),
+            )
 
     def result(self, timeout: float | None) -> dict:
         """Waits for the worker and returns its record, or the fallback fields with an `error`."""
@@ -677,17 +782,30 @@ class WorkerProcess:
         self.logs.cleanup()
         for line in stdout.splitlines():
             if line.startswith(RESULT_MARKER) and error is None:
-                return json.loads(line[len(RESULT_MARKER):])
+                return json.loads(line[len(RESULT_MARKER) :])
         tail = [line for line in (stderr or stdout).strip().splitlines() if line.strip()][-6:]
-        return {**self.fallback, "python": self.python,
-                "error": error or " | ".join(tail) or f"exit code {self.process.returncode}",
-                "seconds": round(time.monotonic() - self.started, 1)}
+        return {
+            **self.fallback,
+            "python": self.python,
+            "error": error or " | ".join(tail) or f"exit code {self.process.returncode}",
+            "seconds": round(time.monotonic() - self.started, 1),
+        }
 
 
 def run_worker(python: str, name: str, args: argparse.Namespace) -> dict:
     """Runs one workload in a fresh `python` process (this script with --worker) and returns its record."""
-    command = ["--worker", name, "--size", args.size, "--device", args.device, "--steps", str(args.steps),
-               "--warmup", str(args.warmup)]
+    command = [
+        "--worker",
+        name,
+        "--size",
+        args.size,
+        "--device",
+        args.device,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+    ]
     if args.no_sample:
         command.append("--no-sample")
     worker = WorkerProcess(python, command, {"workload": name, "size": args.size, "device": args.device})
@@ -699,19 +817,32 @@ def measure_safely(name: str, args: argparse.Namespace) -> dict:
     try:
         return measure(name, args.size, args.device, args.steps, args.warmup, sample=not args.no_sample)
     except Exception as err:  # noqa: BLE001 - a broken workload must not hide the others' results
-        return {"workload": name, "size": args.size, "device": args.device, "python": sys.executable,
-                "error": f"{type(err).__name__}: {err}"}
+        return {
+            "workload": name,
+            "size": args.size,
+            "device": args.device,
+            "python": sys.executable,
+            "error": f"{type(err).__name__}: {err}",
+        }
 
 
 def compare_records(ours: list[dict], theirs: list[dict]) -> dict:
     """Medians over the alternating repeats, the ratios ours : theirs, and whether both do the same work."""
+
     def median_of(records, key):
         values = [r[key] for r in records if r.get(key) is not None and "error" not in r]
         return statistics.median(values) if values else None
 
     summary = {}
-    for key in ("ms_per_step", "peak_memory_mb", "tflops", "model_tflops", "sample_ms", "flops_per_step",
-                "model_flops_per_step"):
+    for key in (
+        "ms_per_step",
+        "peak_memory_mb",
+        "tflops",
+        "model_tflops",
+        "sample_ms",
+        "flops_per_step",
+        "model_flops_per_step",
+    ):
         a, b = median_of(ours, key), median_of(theirs, key)
         summary[key] = {"ours": a, "theirs": b, "ratio": (a / b) if a is not None and b else None}
     ms = summary["ms_per_step"]
@@ -733,9 +864,20 @@ def compare_records(ours: list[dict], theirs: list[dict]) -> dict:
 # quality: caption score versus training time of the demo models
 # ----------------------------------------------------------------------------------------------------------------
 
-def quality(models: Sequence[str], minutes: float, device_name: str, points: Sequence[float], eval_samples: int,
-            seed: int = 0, smoke: bool = False, max_steps: int | None = None, progress: bool = True,
-            overrides: dict | None = None, samples_dir: Path | None = None) -> list[dict]:
+
+def quality(
+    models: Sequence[str],
+    minutes: float,
+    device_name: str,
+    points: Sequence[float],
+    eval_samples: int,
+    seed: int = 0,
+    smoke: bool = False,
+    max_steps: int | None = None,
+    progress: bool = True,
+    overrides: dict | None = None,
+    samples_dir: Path | None = None,
+) -> list[dict]:
     """Trains each demo model for `minutes` (its demo settings, or at most `max_steps` steps) and scores
     `eval_samples` samples at each fraction of the budget in `points`. Sampling time is not training time."""
     import torch
@@ -743,7 +885,7 @@ def quality(models: Sequence[str], minutes: float, device_name: str, points: Seq
     sys.path.insert(0, str(ROOT / "tools"))
     import demo
 
-    from synthesis_core.datasets import CaptionScorer
+    from synthesis_core.shapes import CaptionScorer
 
     device = torch.device(device_name)
     if device.type == "cpu":
@@ -760,7 +902,6 @@ def quality(models: Sequence[str], minutes: float, device_name: str, points: Seq
             trainer = demo.DemoTrainer(model, config, budget=budget, device=device, seed=seed)
             prompts = demo.demo_prompts(eval_samples)
             record["config"] = config.__dict__
-            record["parameters"] = sum(p.numel() for p in model.parameters())
             for point in points:
                 trainer.run(until=point, progress_bar=progress)
                 started = time.monotonic()
@@ -769,15 +910,26 @@ def quality(models: Sequence[str], minutes: float, device_name: str, points: Seq
                 if samples_dir is not None:
                     shown = min(12, len(prompts))
                     samples_dir.mkdir(parents=True, exist_ok=True)
-                    demo.labelled_sheet(demo.upscale(videos[:shown]), prompts[:shown],
-                                        samples_dir / f"{model_name}-{trainer.steps:05d}-steps.png")
-                record["curve"].append({
-                    "fraction": point, "train_seconds": round(trainer.train_seconds, 1),
-                    "train_cpu_seconds": round(trainer.train_cpu_seconds, 1), "steps": trainer.steps,
-                    "loss": trainer.recent_loss(), "sample_seconds": round(time.monotonic() - started, 1),
-                    "load_average": _load_average(), "threads": torch.get_num_threads(),
-                    **{key: (None if isinstance(v, float) and math.isnan(v) else v) for key, v in score.items()},
-                })
+                    demo.labelled_sheet(
+                        demo.upscale(videos[:shown]),
+                        prompts[:shown],
+                        samples_dir / f"{model_name}-{trainer.steps:05d}-steps.png",
+                    )
+                record["curve"].append(
+                    {
+                        "fraction": point,
+                        "train_seconds": round(trainer.train_seconds, 1),
+                        "train_cpu_seconds": round(trainer.train_cpu_seconds, 1),
+                        "steps": trainer.steps,
+                        "loss": trainer.recent_loss(),
+                        "sample_seconds": round(time.monotonic() - started, 1),
+                        "load_average": _load_average(),
+                        "threads": torch.get_num_threads(),
+                        **{key: (None if isinstance(v, float) and math.isnan(v) else v) for key, v in score.items()},
+                    }
+                )
+            # counted once sampled: a two-stage model builds its generator on the trained tokenizer
+            record["parameters"] = sum(p.numel() for p in model.parameters())
         except Exception as err:  # noqa: BLE001 - one broken model must not hide the others
             record["error"] = f"{type(err).__name__}: {err}"
         results.append(record)
@@ -787,6 +939,7 @@ def quality(models: Sequence[str], minutes: float, device_name: str, points: Seq
 # ----------------------------------------------------------------------------------------------------------------
 # quality side by side: the same video-diffusion training in two environments, scored here
 # ----------------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class QualityCompareConfig:
@@ -800,11 +953,11 @@ class QualityCompareConfig:
     num_frames: int = 8
     dim: int = 16
     dim_mults: tuple[int, ...] = (1, 2)
-    timesteps: int = 250           # also the number of sampling steps: the published sampler runs every timestep
+    timesteps: int = 250  # also the number of sampling steps: the published sampler runs every timestep
     loss_type: str = "l2"
-    lr: float = 1e-3               # Adam, as tools/demo.py trains (no weight decay, gradients clipped)
+    lr: float = 1e-3  # Adam, as tools/demo.py trains (no weight decay, gradients clipped)
     max_grad_norm: float = 1.0
-    eval_samples: int = 48         # every caption of the dataset once per 48
+    eval_samples: int = 48  # every caption of the dataset once per 48
     seed: int = 0
     threads: int = 1
     device: str = "cpu"
@@ -812,16 +965,19 @@ class QualityCompareConfig:
 
 def caption_vector(caption: str) -> list[float]:
     """`"a red circle moving left"` -> the one-hot of its colour, shape and direction (4 + 3 + 4 values)."""
-    from synthesis_core.datasets import COLORS, DIRECTIONS, SHAPES, caption_attributes
+    from synthesis_core.shapes import COLORS, DIRECTIONS, SHAPES, caption_attributes
 
     wanted = caption_attributes(caption)
-    return ([float(wanted["color"] == c) for c in COLORS] + [float(wanted["shape"] == s) for s in SHAPES]
-            + [float(wanted["direction"] == d) for d in DIRECTIONS])
+    return (
+        [float(wanted["color"] == c) for c in COLORS]
+        + [float(wanted["shape"] == s) for s in SHAPES]
+        + [float(wanted["direction"] == d) for d in DIRECTIONS]
+    )
 
 
 def eval_captions(count: int) -> list[str]:
     """`count` prompts cycling through every caption of the dataset in its fixed order."""
-    from synthesis_core.datasets import all_captions
+    from synthesis_core.shapes import all_captions
 
     captions = all_captions()
     return [captions[index % len(captions)] for index in range(count)]
@@ -834,7 +990,7 @@ def write_training_data(path: Path, config: QualityCompareConfig) -> dict:
     the four colours: every pixel is one of them), a quarter of the size of uint8 RGB."""
     import torch
 
-    from synthesis_core.datasets import BACKGROUND, COLORS, ShapesVideoDataset
+    from synthesis_core.shapes import BACKGROUND, COLORS, ShapesVideoDataset
 
     count = config.steps * config.batch_size
     dataset = ShapesVideoDataset(count, image_size=config.image_size, num_frames=config.num_frames, seed=config.seed)
@@ -846,17 +1002,31 @@ def write_training_data(path: Path, config: QualityCompareConfig) -> dict:
         pixels = video.permute(1, 2, 3, 0)  # (t, h, w, 3)
         nearest = (pixels.unsqueeze(-2) - palette).abs().sum(-1).argmin(-1)
         if not torch.equal(palette[nearest], pixels):
-            raise ValueError(f"ShapesVideoDataset item {index} has colours outside the palette {palette.tolist()}: "
-                             "its videos cannot be stored as palette indices")
+            raise ValueError(
+                f"ShapesVideoDataset item {index} has colours outside the palette {palette.tolist()}: "
+                "its videos cannot be stored as palette indices"
+            )
         indices[index] = nearest.to(torch.uint8)
         cond[index] = torch.tensor(caption_vector(caption))
     prompts = eval_captions(config.eval_samples)
-    torch.save({"config": {**config.__dict__, "dim_mults": list(config.dim_mults)}, "palette": palette,
-                "indices": indices, "cond": cond, "eval_cond": torch.tensor([caption_vector(c) for c in prompts])},
-               path)
-    return {"videos": count, "eval_prompts": len(prompts), "bytes": path.stat().st_size, "sha256": _sha256(path),
-            "dataset": f"ShapesVideoDataset({count}, image_size={config.image_size}, "
-                       f"num_frames={config.num_frames}, seed={config.seed})"}
+    torch.save(
+        {
+            "config": {**config.__dict__, "dim_mults": list(config.dim_mults)},
+            "palette": palette,
+            "indices": indices,
+            "cond": cond,
+            "eval_cond": torch.tensor([caption_vector(c) for c in prompts]),
+        },
+        path,
+    )
+    return {
+        "videos": count,
+        "eval_prompts": len(prompts),
+        "bytes": path.stat().st_size,
+        "sha256": _sha256(path),
+        "dataset": f"ShapesVideoDataset({count}, image_size={config.image_size}, "
+        f"num_frames={config.num_frames}, seed={config.seed})",
+    }
 
 
 def _sha256(path: Path) -> str:
@@ -883,8 +1053,9 @@ def quality_worker(data_path: Path, samples_path: Path) -> dict:
     device = torch.device(c["device"])
     palette, indices, cond = data["palette"].to(device), data["indices"], data["cond"].to(device)
     unet = Unet3D(dim=c["dim"], dim_mults=tuple(c["dim_mults"]), cond_dim=cond.shape[1])
-    diffusion = GaussianDiffusion(unet, image_size=c["image_size"], num_frames=c["num_frames"],
-                                  timesteps=c["timesteps"], loss_type=c["loss_type"]).to(device)
+    diffusion = GaussianDiffusion(
+        unet, image_size=c["image_size"], num_frames=c["num_frames"], timesteps=c["timesteps"], loss_type=c["loss_type"]
+    ).to(device)
     trainable = [p for p in diffusion.parameters() if p.requires_grad]
     parameter_count = sum(p.numel() for p in trainable)
     optimizer = torch.optim.Adam(trainable, lr=c["lr"])
@@ -907,8 +1078,9 @@ def quality_worker(data_path: Path, samples_path: Path) -> dict:
         if (step + 1) % window == 0 or step + 1 == c["steps"]:
             recent = losses[-window:]
             curve.append({"step": step + 1, "loss": sum(recent) / len(recent)})
-            logger.info("step %d/%d, loss %.4f, %.0f s", step + 1, c["steps"], curve[-1]["loss"],
-                        time.monotonic() - started)
+            logger.info(
+                "step %d/%d, loss %.4f, %.0f s", step + 1, c["steps"], curve[-1]["loss"], time.monotonic() - started
+            )
     train_seconds, train_cpu_seconds = time.monotonic() - started, time.process_time() - cpu_started
 
     torch.manual_seed(c["seed"] + 1)
@@ -952,13 +1124,14 @@ def wilson_interval(hits: int, n: int, z: float = 1.96) -> list[float] | None:
 ATTRIBUTES = ("color", "shape", "direction", "all")
 
 
-def quality_compare(python: str, config: QualityCompareConfig, timeout: float | None,
-                    data_dir: Path | None = None) -> dict:
+def quality_compare(
+    python: str, config: QualityCompareConfig, timeout: float | None, data_dir: Path | None = None
+) -> dict:
     """Trains and samples in both environments at once (one worker process each, `config.threads` threads each),
     then scores both sample sets with CaptionScorer in this environment."""
     import torch
 
-    from synthesis_core.datasets import CaptionScorer
+    from synthesis_core.shapes import CaptionScorer
 
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as scratch:
         folder = data_dir or Path(scratch)
@@ -969,9 +1142,14 @@ def quality_compare(python: str, config: QualityCompareConfig, timeout: float | 
         data_info["seconds"] = round(time.monotonic() - started, 1)
         logger.info("training data: %s (%.1f MB); training both sides", data_info["dataset"], data_info["bytes"] / 1e6)
         environments = {"ours": sys.executable, "theirs": python}
-        workers = {side: WorkerProcess(executable, ["--quality-worker", str(data_path), "--samples-out",
-                                                    str(folder / f"samples-{side}.pt")], {"environment": side})
-                   for side, executable in environments.items()}
+        workers = {
+            side: WorkerProcess(
+                executable,
+                ["--quality-worker", str(data_path), "--samples-out", str(folder / f"samples-{side}.pt")],
+                {"environment": side},
+            )
+            for side, executable in environments.items()
+        }
         records = {side: {"environment": side, **worker.result(timeout)} for side, worker in workers.items()}
         scorer = CaptionScorer()
         prompts = eval_captions(config.eval_samples)
@@ -984,27 +1162,41 @@ def quality_compare(python: str, config: QualityCompareConfig, timeout: float | 
             videos = torch.load(folder / f"samples-{side}.pt", weights_only=True)
             score = scorer.score(videos, prompts)
             record["score"] = {key: score[key] for key in ATTRIBUTES}
-            record["score_interval_95"] = {key: wilson_interval(round(score[key] * score["n"]), score["n"])
-                                           for key in ATTRIBUTES}
+            record["score_interval_95"] = {
+                key: wilson_interval(round(score[key] * score["n"]), score["n"]) for key in ATTRIBUTES
+            }
             record["score_n"] = score["n"]
     ours, theirs = records["ours"], records["theirs"]
     ahead = None
     if "score" in ours and "score" in theirs:
         ahead = {key: ours["score"][key] > theirs["score"][key] for key in ATTRIBUTES}
-    return {"config": {**config.__dict__, "dim_mults": list(config.dim_mults)}, "data": data_info,
-            "prompts": f"{len(prompts)} prompts cycling through the {len(set(prompts))} captions (eval_captions)",
-            "concurrent": True, "ours": ours, "theirs": theirs, "ours_ahead": ahead}
+    return {
+        "config": {**config.__dict__, "dim_mults": list(config.dim_mults)},
+        "data": data_info,
+        "prompts": f"{len(prompts)} prompts cycling through the {len(set(prompts))} captions (eval_captions)",
+        "concurrent": True,
+        "ours": ours,
+        "theirs": theirs,
+        "ours_ahead": ahead,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # reporting
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def machine_info() -> dict:
     import torch
 
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
@@ -1017,8 +1209,13 @@ def git_state() -> dict | None:
     installed editable and others may be changing them while a long run goes on."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=30)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                capture_output=True, text=True, timeout=30)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if commit.returncode != 0:
@@ -1056,40 +1253,49 @@ def _fmt(value, digits: int = 1, scale: float = 1.0) -> str:
 
 
 def speed_table(records: list[dict]) -> str:
-    lines = ["| workload | size | device | precision | ms/step | samples/s | peak memory (MB) "
-             "| GFLOP/step (model) | TFLOP/s | sampling (ms) |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| workload | size | device | precision | ms/step | samples/s | peak memory (MB) "
+        "| GFLOP/step (model) | TFLOP/s | sampling (ms) |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in records:
         if "error" in r:
-            lines.append(f"| {r['workload']} | {r['size']} | {r['device']} | - | error: {r['error'][:80]} "
-                         "| | | | | |")
+            lines.append(f"| {r['workload']} | {r['size']} | {r['device']} | - | error: {r['error'][:80]} | | | | | |")
             continue
-        lines.append(f"| {r['workload']} | {r['size']} | {r['device']} | {r['precision']} | {_fmt(r['ms_per_step'])} "
-                     f"| {_fmt(r['samples_per_s'], 2)} | {_fmt(r['peak_memory_mb'], 0)} "
-                     f"| {_fmt(r['flops_per_step'], 2, 1e-9)} ({_fmt(r.get('model_flops_per_step'), 2, 1e-9)}) "
-                     f"| {_fmt(r['tflops'], 4)} | {_fmt(r['sample_ms'], 0)} |")
+        lines.append(
+            f"| {r['workload']} | {r['size']} | {r['device']} | {r['precision']} | {_fmt(r['ms_per_step'])} "
+            f"| {_fmt(r['samples_per_s'], 2)} | {_fmt(r['peak_memory_mb'], 0)} "
+            f"| {_fmt(r['flops_per_step'], 2, 1e-9)} ({_fmt(r.get('model_flops_per_step'), 2, 1e-9)}) "
+            f"| {_fmt(r['tflops'], 4)} | {_fmt(r['sample_ms'], 0)} |"
+        )
     return "\n".join(lines)
 
 
 def compare_table(comparisons: dict) -> str:
-    lines = ["| workload | ms/step ours | ms/step theirs | speedup | model GFLOP ours / theirs | FLOPs ratio "
-             "| same work | memory ours / theirs | sampling ours / theirs | adapted (theirs) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    lines = [
+        "| workload | ms/step ours | ms/step theirs | speedup | model GFLOP ours / theirs | FLOPs ratio "
+        "| same work | memory ours / theirs | sampling ours / theirs | adapted (theirs) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+    ]
     for name, c in comparisons.items():
         ms, mem, smp, model = c["ms_per_step"], c["peak_memory_mb"], c["sample_ms"], c["model_flops_per_step"]
         same = {True: "yes", False: "no", None: "-"}[c.get("same_work")]
         adapted = len(c.get("adaptations", {}).get("theirs", []))
-        lines.append(f"| {name} | {_fmt(ms['ours'])} | {_fmt(ms['theirs'])} | {_fmt(c['speedup'], 2)}x "
-                     f"| {_fmt(model['ours'], 2, 1e-9)} / {_fmt(model['theirs'], 2, 1e-9)} "
-                     f"| {_fmt(c.get('flops_ratio'), 2)} | {same} | {_fmt(mem['ratio'], 2)} | {_fmt(smp['ratio'], 2)} "
-                     f"| {adapted} |")
+        lines.append(
+            f"| {name} | {_fmt(ms['ours'])} | {_fmt(ms['theirs'])} | {_fmt(c['speedup'], 2)}x "
+            f"| {_fmt(model['ours'], 2, 1e-9)} / {_fmt(model['theirs'], 2, 1e-9)} "
+            f"| {_fmt(c.get('flops_ratio'), 2)} | {same} | {_fmt(mem['ratio'], 2)} | {_fmt(smp['ratio'], 2)} "
+            f"| {adapted} |"
+        )
     return "\n".join(lines)
 
 
 def quality_compare_table(report: dict) -> str:
-    lines = ["| environment | package | steps x batch | training s (CPU s) | final loss | colour | shape | direction "
-             "| all |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| environment | package | steps x batch | training s (CPU s) | final loss | colour | shape | direction "
+        "| all |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     batch = report["config"]["batch_size"]
     for side in ("ours", "theirs"):
         r = report[side]
@@ -1097,22 +1303,28 @@ def quality_compare_table(report: dict) -> str:
             lines.append(f"| {side} | error: {r.get('error', '?')[:80]} | | | | | | | |")
             continue
         cells = " | ".join(f"{_fmt(r['score'][key], 0, 100)}%" for key in ATTRIBUTES)
-        lines.append(f"| {side} | {r['package']} {r['package_version']} | {r['steps']} x {batch} "
-                     f"| {r['train_seconds']:.0f} ({r['train_cpu_seconds']:.0f}) | {_fmt(r['final_loss'], 4)} "
-                     f"| {cells} |")
+        lines.append(
+            f"| {side} | {r['package']} {r['package_version']} | {r['steps']} x {batch} "
+            f"| {r['train_seconds']:.0f} ({r['train_cpu_seconds']:.0f}) | {_fmt(r['final_loss'], 4)} "
+            f"| {cells} |"
+        )
     return "\n".join(lines)
 
 
 def quality_table(records: list[dict]) -> str:
-    lines = ["| model | training s (CPU s) | steps | colour | shape | direction | all |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| model | training s (CPU s) | steps | colour | shape | direction | all |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in records:
         if "error" in r and not r["curve"]:
             lines.append(f"| {r['model']} | error: {r['error'][:80]} | | | | | |")
         for point in r["curve"]:
-            lines.append(f"| {r['model']} | {point['train_seconds']:.0f} ({point['train_cpu_seconds']:.0f}) "
-                         f"| {point['steps']} | {_fmt(point['color'], 0, 100)}% | {_fmt(point['shape'], 0, 100)}% "
-                         f"| {_fmt(point['direction'], 0, 100)}% | {_fmt(point['all'], 0, 100)}% |")
+            lines.append(
+                f"| {r['model']} | {point['train_seconds']:.0f} ({point['train_cpu_seconds']:.0f}) "
+                f"| {point['steps']} | {_fmt(point['color'], 0, 100)}% | {_fmt(point['shape'], 0, 100)}% "
+                f"| {_fmt(point['direction'], 0, 100)}% | {_fmt(point['all'], 0, 100)}% |"
+            )
     return "\n".join(lines)
 
 
@@ -1120,63 +1332,118 @@ def quality_table(records: list[dict]) -> str:
 # command line
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--workloads", default=",".join(WORKLOADS),
-                        help=f"comma-separated, from {', '.join(WORKLOADS)}")
-    parser.add_argument("--size", choices=SIZES, default=None,
-                        help="full: the reference workloads; cpu: scaled down for a CPU; tiny: seconds, for tests "
-                             "(default: full on CUDA, cpu otherwise)")
+    parser = argparse.ArgumentParser(
+        prog="bench", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--workloads", default=",".join(WORKLOADS), help=f"comma-separated, from {', '.join(WORKLOADS)}"
+    )
+    parser.add_argument(
+        "--size",
+        choices=SIZES,
+        default=None,
+        help="full: the reference workloads; cpu: scaled down for a CPU; tiny: seconds, for tests "
+        "(default: full on CUDA, cpu otherwise)",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="timed steps (default: 20 on CUDA, 5 on CPU); with --quality --compare: training steps "
-                             f"(default {QualityCompareConfig.steps})")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed steps (default: 20 on CUDA, 5 on CPU); with --quality --compare: training steps "
+        f"(default {QualityCompareConfig.steps})",
+    )
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 3 CUDA, 1 CPU)")
     parser.add_argument("--no-sample", action="store_true", help="skip the sampling latency")
-    parser.add_argument("--compare", metavar="PYTHON", default=None,
-                        help="another environment's python (e.g. with the published packages): run every workload "
-                             "in both, alternating, and print the ratios; with --quality: train and score "
-                             "video-diffusion side by side")
+    parser.add_argument(
+        "--compare",
+        metavar="PYTHON",
+        default=None,
+        help="another environment's python (e.g. with the published packages): run every workload "
+        "in both, alternating, and print the ratios; with --quality: train and score "
+        "video-diffusion side by side",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="rounds of alternation with --compare")
-    parser.add_argument("--no-isolate", action="store_true",
-                        help="measure in this process instead of one subprocess per workload (CPU memory is then "
-                             "not per workload)")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="seconds allowed per worker process (default: 1800; 6 hours with --quality --compare)")
-    parser.add_argument("--quality", action="store_true",
-                        help="caption score vs training time of the demo models instead of speed")
-    parser.add_argument("--models", default="video-diffusion,imagen,make-a-video,phenaki,nuwa",
-                        help="demo models for --quality")
+    parser.add_argument(
+        "--no-isolate",
+        action="store_true",
+        help="measure in this process instead of one subprocess per workload (CPU memory is then not per workload)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds allowed per worker process (default: 1800; 6 hours with --quality --compare)",
+    )
+    parser.add_argument(
+        "--quality", action="store_true", help="caption score vs training time of the demo models instead of speed"
+    )
+    parser.add_argument(
+        "--models", default="video-diffusion,imagen,make-a-video,phenaki,nuwa", help="demo models for --quality"
+    )
     parser.add_argument("--minutes", type=float, default=3.0, help="training budget per model for --quality")
     parser.add_argument("--points", default="0.25,0.5,1", help="fractions of the budget where --quality scores")
-    parser.add_argument("--max-steps", type=int, default=None,
-                        help="--quality: a budget in steps instead (the points are then fractions of it), e.g. to "
-                             "compare settings on a loaded machine; CPU seconds are recorded either way")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="--quality: override a demo setting (e.g. --set dim=16 --set batch_size=8)")
-    parser.add_argument("--eval-samples", type=int, default=None,
-                        help="samples scored at each --quality point (default 24; with --compare "
-                             f"{QualityCompareConfig.eval_samples}, every caption once)")
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="--quality: a budget in steps instead (the points are then fractions of it), e.g. to "
+        "compare settings on a loaded machine; CPU seconds are recorded either way",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--quality: override a demo setting (e.g. --set dim=16 --set batch_size=8)",
+    )
+    parser.add_argument(
+        "--eval-samples",
+        type=int,
+        default=None,
+        help="samples scored at each --quality point (default 24; with --compare "
+        f"{QualityCompareConfig.eval_samples}, every caption once)",
+    )
     parser.add_argument("--smoke", action="store_true", help="--quality with the demo's tiny settings (tests)")
-    parser.add_argument("--samples-dir", type=Path, default=None,
-                        help="--quality: also write a contact sheet of the samples at every point here")
+    parser.add_argument(
+        "--samples-dir",
+        type=Path,
+        default=None,
+        help="--quality: also write a contact sheet of the samples at every point here",
+    )
     compare = parser.add_argument_group("--quality --compare (both sides get the same values)")
     compare.add_argument("--batch-size", type=int, default=QualityCompareConfig.batch_size)
     compare.add_argument("--image-size", type=int, default=QualityCompareConfig.image_size)
     compare.add_argument("--frames", type=int, default=QualityCompareConfig.num_frames)
     compare.add_argument("--dim", type=int, default=QualityCompareConfig.dim)
-    compare.add_argument("--timesteps", type=int, default=QualityCompareConfig.timesteps,
-                         help="diffusion steps, trained and sampled (full DDPM)")
+    compare.add_argument(
+        "--timesteps",
+        type=int,
+        default=QualityCompareConfig.timesteps,
+        help="diffusion steps, trained and sampled (full DDPM)",
+    )
     compare.add_argument("--lr", type=float, default=QualityCompareConfig.lr, help="Adam learning rate")
     compare.add_argument("--seed", type=int, default=QualityCompareConfig.seed)
-    compare.add_argument("--threads", type=int, default=QualityCompareConfig.threads,
-                         help="torch threads of each side (both train at once)")
-    compare.add_argument("--data-dir", type=Path, default=None,
-                         help="keep the training data file and both sides' samples here (default: a temp folder)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="result file (default: benchmarks/results/<date>-<machine>[-quality|-compare|"
-                             "-quality-compare].json)")
+    compare.add_argument(
+        "--threads",
+        type=int,
+        default=QualityCompareConfig.threads,
+        help="torch threads of each side (both train at once)",
+    )
+    compare.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="keep the training data file and both sides' samples here (default: a temp folder)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="result file (default: benchmarks/results/<date>-<machine>[-quality|-compare|-quality-compare].json)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--quality-worker", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--samples-out", type=Path, default=None, help=argparse.SUPPRESS)
@@ -1228,10 +1495,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "git": git_state(),
     }
     if args.quality and args.compare:
-        config = QualityCompareConfig(steps=args.steps, batch_size=args.batch_size, image_size=args.image_size,
-                                      num_frames=args.frames, dim=args.dim, timesteps=args.timesteps, lr=args.lr,
-                                      eval_samples=args.eval_samples, seed=args.seed, threads=args.threads,
-                                      device=args.device)
+        config = QualityCompareConfig(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            num_frames=args.frames,
+            dim=args.dim,
+            timesteps=args.timesteps,
+            lr=args.lr,
+            eval_samples=args.eval_samples,
+            seed=args.seed,
+            threads=args.threads,
+            device=args.device,
+        )
         report["compare_python"] = args.compare
         report["quality_compare"] = quality_compare(args.compare, config, args.timeout, data_dir=args.data_dir)
         table = quality_compare_table(report["quality_compare"])
@@ -1242,8 +1518,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for item in args.set:
             key, _, value = item.partition("=")
             overrides[key.strip()] = float(value) if "." in value or "e-" in value else int(value)
-        report["quality"] = quality(models, args.minutes, args.device, points, args.eval_samples, smoke=args.smoke,
-                                    max_steps=args.max_steps, overrides=overrides, samples_dir=args.samples_dir)
+        report["quality"] = quality(
+            models,
+            args.minutes,
+            args.device,
+            points,
+            args.eval_samples,
+            smoke=args.smoke,
+            max_steps=args.max_steps,
+            overrides=overrides,
+            samples_dir=args.samples_dir,
+        )
         table = quality_table(report["quality"])
     else:
         names = [n for n in args.workloads.split(",") if n]
@@ -1259,15 +1544,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for _ in range(args.repeats):  # alternate, so drifts in machine load hit both sides alike
                     ours.append(run_worker(sys.executable, name, args))
                     theirs.append(run_worker(args.compare, name, args))
-                records += [{**r, "environment": "ours"} for r in ours] + \
-                           [{**r, "environment": "theirs"} for r in theirs]
+                records += [{**r, "environment": "ours"} for r in ours] + [
+                    {**r, "environment": "theirs"} for r in theirs
+                ]
                 comparisons[name] = compare_records(ours, theirs)
                 logger.info("%s: %s", name, "; ".join(comparisons[name]["errors"]) or "measured on both sides")
             report["results"], report["comparison"] = records, comparisons
             table = compare_table(comparisons)
         else:
-            report["results"] = [measure_safely(n, args) if args.no_isolate else run_worker(sys.executable, n, args)
-                                 for n in names]
+            report["results"] = [
+                measure_safely(n, args) if args.no_isolate else run_worker(sys.executable, n, args) for n in names
+            ]
             table = speed_table(report["results"])
 
     report["git_at_end"] = git_state()  # differs from "git" when someone committed during the run

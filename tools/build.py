@@ -3,10 +3,12 @@
     python3 tools/build.py                 # all six
     python3 tools/build.py imagen          # one member
     python3 tools/build.py --tag imagen-pytorch-v0.2.0   # the member a release tag names, checking the version
+    python3 tools/build.py --tag imagen-pytorch-v0.2.0 --print-path   # only its folder (what the release tests)
 
 Release tags are `<distribution>-v<version>`, e.g. `imagen-pytorch-v0.2.0`. Falls back to
 `python -m build`-free `pip wheel` only if hatch is missing (`--no-hatch`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +39,10 @@ def build(member: Member, out: Path, use_hatch: bool = True) -> list[Path]:
     if use_hatch and hatch and Path(hatch).exists():
         subprocess.run([hatch, "build", str(out)], cwd=ROOT / member.path, check=True, capture_output=True)
     else:
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT / member.path)],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT / member.path)],
+            check=True,
+        )
     return sorted(set(out.iterdir()) - before)
 
 
@@ -48,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", help="a release tag; builds the member it names")
     parser.add_argument("--out", default=str(ROOT / "dist"))
     parser.add_argument("--no-hatch", action="store_true")
+    parser.add_argument(
+        "--print-path",
+        action="store_true",
+        help="print the chosen members' folders (the tag's version checked) and build nothing",
+    )
     args = parser.parse_args(argv)
     if args.tag:
         chosen = [member_for_tag(args.tag)]
@@ -55,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [member_named(args.member)]
     else:
         chosen = members()
+    if args.print_path:
+        print("\n".join(member.path for member in chosen))
+        return 0
     for member in chosen:
         for path in build(member, Path(args.out), use_hatch=not args.no_hatch):
             print(path)

@@ -6,6 +6,7 @@
 The new section is put above the previous ones; the line given with -m (or a placeholder to fill in)
 goes under it. Use `--no-hatch` to rewrite `__about__.py` directly where hatch is not installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,7 @@ def open_changelog_section(changelog: Path, version: str, line: str, today: dt.d
     text = changelog.read_text() if changelog.exists() else "# Changelog\n"
     section = f"## {version} - {today.isoformat()}\n- {line}\n\n"
     first = re.search(r"^## ", text, flags=re.M)
-    text = text[: first.start()] + section + text[first.start():] if first else text.rstrip("\n") + "\n\n" + section
+    text = text[: first.start()] + section + text[first.start() :] if first else text.rstrip("\n") + "\n\n" + section
     changelog.write_text(text)
 
 

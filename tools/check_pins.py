@@ -3,6 +3,7 @@ that no member points at another by path in its published metadata.
 
     python3 tools/check_pins.py     # exit 1 and a line per problem, else "ok"
 """
+
 from __future__ import annotations
 
 import sys
@@ -26,7 +27,9 @@ def problems(all_members: list[Member]) -> list[str]:
             continue
         parsed = Requirement(requirement)
         if parsed.url:
-            found.append(f"{member.distribution}: depends on {core.distribution} by URL/path ({requirement}); use a version range")
+            found.append(
+                f"{member.distribution}: depends on {core.distribution} by URL/path ({requirement}); use a version range"
+            )
         elif not parsed.specifier:
             found.append(f"{member.distribution}: {core.distribution} has no version range ({requirement})")
         elif not parsed.specifier.contains(core.version, prereleases=True):

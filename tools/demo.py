@@ -5,7 +5,7 @@
     python3 tools/dev.py demo --text-encoder /path/to/t5-small  # a frozen T5/BERT from a local folder
     python3 tools/demo.py --smoke --out /tmp/demo               # a seconds-long run of the whole pipeline
 
-The data is `synthesis_core.datasets.ShapesVideoDataset` ("a red circle moving left", drawn on the fly, nothing
+The data is `synthesis_core.shapes.ShapesVideoDataset` ("a red circle moving left", drawn on the fly, nothing
 to download). The captions condition the model through a small word-level encoder trained together with it
 (`SimpleTextEncoder`), or through a frozen T5/BERT loaded from a local folder (`--text-encoder`). Training runs
 until the `--minutes` budget is spent (counted from the start of the script, imports included), then one video is
@@ -15,9 +15,12 @@ Written to `--out`: the first `--gifs` prompts as gifs (frames enlarged to 64 px
 of the same prompts: one per row, its frames left to right, the prompt written on the left) and `score.json` (the
 scores of all `--num-samples` samples, what was measured in each, the settings and the timings).
 
-Each model has a small adapter below (`VideoDiffusionDemo`, `ImagenDemo`, ...) holding the model-specific glue: how
-to build it at demo size, its training loss on `(videos, captions)` and how to sample videos for captions.
+Every model is driven through the one generation protocol of the packages (`synthesis_core.protocol`): the loss is
+`model(videos, text_embeds=, text_mask=)` (token ids `texts=` for a model with its own text encoder) and the videos
+`model.sample(text_embeds=, text_mask=, num_frames=, batch_size=, generator=, ...)`. Per model there is only a
+preset (`PRESETS`): how to build it at demo size and, for a two-stage model, the tokenizer it trains first.
 """
+
 from __future__ import annotations
 
 import time
@@ -37,11 +40,12 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from einops import rearrange, reduce  # noqa: E402
+from einops import rearrange  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from synthesis_core.datasets import (  # noqa: E402
+from synthesis_core.diffusion.wrapper import DiffusionWrapper  # noqa: E402
+from synthesis_core.shapes import (  # noqa: E402
     COLORS,
     DIRECTIONS,
     SHAPES,
@@ -49,22 +53,14 @@ from synthesis_core.datasets import (  # noqa: E402
     ShapesVideoDataset,
     all_captions,
 )
-from synthesis_core.text import SimpleTextEncoder, TextEncoder  # noqa: E402
+from synthesis_core.text import SimpleTextEncoder, TextEncoder, TextEncoderUnavailableError  # noqa: E402
 from synthesis_core.video import save_video  # noqa: E402
 
 logger = logging.getLogger("demo")
 
-MODELS = ("video-diffusion", "imagen", "make-a-video", "phenaki", "nuwa")
 # the model that learns the prompted colours fastest on a 2-core CPU (`tools/bench.py --quality`, see
 # benchmarks/README.md): all colours right after about 90 s of training, where imagen and make-a-video are near 50%
 DEFAULT_MODEL = "video-diffusion"
-PACKAGES = {
-    "video-diffusion": ("video_diffusion_pytorch", "video-diffusion-pytorch"),
-    "imagen": ("imagen_pytorch", "imagen-pytorch"),
-    "make-a-video": ("make_a_video_pytorch", "make-a-video-pytorch"),
-    "phenaki": ("phenaki_pytorch", "phenaki-pytorch"),
-    "nuwa": ("nuwa_pytorch", "nuwa-pytorch"),
-}
 
 
 class DemoError(Exception):
@@ -75,47 +71,51 @@ class DemoError(Exception):
 # settings
 # ----------------------------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class DemoConfig:
-    """Everything that shapes a run; each model starts from its preset and command-line flags override it."""
+    """Everything that shapes a run; each model starts from its preset (`PRESETS`) and command-line flags override
+    it."""
 
     image_size: int = 16
     num_frames: int = 8
     batch_size: int = 8
     lr: float = 1e-3
-    dim: int = 16              # base width of the model
-    text_dim: int = 32         # width of the trained text encoder
-    text_depth: int = 1        # transformer layers of the trained text encoder
-    sample_steps: int = 25     # model calls (diffusion steps / MaskGIT iterations) per sample
-    cond_scale: float = 3.0    # classifier-free guidance scale
+    dim: int = 16  # base width of the model
+    text_dim: int = 32  # width of the trained text encoder
+    text_depth: int = 1  # transformer layers of the trained text encoder
+    sample_steps: int = 25  # model calls (diffusion steps / MaskGIT iterations) per sample
+    cond_scale: float = 3.0  # classifier-free guidance scale
     tokenizer_fraction: float = 0.4  # two-stage models (phenaki, nuwa): share of the budget for the tokenizer
-    num_samples: int = 48      # videos sampled and scored (the prompts cycle through every caption)
-    gifs: int = 12             # prompts written as gifs and onto the contact sheet
+    # diffusion models: share of the budget trained only on the noisiest fifth of the schedule, where only the
+    # caption can decide where each frame's content goes (the motion); a uniform draw of noise levels learns it late
+    high_noise_warmup: float = 0.0
+    num_samples: int = 48  # videos sampled and scored (the prompts cycle through every caption)
+    gifs: int = 12  # prompts written as gifs and onto the contact sheet
     max_steps: int | None = None  # stop training after this many steps even if time is left
     sample_batch_size: int = 16
 
 
-# per model: what differs from the defaults above (sizes chosen so a step costs about the same few GFLOPs; the
-# caption score each reaches in a few CPU minutes is measured by `tools/bench.py --quality`)
-PRESETS: dict[str, dict] = {
-    "video-diffusion": {},
-    "imagen": {},
-    "make-a-video": {},
-    "phenaki": {"num_frames": 9, "dim": 64, "sample_steps": 12},  # the tokenizer takes 1 + 2k frames
-    "nuwa": {"dim": 32},
-}
-
 # a run of seconds that still goes through every stage (tests, a quick check of an installation)
-SMOKE: dict = {"image_size": 8, "num_frames": 4, "batch_size": 2, "dim": 8, "text_dim": 8, "sample_steps": 2,
-               "num_samples": 2, "gifs": 2, "max_steps": 2, "sample_batch_size": 2}
-SMOKE_PER_MODEL: dict[str, dict] = {"phenaki": {"num_frames": 5, "dim": 16}, "nuwa": {"num_frames": 4, "dim": 16}}
+SMOKE: dict = {
+    "image_size": 8,
+    "num_frames": 4,
+    "batch_size": 2,
+    "dim": 8,
+    "text_dim": 8,
+    "sample_steps": 2,
+    "num_samples": 2,
+    "gifs": 2,
+    "max_steps": 2,
+    "sample_batch_size": 2,
+}
 
 
 def make_config(model: str, smoke: bool = False, **overrides) -> DemoConfig:
-    settings = {**PRESETS[model]}
+    settings = {**PRESETS[model].settings}
     if smoke:
         settings.update(SMOKE)
-        settings.update(SMOKE_PER_MODEL.get(model, {}))
+        settings.update(PRESETS[model].smoke)
     settings.update({key: value for key, value in overrides.items() if value is not None})
     return DemoConfig(**settings)
 
@@ -136,6 +136,7 @@ def demo_prompts(count: int, images: bool = False) -> list[str]:
 # text conditioning
 # ----------------------------------------------------------------------------------------------------------------
 
+
 class CaptionEncoder(nn.Module):
     """Captions -> `(embeds (b, n, dim), mask (b, n))`.
 
@@ -144,13 +145,20 @@ class CaptionEncoder(nn.Module):
     can produce are computed once up front.
     """
 
-    def __init__(self, captions: Sequence[str], dim: int, depth: int, pretrained: str | None = None,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        captions: Sequence[str],
+        dim: int,
+        depth: int,
+        pretrained: str | None = None,
+        device: torch.device | str = "cpu",
+    ):
         super().__init__()
         self.trained = None
         if pretrained is None:
-            self.trained = SimpleTextEncoder.from_captions(captions, dim=dim, depth=depth, max_length=8, heads=2,
-                                                           dim_head=max(dim // 2, 4))
+            self.trained = SimpleTextEncoder.from_captions(
+                captions, dim=dim, depth=depth, max_length=8, heads=2, dim_head=max(dim // 2, 4)
+            )
             self.dim = dim
             return
         encoder = TextEncoder(pretrained, max_length=32)
@@ -177,256 +185,315 @@ class CaptionEncoder(nn.Module):
         rows = torch.tensor([self.table[caption] for caption in captions], device=self.frozen_embeds.device)
         return self.frozen_embeds[rows], self.frozen_mask[rows]
 
-    def pooled(self, captions: Sequence[str]) -> Tensor:
-        """One vector per caption: the mean of its token embeddings (for models conditioned on a vector)."""
-        embeds, mask = self(captions)
-        weights = rearrange(mask.to(embeds.dtype), "b n -> b n 1")
-        return reduce(embeds * weights, "b n d -> b d", "sum") / reduce(weights, "b n 1 -> b 1", "sum").clamp(min=1)
-
 
 # ----------------------------------------------------------------------------------------------------------------
-# model adapters: build at demo size, training loss on (videos, captions), sampling from captions
+# the models: one preset each (how to build it at demo size); training and sampling go through the generation
+# protocol that every top-level model implements (`synthesis_core.protocol`)
 # ----------------------------------------------------------------------------------------------------------------
+
+
+class PackageNames:
+    """The names a builder takes from a model package; a name an older install lacks is one clear DemoError."""
+
+    def __init__(self, model: str):
+        preset = PRESETS[model]
+        try:
+            self.module = __import__(preset.package)
+        except ImportError as err:
+            raise DemoError(
+                f"--model {model} needs the package {preset.distribution} (import {preset.package}), "
+                f"which cannot be imported here ({err}). Install it (`pip install -e packages/...` or "
+                f"`pip install {preset.distribution}`) or pick another --model from "
+                f"{', '.join(MODELS)}."
+            ) from err
+        self.model, self.distribution = model, preset.distribution
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("module", "model", "distribution"):
+            raise AttributeError(name)  # not a package name (copy and pickle look these up before __init__ ran)
+        try:
+            return getattr(self.module, name)
+        except AttributeError:
+            raise DemoError(
+                f"--model {self.model}: the installed {self.distribution} does not provide {name} yet; "
+                f"pick another --model from {', '.join(MODELS)}."
+            ) from None
+
+
+def build_video_diffusion(
+    names: PackageNames, config: DemoConfig, text: CaptionEncoder, tokenizer: nn.Module | None
+) -> nn.Module:
+    """`Unet3D` + `GaussianDiffusion`, conditioned on the caption embedding pooled by its mean over the mask."""
+    unet = names.Unet3D(
+        dim=config.dim,
+        cond_dim=text.dim,
+        dim_mults=(1, 2),
+        attn_heads=2,
+        attn_dim_head=16,
+        init_kernel_size=3,
+        use_sparse_linear_attn=False,
+    )
+    return names.GaussianDiffusion(
+        unet,
+        image_size=config.image_size,
+        num_frames=config.num_frames,
+        timesteps=1000,
+        loss_type="l2",
+        objective="v",
+        cond_drop_prob=0.1,
+        sampler="ddim",
+    )
+
+
+def build_imagen(
+    names: PackageNames, config: DemoConfig, text: CaptionEncoder, tokenizer: nn.Module | None
+) -> nn.Module:
+    """One `Unet3D` stage of `Imagen` (continuous time), cross-attending to the caption tokens."""
+    unet = names.Unet3D(
+        dim=config.dim,
+        dim_mults=(1, 2),
+        text_embed_dim=text.dim,
+        num_resnet_blocks=1,
+        layer_attns=(False, True),
+        layer_cross_attns=(False, True),
+        attn_heads=2,
+        attn_dim_head=16,
+        max_text_len=8,
+        init_cross_embed=False,
+        init_conv_kernel_size=3,
+        use_global_context_attn=False,
+        attn_pool_num_latents=4,
+    )
+    return names.Imagen(
+        unets=unet,
+        image_sizes=config.image_size,
+        text_embed_dim=text.dim,
+        timesteps=1000,
+        cond_drop_prob=0.1,
+        pred_objectives="v",
+        sampler="ddim",
+    )
+
+
+def build_make_a_video(
+    names: PackageNames, config: DemoConfig, text: CaptionEncoder, tokenizer: nn.Module | None
+) -> nn.Module:
+    """A `SpaceTimeUnet` (pseudo-3D convs, spatio-temporal attention) in `MakeAVideo`."""
+    unet = names.SpaceTimeUnet(
+        dim=config.dim,
+        dim_mults=(1, 2),
+        self_attns=(False, True),
+        temporal_compression=(False, False),
+        resnet_block_depths=(1, 1),
+        attn_dim_head=16,
+        attn_heads=2,
+        text_embed_dim=text.dim,
+        ff_mult=2,
+    )
+    return names.MakeAVideo(
+        unet,
+        image_size=config.image_size,
+        num_frames=config.num_frames,
+        timesteps=1000,
+        objective="v",
+        sampler="ddim",
+        sample_steps=config.sample_steps,
+    )
+
+
+def build_cvivit(names: PackageNames, config: DemoConfig) -> nn.Module:
+    if (config.num_frames - 1) % 2:
+        raise DemoError(f"--frames: phenaki's tokenizer takes 1 + 2k frames (e.g. 5, 9), got {config.num_frames}")
+    return names.CViViT(
+        dim=config.dim,
+        codebook_size=256,
+        image_size=config.image_size,
+        patch_size=max(config.image_size // 4, 1),
+        temporal_patch_size=2,
+        spatial_depth=1,
+        temporal_depth=1,
+        dim_head=16,
+        heads=2,
+        use_vgg_and_gan=False,
+    )
+
+
+def build_phenaki(names: PackageNames, config: DemoConfig, text: CaptionEncoder, tokenizer: nn.Module) -> nn.Module:
+    """MaskGIT on the trained C-ViViT's tokens, conditioned on the caption tokens (building it freezes the C-ViViT)."""
+    patch = max(config.image_size // 4, 1)
+    tokens = (1 + (config.num_frames - 1) // 2) * (config.image_size // patch) ** 2
+    maskgit = names.MaskGit(
+        num_tokens=256, max_seq_len=tokens, dim=config.dim, dim_context=text.dim, depth=2, heads=2, dim_head=16
+    )
+    return names.Phenaki(
+        cvivit=tokenizer, maskgit=maskgit, text_encoder_name=None, text_embed_dim=text.dim, steps=config.sample_steps
+    )
+
+
+def build_vqgan_vae(names: PackageNames, config: DemoConfig) -> nn.Module:
+    return names.VQGanVAE(
+        dim=config.dim,
+        image_size=config.image_size,
+        num_layers=2,
+        vq_codebook_size=256,
+        use_attn=False,
+        resnet_groups=8,
+        first_conv_kernel_size=3,
+        use_vgg_and_gan=False,
+    )
+
+
+def build_nuwa(names: PackageNames, config: DemoConfig, text: CaptionEncoder, tokenizer: nn.Module) -> nn.Module:
+    """The NUWA transformer on the trained VAE's tokens (building it freezes the VAE), with its own text encoder."""
+    return names.NUWA(
+        vae=tokenizer,
+        dim=config.dim,
+        text_num_tokens=text.vocab_size,
+        text_enc_depth=1,
+        text_enc_heads=2,
+        text_enc_dim_head=16,
+        text_max_seq_len=8,
+        max_video_frames=config.num_frames,
+        dec_depth=2,
+        dec_heads=2,
+        dec_dim_head=16,
+        sparse_3dna_dilation=(1, 2),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """How the demo builds one model; everything else is the same for all of them."""
+
+    package: str  # import name
+    distribution: str  # pip name
+    build: Callable[..., nn.Module]  # (names, config, text, tokenizer) -> the top-level model
+    settings: dict = dataclasses.field(default_factory=dict)  # what differs from DemoConfig's defaults
+    smoke: dict = dataclasses.field(default_factory=dict)  # what differs from SMOKE
+    # two-stage models: (names, config) -> the tokenizer trained first (the first `tokenizer_fraction` of the
+    # budget); its training loss is `tokenizer(rearrange(videos, "b c t h w -> " + tokenizer_layout), **tokenizer_loss)`
+    tokenizer: Callable[..., nn.Module] | None = None
+    tokenizer_layout: str = "b c t h w"
+    tokenizer_loss: dict = dataclasses.field(default_factory=dict)
+    reads_token_ids: bool = False  # the model has its own text encoder: `texts=` the captions' token ids
+    sample_settings: tuple[str, ...] = ("cond_scale", "steps")  # protocol keywords of `sample` it accepts
+
+
+# sizes chosen so that a step costs about the same few GFLOPs; the caption score each reaches in a few CPU minutes
+# is measured by `tools/bench.py --quality`
+PRESETS: dict[str, Preset] = {
+    "video-diffusion": Preset("video_diffusion_pytorch", "video-diffusion-pytorch", build_video_diffusion),
+    "imagen": Preset("imagen_pytorch", "imagen-pytorch", build_imagen),
+    "make-a-video": Preset("make_a_video_pytorch", "make-a-video-pytorch", build_make_a_video),
+    "phenaki": Preset(
+        "phenaki_pytorch",
+        "phenaki-pytorch",
+        build_phenaki,
+        tokenizer=build_cvivit,
+        settings={"num_frames": 9, "dim": 64, "sample_steps": 12},  # the tokenizer takes 1 + 2k frames
+        smoke={"num_frames": 5, "dim": 16},
+    ),
+    "nuwa": Preset(
+        "nuwa_pytorch",
+        "nuwa-pytorch",
+        build_nuwa,
+        tokenizer=build_vqgan_vae,
+        tokenizer_layout="(b t) c h w",
+        tokenizer_loss={"return_loss": True},  # an image autoencoder
+        reads_token_ids=True,
+        sample_settings=("cond_scale",),  # autoregressive: no steps
+        settings={"dim": 32},
+        smoke={"num_frames": 4, "dim": 16},
+    ),
+}
+MODELS = tuple(PRESETS)
+
 
 class DemoModel(nn.Module):
-    """Everything the demo trains (the text encoder included), behind one small interface.
+    """Everything the demo trains: the caption encoder, the tokenizer of a two-stage model, and the model.
 
-    `loss(videos, captions, progress)` gets videos `(b, 3, t, h, w)` in [0, 1] and the fraction of the budget
-    spent (two-stage models switch from their tokenizer to their generator at `tokenizer_fraction`);
-    `generate(captions)` returns videos `(b, 3, t, h, w)` in [0, 1].
+    `loss(videos, captions)` gets videos `(b, 3, t, h, w)` in [0, 1]; `generate(captions, generator)` returns
+    videos `(b, 3, t, h, w)` in [0, 1]. A two-stage model trains its tokenizer until the progress reaches
+    `tokenizer_fraction`; then the model is built on it (`start_stage("generator")`) and trained.
     """
 
-    num_frames: int
-
-    def loss(self, videos: Tensor, captions: Sequence[str], progress: float) -> Tensor:
-        raise NotImplementedError
-
-    def generate(self, captions: Sequence[str]) -> Tensor:
-        raise NotImplementedError
+    def __init__(self, model: str, config: DemoConfig, text: CaptionEncoder):
+        super().__init__()
+        self.preset, self.config, self.num_frames = PRESETS[model], config, config.num_frames
+        self.names = PackageNames(model)
+        self.text = text
+        self.tokenizer = self.preset.tokenizer(self.names, config) if self.preset.tokenizer is not None else None
+        self.video_model = None if self.tokenizer is not None else self.preset.build(self.names, config, text, None)
 
     def stage(self, progress: float) -> str:
-        """The name of the training stage at `progress` (a fraction of the budget); one stage by default."""
-        return "train"
+        """The name of the training stage at `progress` (a fraction of the budget)."""
+        if self.tokenizer is None:
+            return "train"
+        return "tokenizer" if progress < self.config.tokenizer_fraction else "generator"
 
     def start_stage(self, stage: str) -> None:
-        """Called when `stage` begins (before its optimizer is made): two-stage models build their generator."""
+        """Called when `stage` begins (before its optimizer is made): two-stage models build the model."""
+        if stage == "generator" and self.video_model is None:
+            device = next(self.tokenizer.parameters()).device
+            self.video_model = self.preset.build(self.names, self.config, self.text, self.tokenizer).to(device)
 
-
-def import_package(model: str):
-    module, distribution = PACKAGES[model]
-    try:
-        return __import__(module)
-    except ImportError as err:
-        raise DemoError(f"--model {model} needs the package {distribution} (import {module}), which cannot be "
-                        f"imported here ({err}). Install it (`pip install -e packages/...` or `pip install "
-                        f"{distribution}`) or pick another --model from {', '.join(MODELS)}.") from err
-
-
-def import_names(model: str, *names: str) -> list:
-    package = import_package(model)
-    missing = [name for name in names if not hasattr(package, name)]
-    if missing:
-        raise DemoError(f"--model {model}: the installed {PACKAGES[model][1]} does not provide "
-                        f"{', '.join(missing)} yet; pick another --model from {', '.join(MODELS)}.")
-    return [getattr(package, name) for name in names]
-
-
-class VideoDiffusionDemo(DemoModel):
-    """video-diffusion-pytorch: `Unet3D` + `GaussianDiffusion`, conditioned on the pooled caption embedding."""
-
-    def __init__(self, config: DemoConfig, text: CaptionEncoder):
-        super().__init__()
-        Unet3D, GaussianDiffusion = import_names("video-diffusion", "Unet3D", "GaussianDiffusion")
-        self.text = text
-        self.num_frames = config.num_frames
-        self.cond_scale = config.cond_scale
-        self.sample_steps = config.sample_steps
-        unet = Unet3D(dim=config.dim, cond_dim=text.dim, dim_mults=(1, 2), attn_heads=2, attn_dim_head=16,
-                      init_kernel_size=3, use_sparse_linear_attn=False)
-        self.diffusion = GaussianDiffusion(unet, image_size=config.image_size, num_frames=config.num_frames,
-                                           timesteps=1000, loss_type="l2", objective="v", null_cond_prob=0.1,
-                                           sampler="ddim")
-
-    def loss(self, videos, captions, progress):
-        return self.diffusion(videos, cond=self.text.pooled(captions))
-
-    def generate(self, captions):
-        return self.diffusion.sample(cond=self.text.pooled(captions), cond_scale=self.cond_scale,
-                                     steps=self.sample_steps, progress=False)
-
-
-class ImagenDemo(DemoModel):
-    """imagen-pytorch: one `Unet3D` stage of `Imagen` (continuous time), cross-attending to the caption tokens."""
-
-    def __init__(self, config: DemoConfig, text: CaptionEncoder):
-        super().__init__()
-        Unet3D, Imagen = import_names("imagen", "Unet3D", "Imagen")
-        self.text = text
-        self.num_frames = config.num_frames
-        self.cond_scale = config.cond_scale
-        self.sample_steps = config.sample_steps
-        unet = Unet3D(dim=config.dim, dim_mults=(1, 2), text_embed_dim=text.dim, num_resnet_blocks=1,
-                      layer_attns=(False, True), layer_cross_attns=(False, True), attn_heads=2, attn_dim_head=16,
-                      max_text_len=8, init_cross_embed=False, init_conv_kernel_size=3, use_global_context_attn=False,
-                      attn_pool_num_latents=4)
-        self.imagen = Imagen(unets=unet, image_sizes=config.image_size, text_embed_dim=text.dim, timesteps=1000,
-                             cond_drop_prob=0.1, pred_objectives="v", sampler="ddim")
-
-    def loss(self, videos, captions, progress):
-        embeds, mask = self.text(captions)
-        return self.imagen(videos, text_embeds=embeds, text_masks=mask, unet_number=1)
-
-    def generate(self, captions):
-        embeds, mask = self.text(captions)
-        return self.imagen.sample(text_embeds=embeds, text_masks=mask, video_frames=self.num_frames,
-                                  cond_scale=self.cond_scale, steps=self.sample_steps, use_tqdm=False)
-
-
-class MakeAVideoDemo(DemoModel):
-    """make-a-video-pytorch: a `SpaceTimeUnet` (pseudo-3D convs, spatio-temporal attention) in `MakeAVideo`."""
-
-    def __init__(self, config: DemoConfig, text: CaptionEncoder):
-        super().__init__()
-        SpaceTimeUnet, MakeAVideo = import_names("make-a-video", "SpaceTimeUnet", "MakeAVideo")
-        self.text = text
-        self.num_frames = config.num_frames
-        self.cond_scale = config.cond_scale
-        self.sample_steps = config.sample_steps
-        unet = SpaceTimeUnet(dim=config.dim, dim_mults=(1, 2), self_attns=(False, True),
-                             temporal_compression=(False, False), resnet_block_depths=(1, 1), attn_dim_head=16,
-                             attn_heads=2, text_embed_dim=text.dim, ff_mult=2)
-        self.diffusion = MakeAVideo(unet, image_size=config.image_size, num_frames=config.num_frames,
-                                    timesteps=1000, objective="v", sampler="ddim", sample_steps=config.sample_steps)
-
-    def loss(self, videos, captions, progress):
-        embeds, mask = self.text(captions)
-        return self.diffusion(videos, text_embeds=embeds, text_mask=mask)
-
-    def generate(self, captions):
-        embeds, mask = self.text(captions)
-        return self.diffusion.sample(text_embeds=embeds, text_mask=mask, cond_scale=self.cond_scale,
-                                     steps=self.sample_steps, progress=False)
-
-
-class PhenakiDemo(DemoModel):
-    """phenaki-pytorch: a C-ViViT tokenizer trained first, then MaskGIT on its tokens conditioned on the captions."""
-
-    def __init__(self, config: DemoConfig, text: CaptionEncoder):
-        super().__init__()
-        CViViT, MaskGit, Phenaki = import_names("phenaki", "CViViT", "MaskGit", "Phenaki")
-        if (config.num_frames - 1) % 2:
-            raise DemoError(f"--frames: phenaki's tokenizer takes 1 + 2k frames (e.g. 5, 9), got {config.num_frames}")
-        self.text = text
-        self.num_frames = config.num_frames
-        self.cond_scale = config.cond_scale
-        self.sample_steps = config.sample_steps
-        self.tokenizer_fraction = config.tokenizer_fraction
-        patch = max(config.image_size // 4, 1)
-        tokens = (1 + (config.num_frames - 1) // 2) * (config.image_size // patch) ** 2
-        self.cvivit = CViViT(dim=config.dim, codebook_size=256, image_size=config.image_size, patch_size=patch,
-                             temporal_patch_size=2, spatial_depth=1, temporal_depth=1, dim_head=16, heads=2,
-                             use_vgg_and_gan=False)
-        self.maskgit = MaskGit(num_tokens=256, max_seq_len=tokens, dim=config.dim, dim_context=text.dim, depth=2,
-                               heads=2, dim_head=16)
-        self._make_phenaki = lambda: Phenaki(cvivit=self.cvivit, maskgit=self.maskgit, text_encoder_name=None,
-                                             text_embed_dim=text.dim, steps=config.sample_steps)
-        self.phenaki = None  # built when the tokenizer is done (building it freezes the tokenizer)
-
-    def stage(self, progress):
-        return "tokenizer" if progress < self.tokenizer_fraction else "generator"
-
-    def start_stage(self, stage):
-        if stage == "generator" and self.phenaki is None:
-            self.phenaki = self._make_phenaki()
-
-    def train(self, mode: bool = True) -> PhenakiDemo:
+    def train(self, mode: bool = True) -> DemoModel:
         super().train(mode)
-        if self.phenaki is not None:
-            self.cvivit.eval()  # frozen once the generator trains: no codebook updates
+        if self.video_model is not None:
+            self.video_model.train(mode)  # last, so that its rule holds: a frozen tokenizer stays in eval mode
         return self
 
-    def loss(self, videos, captions, progress):
-        if self.phenaki is None:
-            return self.cvivit(videos)
+    def warm_up(self, progress: float) -> None:
+        """Diffusion models train on the noisiest fifth of their schedule until `high_noise_warmup`, then on all of it."""
+        if isinstance(self.video_model, DiffusionWrapper):
+            warming = progress < self.config.high_noise_warmup
+            self.video_model.training_time_range = (0.8, 1.0) if warming else (0.0, 1.0)
+
+    def text_condition(self, captions: Sequence[str]) -> dict[str, Tensor]:
+        if self.preset.reads_token_ids:
+            return {"texts": self.text.tokenize(captions)[0]}
         embeds, mask = self.text(captions)
-        return self.phenaki(videos, text_embeds=embeds, text_mask=mask)
+        return {"text_embeds": embeds, "text_mask": mask}
 
-    def generate(self, captions):
+    def loss(self, videos: Tensor, captions: Sequence[str]) -> Tensor:
+        if self.video_model is None:
+            inputs = rearrange(videos, f"b c t h w -> {self.preset.tokenizer_layout}")
+            return self.tokenizer(inputs, **self.preset.tokenizer_loss)
+        return self.video_model(videos, **self.text_condition(captions))
+
+    def generate(self, captions: Sequence[str], generator: torch.Generator | None = None) -> Tensor:
         self.start_stage("generator")
-        embeds, mask = self.text(captions)
-        return self.phenaki.sample(num_frames=self.num_frames, text_embeds=embeds, text_mask=mask,
-                                        cond_scale=self.cond_scale, batch_size=len(captions))
+        settings = {"cond_scale": self.config.cond_scale, "steps": self.config.sample_steps}
+        return self.video_model.sample(
+            **self.text_condition(captions),
+            num_frames=self.num_frames,
+            batch_size=len(captions),
+            generator=generator,
+            progress=False,
+            **{name: settings[name] for name in self.preset.sample_settings},
+        )
 
 
-class NuwaDemo(DemoModel):
-    """nuwa-pytorch: a VQGAN-VAE trained first, then the NUWA transformer on its tokens, with NUWA's own text
-    encoder reading the caption token ids."""
-
-    def __init__(self, config: DemoConfig, text: CaptionEncoder):
-        super().__init__()
-        VQGanVAE, NUWA = import_names("nuwa", "VQGanVAE", "NUWA")
-        self.text = text
-        self.num_frames = config.num_frames
-        self.cond_scale = config.cond_scale
-        self.tokenizer_fraction = config.tokenizer_fraction
-        self.vae = VQGanVAE(dim=config.dim, image_size=config.image_size, num_layers=2, vq_codebook_size=256,
-                            use_attn=False, resnet_groups=8, first_conv_kernel_size=3, use_vgg_and_gan=False)
-        self._make_nuwa = lambda: NUWA(vae=self.vae, dim=config.dim, text_num_tokens=text.vocab_size,
-                                       text_enc_depth=1, text_enc_heads=2, text_enc_dim_head=16, text_max_seq_len=8,
-                                       max_video_frames=config.num_frames, dec_depth=2, dec_heads=2,
-                                       dec_dim_head=16, sparse_3dna_dilation=(1, 2))
-        self.nuwa = None  # built when the tokenizer is done (building it freezes the VAE)
-
-    def stage(self, progress):
-        return "tokenizer" if progress < self.tokenizer_fraction else "generator"
-
-    def start_stage(self, stage):
-        if stage == "generator" and self.nuwa is None:
-            self.nuwa = self._make_nuwa().to(next(self.vae.parameters()).device)
-
-    def train(self, mode: bool = True) -> NuwaDemo:
-        super().train(mode)
-        if self.nuwa is not None:
-            self.vae.eval()  # frozen once the generator trains: no codebook updates
-        return self
-
-    def loss(self, videos, captions, progress):
-        frames = rearrange(videos, "b c t h w -> b t c h w")
-        if self.nuwa is None:
-            return self.vae(rearrange(frames, "b t c h w -> (b t) c h w"), return_loss=True)
-        ids, _ = self.text.tokenize(captions)
-        return self.nuwa(text=ids, video=frames, return_loss=True)
-
-    def generate(self, captions):
-        self.start_stage("generator")
-        ids, _ = self.text.tokenize(captions)
-        video = self.nuwa.generate(text=ids, num_frames=self.num_frames, cond_scale=self.cond_scale,
-                                           progress=False)
-        return rearrange(video, "b t c h w -> b c t h w")
-
-
-ADAPTERS: dict[str, Callable[[DemoConfig, CaptionEncoder], DemoModel]] = {
-    "video-diffusion": VideoDiffusionDemo,
-    "imagen": ImagenDemo,
-    "make-a-video": MakeAVideoDemo,
-    "phenaki": PhenakiDemo,
-    "nuwa": NuwaDemo,
-}
-
-
-def build_model(model: str, config: DemoConfig, text_encoder: str | None = None,
-                device: torch.device | str = "cpu") -> DemoModel:
+def build_model(
+    model: str, config: DemoConfig, text_encoder: str | None = None, device: torch.device | str = "cpu"
+) -> DemoModel:
     """The demo's model for `model`, with its caption encoder (trained with it, or frozen from `text_encoder`)."""
-    if model not in ADAPTERS:
+    if model not in PRESETS:
         raise DemoError(f"--model: expected one of {', '.join(MODELS)}, got {model!r}")
+    if PRESETS[model].reads_token_ids and text_encoder is not None:
+        raise DemoError(f"--text-encoder: --model {model} trains its own text encoder on token ids; drop the flag")
     # the encoder's vocabulary (or the frozen encoder's table) covers every caption the dataset can produce
-    text = CaptionEncoder(all_captions(), config.text_dim, config.text_depth, pretrained=text_encoder, device=device)
-    return ADAPTERS[model](config, text).to(device)
+    try:
+        text = CaptionEncoder(all_captions(), config.text_dim, config.text_depth, text_encoder, device=device)
+    except TextEncoderUnavailableError as err:
+        raise DemoError(f"--text-encoder: {err}") from err
+    return DemoModel(model, config, text).to(device)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # training and sampling
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def batches(dataset: ShapesVideoDataset, batch_size: int, seed: int):
     """An endless stream of shuffled `(videos, captions)` batches (the dataset draws each video on the fly)."""
@@ -434,7 +501,7 @@ def batches(dataset: ShapesVideoDataset, batch_size: int, seed: int):
     while True:
         order = torch.randperm(len(dataset), generator=generator).tolist()
         for start in range(0, len(order) - batch_size + 1, batch_size):
-            items = [dataset[index] for index in order[start:start + batch_size]]
+            items = [dataset[index] for index in order[start : start + batch_size]]
             yield torch.stack([video for video, _ in items]), [caption for _, caption in items]
 
 
@@ -474,9 +541,10 @@ class DemoTrainer:
             self.trainable = [p for p in self.model.parameters() if p.requires_grad]
             self.optimizer = torch.optim.AdamW(self.trainable, lr=self.config.lr, weight_decay=0.0)
         self.model.train()
+        self.model.warm_up(fraction)
         videos, captions = next(self.stream)
         with self.autocast:
-            loss = self.model.loss(videos.to(self.device), captions, fraction)
+            loss = self.model.loss(videos.to(self.device), captions)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
@@ -486,8 +554,14 @@ class DemoTrainer:
         return self.losses[-1]
 
     def run(self, until: float = 1.0, progress_bar: bool = True) -> DemoTrainer:
-        bar = tqdm(total=100, initial=round(100 * min(self.progress(), 1)), desc="training", unit="%",
-                   disable=not progress_bar, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}{postfix}")
+        bar = tqdm(
+            total=100,
+            initial=round(100 * min(self.progress(), 1)),
+            desc="training",
+            unit="%",
+            disable=not progress_bar,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}{postfix}",
+        )
         while not self.done(until):
             started, cpu_started = time.monotonic(), time.process_time()
             self.step()
@@ -505,14 +579,16 @@ class DemoTrainer:
 
 @torch.no_grad()
 def generate(model: DemoModel, prompts: Sequence[str], batch_size: int, device: torch.device, seed: int) -> Tensor:
-    """One video per prompt, `(n, 3, t, h, w)` in [0, 1] on the CPU."""
+    """One video per prompt, `(n, 3, t, h, w)` in [0, 1] on the CPU; the same `seed` gives the same videos (the
+    model's noise comes from a generator of its own: the global random state, which training draws from, is left
+    alone)."""
     model.eval()
-    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # on the CPU: the same noise whatever the model's device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     videos = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="sampling", unit="batch"):
         with autocast:
-            videos.append(model.generate(list(prompts[start:start + batch_size])).float().cpu())
+            videos.append(model.generate(list(prompts[start : start + batch_size]), generator).float().cpu())
     return torch.cat(videos).clamp(0, 1)
 
 
@@ -551,19 +627,29 @@ def slug(text: str) -> str:
 # command line
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="demo", description=__doc__.split("\n\n")[0] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog="demo",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--model", choices=MODELS, default=DEFAULT_MODEL, help="which package's model to train")
-    parser.add_argument("--minutes", type=float, default=3.0,
-                        help="time budget for everything before sampling (imports, building, training)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto: cuda when available")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=3.0,
+        help="time budget for everything before sampling (imports, building, training)",
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available")
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for the gifs, png and scores")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--text-encoder", default=None, metavar="PATH",
-                        help="a local T5/BERT folder to condition on (frozen) instead of training a small encoder")
+    parser.add_argument(
+        "--text-encoder",
+        default=None,
+        metavar="PATH",
+        help="a local T5/BERT folder to condition on (frozen) instead of training a small encoder",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny settings that run in seconds (for tests)")
     tuning = parser.add_argument_group("settings (default: the model's preset)")
     for field in dataclasses.fields(DemoConfig):
@@ -572,8 +658,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             flag = "--frames"
         kind = float if "float" in str(field.type) else int
         tuning.add_argument(flag, dest=field.name, type=kind, default=None)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads (default: torch's, fewer when other processes keep the CPUs busy)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: torch's, fewer when other processes keep the CPUs busy)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
@@ -613,12 +703,22 @@ def run(args: argparse.Namespace, started: float | None = None) -> dict:
 
     model = build_model(args.model, config, text_encoder=args.text_encoder, device=device)
     parameters = sum(p.numel() for p in model.parameters())
-    text_kind = (f"a frozen encoder from {args.text_encoder}" if args.text_encoder
-                 else "a small text encoder trained with it")
+    text_kind = (
+        f"a frozen encoder from {args.text_encoder}" if args.text_encoder else "a small text encoder trained with it"
+    )
     where = f"{device} ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
-    logger.info("training %s (%.2fM parameters, %s) on %dx%d videos of %d frames, batch %d, on %s for %.1f minutes",
-                args.model, parameters / 1e6, text_kind, config.image_size, config.image_size, model.num_frames,
-                config.batch_size, where, args.minutes)
+    logger.info(
+        "training %s (%.2fM parameters, %s) on %dx%d videos of %d frames, batch %d, on %s for %.1f minutes",
+        args.model,
+        parameters / 1e6,
+        text_kind,
+        config.image_size,
+        config.image_size,
+        model.num_frames,
+        config.batch_size,
+        where,
+        args.minutes,
+    )
     trainer = DemoTrainer(model, config, budget=deadline - time.monotonic(), device=device, seed=args.seed)
     trainer.run(progress_bar=not args.quiet)
     trained_at = time.monotonic()
@@ -638,8 +738,9 @@ def run(args: argparse.Namespace, started: float | None = None) -> dict:
 
     result = {
         "model": args.model,
-        "score": {key: (None if isinstance(value, float) and math.isnan(value) else value)
-                  for key, value in score.items()},
+        "score": {
+            key: (None if isinstance(value, float) and math.isnan(value) else value) for key, value in score.items()
+        },
         "meaning": scorer.describe(score),
         "steps": trainer.steps,
         "final_loss": trainer.recent_loss(),
@@ -657,11 +758,20 @@ def run(args: argparse.Namespace, started: float | None = None) -> dict:
         "measured": [scorer.measure(video) for video in videos],
     }
     (args.out / "score.json").write_text(json.dumps(result, indent=2) + "\n")
-    logger.info("trained %d steps in %.0f s, sampled %d videos in %.0f s", trainer.steps, trainer.train_seconds,
-                len(prompts), sample_seconds)
-    logger.info("caption score: colour %.0f%%, shape %.0f%%, direction %.0f%%, all %.0f%%", 100 * score["color"],
-                100 * score["shape"], 100 * (0 if math.isnan(score["direction"]) else score["direction"]),
-                100 * score["all"])
+    logger.info(
+        "trained %d steps in %.0f s, sampled %d videos in %.0f s",
+        trainer.steps,
+        trainer.train_seconds,
+        len(prompts),
+        sample_seconds,
+    )
+    logger.info(
+        "caption score: colour %.0f%%, shape %.0f%%, direction %.0f%%, all %.0f%%",
+        100 * score["color"],
+        100 * score["shape"],
+        100 * (0 if math.isnan(score["direction"]) else score["direction"]),
+        100 * score["all"],
+    )
     logger.info("%s", result["meaning"])
     logger.info("wrote %d gifs, %s and %s", shown, args.out / "samples.png", args.out / "score.json")
     return result

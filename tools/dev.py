@@ -8,6 +8,7 @@ tools) when it is missing or stale, then runs what was asked.
 It needs nothing but Python 3.10+ with pip and venv. The environment is rebuilt only when a
 pyproject.toml or the dev requirements change (a hash of them is kept in `.venv/.setup-stamp`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,16 +18,10 @@ import sys
 import venv
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workspace import ROOT, install_editable, member_paths  # noqa: E402  (a sibling script, no package)
+
 VENV = ROOT / ".venv"
-MEMBERS = [
-    "shared-core",
-    "packages/imagen",
-    "packages/video-diffusion",
-    "packages/make-a-video",
-    "packages/phenaki",
-    "packages/nuwa",
-]
 ACCEPTANCE = ROOT.parent / "shared" / "acceptance"
 
 
@@ -36,7 +31,9 @@ def _python() -> Path:
 
 def _fingerprint() -> str:
     digest = hashlib.sha256()
-    for path in [ROOT / "tools/requirements-dev.txt", *(ROOT / m / "pyproject.toml" for m in MEMBERS)]:
+    paths = member_paths()
+    digest.update("\n".join(paths).encode())  # a member added or removed
+    for path in [ROOT / "tools/requirements-dev.txt", *(ROOT / m / "pyproject.toml" for m in paths)]:
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -58,8 +55,8 @@ def setup() -> Path:
     py = _python()
     _run(py, "-m", "pip", "install", "-q", "--upgrade", "pip")
     _run(py, "-m", "pip", "install", "-q", "-r", ROOT / "tools/requirements-dev.txt")
-    editable = [arg for member in MEMBERS for arg in ("-e", str(ROOT / member))]
-    _run(py, "-m", "pip", "install", "-q", *editable)
+    print(f"+ {py} tools/workspace.py install-editable", flush=True)
+    install_editable(str(py))
     stamp.write_text(fingerprint)
     return py
 
@@ -73,8 +70,9 @@ def test(extra: list[str]) -> int:
     if ACCEPTANCE.is_dir() and not extra:
         # the seed READMEs' examples, when the shared acceptance suite sits beside the checkout
         print(f"\n== acceptance suite: {ACCEPTANCE}", flush=True)
-        code = subprocess.run([str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", "."],
-                              cwd=ACCEPTANCE, env=env).returncode
+        code = subprocess.run(
+            [str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", "."], cwd=ACCEPTANCE, env=env
+        ).returncode
     return code
 
 

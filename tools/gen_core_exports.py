@@ -1,15 +1,32 @@
 """Regenerate the export table of shared-core/src/synthesis_core/__init__.py from each module's __all__.
 
-    .venv/bin/python tools/gen_core_exports.py   # rewrites the block between the BEGIN/END markers
+.venv/bin/python tools/gen_core_exports.py   # rewrites the block between the BEGIN/END markers
 """
+
 from __future__ import annotations
 
 import importlib
 import re
 from pathlib import Path
 
-MODULES = ["utils", "checks", "layers", "attention", "chunked", "quantize", "gan", "diffusion", "text", "checkpoint",
-           "training", "video", "data", "datasets", "cli"]
+MODULES = [
+    "utils",
+    "checks",
+    "layers",
+    "attention",
+    "chunked",
+    "quantize",
+    "gan",
+    "diffusion",
+    "text",
+    "checkpoint",
+    "training",
+    "video",
+    "folders",
+    "shapes",
+    "cli",
+    "protocol",
+]
 INIT = Path(__file__).resolve().parent.parent / "shared-core/src/synthesis_core/__init__.py"
 
 

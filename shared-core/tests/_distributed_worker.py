@@ -3,14 +3,21 @@
 It lives in its own plain module so that `torch.multiprocessing.spawn` can import it in the child processes
 (test modules are imported by pytest under names the children cannot import).
 """
+
 import json
 import os
 from pathlib import Path
 
 
 def train_on_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size),
+    )
     import torch
     import torch.nn.functional as F
     from safetensors.torch import save_file
@@ -56,16 +63,20 @@ def train_on_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
         misuse = None
     except RuntimeError:
         misuse = "RuntimeError"
-    (out / f"rank{rank}.json").write_text(json.dumps({
-        "num_processes": trainer.num_processes,
-        "distributed_type": str(trainer.accelerator.distributed_type),
-        "is_main": trainer.is_main,
-        "saved": str(saved),
-        "steps": trainer.steps,
-        "losses": losses,
-        "accumulate_misuse": misuse,
-        "main_only_saved": main_only.is_file(),
-        "rng_after_load": rng_after_load,
-    }))
+    (out / f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "num_processes": trainer.num_processes,
+                "distributed_type": str(trainer.accelerator.distributed_type),
+                "is_main": trainer.is_main,
+                "saved": str(saved),
+                "steps": trainer.step_counts,
+                "losses": losses,
+                "accumulate_misuse": misuse,
+                "main_only_saved": main_only.is_file(),
+                "rng_after_load": rng_after_load,
+            }
+        )
+    )
     trainer.wait_for_everyone()
     torch.distributed.destroy_process_group()

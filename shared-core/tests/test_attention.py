@@ -1,4 +1,5 @@
 """synthesis_core.attention against a naive float64 softmax(QK^T)V computed from the modules' own weights."""
+
 import math
 import shutil
 

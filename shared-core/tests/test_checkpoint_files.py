@@ -1,5 +1,6 @@
 """Temporary files of interrupted saves are removed by the next save or load (and only those), and numbered
 checkpoints are pruned together with their companion files."""
+
 import os
 import subprocess
 import sys
@@ -32,8 +33,12 @@ def _tmp_names(folder):
 
 def test_a_crashed_save_leaves_a_temporary_file_that_the_next_save_or_load_removes(tmp_path):
     folder = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-c", CRASHING_SAVE, str(folder)], capture_output=True, timeout=120,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", CRASHING_SAVE, str(folder)],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 3, result.stderr.decode()
     [crashed] = _tmp_names(folder)
     assert crashed.startswith(".checkpoint-00000001.safetensors.") and crashed.endswith(".tmp")
@@ -78,6 +83,9 @@ def test_pruning_removes_the_companion_files_of_old_checkpoints(tmp_path):
     save_checkpoint(tmp_path / "checkpoint-00000003.rng-rank1.safetensors", {"r": torch.zeros(1)})
     manager.save(3, {"w": torch.full((1,), 3.0)})
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "checkpoint-00000002.rng-rank1.safetensors", "checkpoint-00000002.safetensors",
-        "checkpoint-00000003.rng-rank1.safetensors", "checkpoint-00000003.safetensors"]
+        "checkpoint-00000002.rng-rank1.safetensors",
+        "checkpoint-00000002.safetensors",
+        "checkpoint-00000003.rng-rank1.safetensors",
+        "checkpoint-00000003.safetensors",
+    ]
     assert [step for step, _ in manager.list()] == [2, 3]  # companions are not checkpoints

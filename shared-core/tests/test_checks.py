@@ -1,4 +1,5 @@
 """synthesis_core.checks (clear errors on bad input) and synthesis_core.utils (small helpers)."""
+
 import pytest
 import torch
 from torch import nn
@@ -14,13 +15,10 @@ from synthesis_core.checks import (
 from synthesis_core.utils import (
     cast_tuple,
     default,
-    divisible_by,
     eval_decorator,
     exists,
     l2norm,
-    maybe,
     once,
-    pad_at_dim,
     prob_mask_like,
 )
 
@@ -50,7 +48,9 @@ def test_check_tensor_accepts_wildcards_and_returns_input():
 def test_check_tensor_rank_and_type_errors():
     with pytest.raises(TypeError, match="images: expected a torch.Tensor, got list"):
         check_tensor("images", [1, 2, 3])
-    with pytest.raises(ValueError, match=r"images: expected a 4-dimensional tensor.*got 3 dimensions with shape \(3, 8, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"images: expected a 4-dimensional tensor.*got 3 dimensions with shape \(3, 8, 8\)"
+    ):
         check_tensor("images", torch.zeros(3, 8, 8), ndim=4)
     with pytest.raises(ValueError, match=r"x: expected shape \(batch, 16\), got \(2, 3, 16\)"):
         check_tensor("x", torch.zeros(2, 3, 16), shape=("batch", 16))
@@ -93,12 +93,11 @@ def test_scalar_checks():
 # utils
 
 
-def test_exists_default_cast_tuple_divisible():
+def test_exists_default_cast_tuple():
     assert exists(0) and not exists(None)
     assert default(None, 3) == 3 and default(2, 3) == 2
     assert default(None, lambda: [1]) == [1]
     assert cast_tuple(2, 3) == (2, 2, 2) and cast_tuple((1, 2)) == (1, 2) and cast_tuple([1, 2]) == (1, 2)
-    assert divisible_by(8, 4) and not divisible_by(9, 4)
 
 
 def test_prob_mask_like_extremes_and_rate():
@@ -107,22 +106,17 @@ def test_prob_mask_like_extremes_and_rate():
     assert mask.dtype == torch.bool and abs(mask.float().mean().item() - 0.3) < 0.03
 
 
-def test_l2norm_and_pad_at_dim():
+def test_l2norm():
     t = torch.randn(3, 5)
     assert torch.allclose(l2norm(t).norm(dim=-1), torch.ones(3))
-    padded = pad_at_dim(torch.ones(2, 3, 4), (1, 2), dim=1, value=-1.0)
-    assert padded.shape == (2, 6, 4) and padded[:, 0].eq(-1).all() and padded[:, -2:].eq(-1).all()
 
 
-def test_once_maybe_eval_decorator():
+def test_once_eval_decorator():
     calls = []
     record = once(lambda x: calls.append(x))
     record(1)
     record(2)
     assert calls == [1]
-
-    double = maybe(lambda x: x * 2)
-    assert double(None) is None and double(3) == 6
 
     class Model(nn.Module):
         @eval_decorator
@@ -208,8 +202,9 @@ def test_check_pixels_reads_unit_symmetric_and_byte_batches():
         # overshoot up to the tolerance is clamped silently
         assert check_pixels("videos", torch.tensor([[0.0, 1.0005]])).max() == 1.0
     # uint8 is 0-255, exactly
-    assert torch.equal(check_pixels("videos", torch.tensor([[0, 51, 255]], dtype=torch.uint8)),
-                       torch.tensor([[0.0, 0.2, 1.0]]))
+    assert torch.equal(
+        check_pixels("videos", torch.tensor([[0, 51, 255]], dtype=torch.uint8)), torch.tensor([[0.0, 0.2, 1.0]])
+    )
     # other float dtypes are cast to the model's
     for dtype in (torch.float16, torch.bfloat16, torch.float64):
         out = check_pixels("videos", unit.to(dtype), dtype=torch.float32)
@@ -233,19 +228,41 @@ def test_check_pixels_clamps_randn_with_one_warning_per_call_site():
     assert len(caught) == 1
 
 
-@pytest.mark.parametrize(("pixels", "error", "message"), [
-    (torch.rand(2, 3, 4, 4) * 255, ValueError, r"videos: expected pixel values in \[0, 1\] \(or \[-1, 1\]\), got "
-                                               r"values in .*divided by 255 \(or passed as a uint8 tensor\)"),
-    ((torch.rand(2, 3, 4, 4) - 0.5) * 255, ValueError, "videos: .*far outside both; 0-255 pixels must be divided"),
-    (torch.tensor([[0.5, float("nan")]]), ValueError, "videos: expected finite pixel values, got NaN or inf in 1 of 2"),
-    (torch.tensor([[0.5, -float("inf")]]), ValueError, "videos: expected finite pixel values"),
-    (torch.zeros(2, 3, dtype=torch.long), TypeError, "videos: expected a floating point tensor .* got dtype torch.int64"),
-    (torch.zeros(2, 3, dtype=torch.bool), TypeError, "videos: .*got dtype torch.bool"),
-    (torch.rand(0, 3, 4, 4), ValueError, r"videos: expected at least one sample, got an empty batch of shape \(0, 3"),
-    (torch.rand(2, 3, device="meta"), ValueError, "videos: expected a tensor on the model's device cpu, got one on "
-                                                  "meta; move it with videos.to"),
-    ([[0.5]], TypeError, "videos: expected a torch.Tensor"),
-])
+@pytest.mark.parametrize(
+    ("pixels", "error", "message"),
+    [
+        (
+            torch.rand(2, 3, 4, 4) * 255,
+            ValueError,
+            r"videos: expected pixel values in \[0, 1\] \(or \[-1, 1\]\), got "
+            r"values in .*divided by 255 \(or passed as a uint8 tensor\)",
+        ),
+        ((torch.rand(2, 3, 4, 4) - 0.5) * 255, ValueError, "videos: .*far outside both; 0-255 pixels must be divided"),
+        (
+            torch.tensor([[0.5, float("nan")]]),
+            ValueError,
+            "videos: expected finite pixel values, got NaN or inf in 1 of 2",
+        ),
+        (torch.tensor([[0.5, -float("inf")]]), ValueError, "videos: expected finite pixel values"),
+        (
+            torch.zeros(2, 3, dtype=torch.long),
+            TypeError,
+            "videos: expected a floating point tensor .* got dtype torch.int64",
+        ),
+        (torch.zeros(2, 3, dtype=torch.bool), TypeError, "videos: .*got dtype torch.bool"),
+        (
+            torch.rand(0, 3, 4, 4),
+            ValueError,
+            r"videos: expected at least one sample, got an empty batch of shape \(0, 3",
+        ),
+        (
+            torch.rand(2, 3, device="meta"),
+            ValueError,
+            "videos: expected a tensor on the model's device cpu, got one on meta; move it with videos.to",
+        ),
+        ([[0.5]], TypeError, "videos: expected a torch.Tensor"),
+    ],
+)
 def test_check_pixels_refuses_bad_batches_naming_the_argument(pixels, error, message):
     from synthesis_core.checks import check_pixels
 
@@ -259,8 +276,9 @@ def test_check_pixels_explicit_ranges():
     with pytest.raises(ValueError, match=r"x: expected pixel values in \[0, 1\], got values in \[-0.5"):
         check_pixels("x", torch.tensor([[-0.5, 0.5]]), input_range="unit")
     # 'symmetric' reads a batch without negatives as [-1, 1] too (Imagen with auto_normalize_img=False)
-    torch.testing.assert_close(check_pixels("x", torch.tensor([[0.0, 1.0]]), input_range="symmetric"),
-                               torch.tensor([[0.5, 1.0]]))
+    torch.testing.assert_close(
+        check_pixels("x", torch.tensor([[0.0, 1.0]]), input_range="symmetric"), torch.tensor([[0.5, 1.0]])
+    )
     with pytest.raises(ValueError, match="input_range"):
         check_pixels("x", torch.rand(1, 2), input_range="bytes")
 

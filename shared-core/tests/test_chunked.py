@@ -1,9 +1,8 @@
 """synthesis_core.chunked: every memory saver gives the plain results (forward and gradients) for less memory."""
+
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -13,7 +12,6 @@ from synthesis_core.chunked import (
     SequentialResidual,
     apply_in_slices,
     checkpointed,
-    chunked_attention,
     chunked_feedforward,
 )
 from synthesis_core.layers import FeedForward, LayerNorm
@@ -57,93 +55,6 @@ def test_chunked_feedforward_and_slices_equal_unchunked():
         chunked_feedforward(net, x, chunk_size=0)
 
 
-# chunked attention
-
-
-@pytest.mark.parametrize("mask_kind", [None, "bool", "float", "broadcast"])
-def test_chunked_attention_equals_sdpa_with_gradients(mask_kind):
-    q = torch.randn(2, 2, 10, 8, requires_grad=True)
-    k = torch.randn(2, 2, 7, 8, requires_grad=True)
-    v = torch.randn(2, 2, 7, 8, requires_grad=True)
-    mask = {
-        None: None,
-        "bool": torch.rand(2, 1, 10, 7) > 0.3,
-        "float": torch.randn(2, 2, 10, 7),
-        "broadcast": torch.tensor([[True] * 5 + [False] * 2, [True] * 7])[:, None, None, :],
-    }[mask_kind]
-    if mask_kind == "bool":
-        mask[..., 0] = True  # no fully masked rows: SDPA itself gives NaN there
-    plain, plain_grads = grads_of(lambda *t: F.scaled_dot_product_attention(*t, attn_mask=mask), q, k, v)
-    for checkpoint_chunks in (False, True):
-        chunked, chunked_grads = grads_of(
-            lambda *t, checkpoint_chunks=checkpoint_chunks: chunked_attention(
-                *t, query_chunk_size=3, attn_mask=mask, checkpoint_chunks=checkpoint_chunks
-            ),
-            q,
-            k,
-            v,
-        )
-        assert torch.allclose(plain, chunked, atol=1e-5)
-        for expected, actual in zip(plain_grads, chunked_grads):
-            assert torch.allclose(expected, actual, atol=1e-5)
-
-
-@pytest.mark.parametrize("k_len", [9, 12])
-def test_chunked_causal_attention_equals_sdpa_and_combines_with_a_mask(k_len):
-    q, k, v = torch.randn(1, 2, 9, 4), torch.randn(1, 2, k_len, 4), torch.randn(1, 2, k_len, 4)
-    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # top-left aligned, as SDPA
-    assert torch.allclose(chunked_attention(q, k, v, 4, causal=True), expected, atol=1e-5)
-
-    key_mask = torch.ones(1, 1, 1, k_len, dtype=torch.bool)
-    key_mask[..., 1] = False
-    combined = key_mask & torch.ones(9, k_len, dtype=torch.bool).tril()
-    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=combined)
-    assert torch.allclose(chunked_attention(q, k, v, 4, attn_mask=key_mask, causal=True), expected, atol=1e-5)
-    float_mask = torch.randn(1, 2, 9, k_len)
-    expected = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=float_mask.masked_fill(~torch.ones(9, k_len, dtype=torch.bool).tril(), float("-inf"))
-    )
-    assert torch.allclose(chunked_attention(q, k, v, 4, attn_mask=float_mask, causal=True), expected, atol=1e-5)
-
-
-def test_chunked_attention_largest_intermediate_grows_with_chunk_not_sequence():
-    heads, k_len, chunk = 2, 256, 16  # small head dim: the logits, not q/k/v/out, are the big tensors
-
-    def largest(q_len, query_chunk_size):
-        q = torch.randn(1, heads, q_len, 4)
-        k = v = torch.randn(1, heads, k_len, 4)
-        counter = LargestIntermediate()
-        # the math kernel materialises the logits, which is what chunking caps
-        with sdpa_kernel(SDPBackend.MATH), counter:
-            chunked_attention(q, k, v, query_chunk_size, causal=True)
-        return counter.largest
-
-    assert largest(128, None) >= heads * 128 * k_len
-    assert largest(256, None) >= heads * 256 * k_len
-    chunked_small, chunked_large = largest(128, chunk), largest(512, chunk)
-    assert chunked_small == chunked_large == heads * chunk * k_len  # one chunk's logits, whatever the query length
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_chunked_attention_peak_cuda_memory():
-    q = torch.randn(1, 4, 4096, 32, device="cuda")
-    k = v = torch.randn(1, 4, 4096, 32, device="cuda")
-
-    def peak(query_chunk_size):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        baseline = torch.cuda.memory_allocated()
-        with sdpa_kernel(SDPBackend.MATH):
-            out = chunked_attention(q, k, v, query_chunk_size, causal=True)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - baseline, out
-
-    full_peak, full = peak(None)
-    chunk_peak, chunked = peak(256)
-    assert torch.allclose(full, chunked, atol=1e-4)
-    assert chunk_peak < full_peak / 4
-
-
 # reversible layers
 
 
@@ -159,7 +70,10 @@ class AttentionBranch(nn.Module):
 
 def make_blocks(depth, dim=8, dropout=0.0, dim_context=None):
     return [
-        (AttentionBranch(dim, dim_context=dim_context, dropout=dropout), FeedForward(dim, mult=2, dropout=dropout, pre_norm=True))
+        (
+            AttentionBranch(dim, dim_context=dim_context, dropout=dropout),
+            FeedForward(dim, mult=2, dropout=dropout, pre_norm=True),
+        )
         for _ in range(depth)
     ]
 

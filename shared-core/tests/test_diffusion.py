@@ -6,6 +6,7 @@ and in the EDM (variance-exploding) view x = x0 + sigma n, E[x0 | x] = mu + s^2 
 Plugged in as the "model", every sampler must return samples whose mean and variance are mu and s^2, and the
 probability-flow ODE has an exact solution the deterministic samplers must approach.
 """
+
 import math
 
 import pytest
@@ -131,7 +132,9 @@ def test_discrete_alpha_sigma():
     cumprod = torch.cumprod(1 - linear_beta_schedule(1000), 0)
     torch.testing.assert_close(alpha.double(), cumprod[t].sqrt(), rtol=1e-6, atol=0)
     torch.testing.assert_close(alpha**2 + sigma**2, torch.ones_like(alpha))
-    torch.testing.assert_close(schedule.log_snr(t).double(), (cumprod[t] / (1 - cumprod[t])).log(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        schedule.log_snr(t).double(), (cumprod[t] / (1 - cumprod[t])).log(), rtol=1e-5, atol=1e-5
+    )
     with pytest.raises(TypeError, match="integer time"):
         schedule.alpha_sigma(torch.tensor([0.5]))
     with pytest.raises(ValueError, match="betas"):
@@ -304,10 +307,15 @@ def test_step_functions_agree():
     schedule = ContinuousSchedule("cosine")
     (a_t, a_s), (s_t, s_s) = schedule.alpha_sigma(torch.tensor([0.7, 0.55]))
     # DDIM with eta = 1 is the DDPM posterior sample; DPM-Solver++ first order is DDIM with eta = 0
-    torch.testing.assert_close(ddim_step(x_t, x0_hat, a_t, s_t, a_s, s_s, eta=1.0, noise=z),
-                               ddpm_step(x_t, x0_hat, a_t, s_t, a_s, s_s, z), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(dpmpp_2m_step(x_t, x0_hat, a_t, s_t, a_s, s_s),
-                               ddim_step(x_t, x0_hat, a_t, s_t, a_s, s_s), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        ddim_step(x_t, x0_hat, a_t, s_t, a_s, s_s, eta=1.0, noise=z),
+        ddpm_step(x_t, x0_hat, a_t, s_t, a_s, s_s, z),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    torch.testing.assert_close(
+        dpmpp_2m_step(x_t, x0_hat, a_t, s_t, a_s, s_s), ddim_step(x_t, x0_hat, a_t, s_t, a_s, s_s), rtol=1e-5, atol=1e-5
+    )
     # the posterior: Gaussian product q(x_t | x_s) q(x_s | x0) normalised, checked on scalars by brute force
     mean, std = posterior_mean_std(x_t, x0_hat, a_t, s_t, a_s, s_s)
     a_ts, var_ts = a_t / a_s, s_t**2 - (a_t / a_s) ** 2 * s_s**2
@@ -331,8 +339,15 @@ def linear_discrete():
 
 def test_ddpm_1000_steps_matches_gaussian(linear_discrete):
     x_T, generator = noise()
-    out = sample_vp(gaussian_vp_denoiser(linear_discrete), x_T, linear_discrete.timesteps, linear_discrete,
-                    sampler="ddpm", generator=generator, progress=False)
+    out = sample_vp(
+        gaussian_vp_denoiser(linear_discrete),
+        x_T,
+        linear_discrete.timesteps,
+        linear_discrete,
+        sampler="ddpm",
+        generator=generator,
+        progress=False,
+    )
     assert out.shape == x_T.shape and out.dtype == torch.float32
     assert_gaussian(out, 4 * STAT_ERR_MEAN, 4 * STAT_ERR_VAR)
 
@@ -342,8 +357,12 @@ def test_samplers_match_gaussian_on_continuous_schedules(kind):
     schedule = ContinuousSchedule(kind)
     denoise = gaussian_vp_denoiser(schedule)
     # ancestral sampling on a 250-step subsequence, DDIM eta=0 and DPM-Solver++ 2M with karras times
-    for sampler, steps, karras, var_tol in (("ddpm", 250, False, 0.006), ("ddim", 250, False, 0.004),
-                                             ("dpmpp_2m", 25, True, 0.005), ("ddim", 100, False, 0.01)):
+    for sampler, steps, karras, var_tol in (
+        ("ddpm", 250, False, 0.006),
+        ("ddim", 250, False, 0.004),
+        ("dpmpp_2m", 25, True, 0.005),
+        ("ddim", 100, False, 0.01),
+    ):
         x_T, generator = noise(seed=1)
         times = sampling_times(schedule, steps, karras=karras)
         out = sample_vp(denoise, x_T, times, schedule, sampler=sampler, generator=generator, progress=False)
@@ -372,8 +391,9 @@ def test_dpmpp_20_steps_matches_ddpm_and_ddim_1000(linear_discrete):
     fast = sample_vp(denoise, x_T, karras_20, linear_discrete, sampler="dpmpp_2m", progress=False)
     fast_first_order = sample_vp(denoise, x_T, karras_20, linear_discrete, sampler="ddim", progress=False)
     slow_ode = sample_vp(denoise, x_T, linear_discrete.timesteps, linear_discrete, sampler="ddim", progress=False)
-    slow_sde = sample_vp(denoise, x_T, linear_discrete.timesteps, linear_discrete, sampler="ddpm",
-                         generator=generator, progress=False)
+    slow_sde = sample_vp(
+        denoise, x_T, linear_discrete.timesteps, linear_discrete, sampler="ddpm", generator=generator, progress=False
+    )
     # pathwise close to the 1000-step ODE solution (the output scale is S = 0.4), far closer than DDIM-20
     error, error_first_order = (fast - slow_ode).abs(), (fast_first_order - slow_ode).abs()
     assert error.max() < 0.1 and error.mean() < 0.02
@@ -391,11 +411,23 @@ def test_determinism_and_ddim_eta_one_is_ddpm(linear_discrete):
     first = sample_vp(denoise, x_T, times, linear_discrete, sampler="ddim", progress=False)
     second = sample_vp(denoise, x_T.clone(), times, linear_discrete, sampler="ddim", progress=False)
     assert torch.equal(first, second)
-    runs = [sample_vp(denoise, x_T, times, linear_discrete, sampler=sampler, eta=1.0,
-                      generator=torch.Generator().manual_seed(7), progress=False) for sampler in ("ddpm", "ddim")]
+    runs = [
+        sample_vp(
+            denoise,
+            x_T,
+            times,
+            linear_discrete,
+            sampler=sampler,
+            eta=1.0,
+            generator=torch.Generator().manual_seed(7),
+            progress=False,
+        )
+        for sampler in ("ddpm", "ddim")
+    ]
     torch.testing.assert_close(runs[0], runs[1], rtol=1e-4, atol=1e-4)
-    other_seed = sample_vp(denoise, x_T, times, linear_discrete, sampler="ddpm",
-                           generator=torch.Generator().manual_seed(8), progress=False)
+    other_seed = sample_vp(
+        denoise, x_T, times, linear_discrete, sampler="ddpm", generator=torch.Generator().manual_seed(8), progress=False
+    )
     assert not torch.allclose(runs[0], other_seed)
 
 
@@ -420,8 +452,17 @@ def test_edm_heun_matches_gaussian():
     assert errors[64] < 0.01
     assert_gaussian(out, 4 * STAT_ERR_MEAN, 4 * STAT_ERR_VAR + 0.002)
 
-    stochastic = sample_edm(denoise, x_T * sigmas[0], sigmas, S_churn=40.0, S_tmin=0.05, S_tmax=50.0,
-                            S_noise=1.003, generator=generator, progress=False)
+    stochastic = sample_edm(
+        denoise,
+        x_T * sigmas[0],
+        sigmas,
+        S_churn=40.0,
+        S_tmin=0.05,
+        S_tmax=50.0,
+        S_noise=1.003,
+        generator=generator,
+        progress=False,
+    )
     assert_gaussian(stochastic, 4 * STAT_ERR_MEAN, 4 * STAT_ERR_VAR + 0.004)
     assert (stochastic - out).abs().mean() > 0.05  # the churn really is stochastic
     euler = sample_edm(denoise, x_T * sigmas[0], sigmas, heun=False, progress=False)
@@ -445,8 +486,9 @@ def test_edm_preconditioning():
     target = precond.network_target(x0, x, sigma)
     denoised = precond.denoise(lambda x_in, c_noise: target, x, sigma)
     torch.testing.assert_close(denoised, x0, rtol=1e-4, atol=1e-4)
-    log_sigmas = precond.sample_training_sigmas(20000, P_mean=-1.2, P_std=1.2,
-                                                generator=torch.Generator().manual_seed(0)).log()
+    log_sigmas = precond.sample_training_sigmas(
+        20000, P_mean=-1.2, P_std=1.2, generator=torch.Generator().manual_seed(0)
+    ).log()
     assert log_sigmas.mean().item() == pytest.approx(-1.2, abs=0.03)
     assert log_sigmas.std().item() == pytest.approx(1.2, abs=0.03)
 
@@ -465,9 +507,17 @@ def test_inpainting_keeps_known_region_images_and_videos():
         x_T, generator = noise(shape, seed=4)
         for sampler, steps, resample_times in (("ddpm", 250, 1), ("ddim", 100, 2), ("dpmpp_2m", 50, 3)):
             times = sampling_times(schedule, steps, karras=sampler != "ddpm")
-            out = sample_vp(denoise, x_T, times, schedule, sampler=sampler,
-                            inpaint=(known, keep), resample_times=resample_times, generator=generator,
-                            progress=False)
+            out = sample_vp(
+                denoise,
+                x_T,
+                times,
+                schedule,
+                sampler=sampler,
+                inpaint=(known, keep),
+                resample_times=resample_times,
+                generator=generator,
+                progress=False,
+            )
             kept = keep.unsqueeze(1).expand(shape)
             assert torch.equal(out[kept], known[kept])
             # independent data: the free region still follows the data distribution
@@ -492,8 +542,17 @@ def test_repaint_resampling_conditions_the_free_region():
     x_T, generator = noise((3000, 2, 1, 1), seed=5)
     errors = {}
     for resample_times in (1, 6):
-        out = sample_vp(denoise, x_T, sampling_times(schedule, 25), schedule, sampler="ddpm",
-                        inpaint=(known, keep), resample_times=resample_times, generator=generator, progress=False)
+        out = sample_vp(
+            denoise,
+            x_T,
+            sampling_times(schedule, 25),
+            schedule,
+            sampler="ddpm",
+            inpaint=(known, keep),
+            resample_times=resample_times,
+            generator=generator,
+            progress=False,
+        )
         errors[resample_times] = abs(out[:, 1].mean().item() - rho * a)
     assert errors[6] < errors[1] / 2
     assert errors[6] < 0.25
@@ -507,8 +566,9 @@ def test_edm_inpainting():
     keep[..., 0] = True
     sigmas = karras_sigmas(64)
     x_T, generator = noise(shape, seed=6)
-    out = sample_edm(denoise, x_T * sigmas[0], sigmas, inpaint=(known, keep), resample_times=2,
-                     generator=generator, progress=False)
+    out = sample_edm(
+        denoise, x_T * sigmas[0], sigmas, inpaint=(known, keep), resample_times=2, generator=generator, progress=False
+    )
     assert torch.equal(out[keep], known[keep])
     assert_gaussian(out[~keep], 0.015, 0.015)
 
@@ -526,8 +586,9 @@ def test_bad_input_gives_clear_errors(linear_discrete):
     with pytest.raises(ValueError, match="times"):
         sample_vp(denoise, x_T, times.flip(0), linear_discrete, progress=False)
     with pytest.raises(ValueError, match="keep_mask"):
-        sample_vp(denoise, x_T, times, linear_discrete, inpaint=(x_T, torch.ones(2, 3, 3, dtype=torch.bool)),
-                  progress=False)
+        sample_vp(
+            denoise, x_T, times, linear_discrete, inpaint=(x_T, torch.ones(2, 3, 3, dtype=torch.bool)), progress=False
+        )
     with pytest.raises(ValueError, match="known_x0"):
         sample_vp(denoise, x_T, times, linear_discrete, inpaint=(x_T[:1], torch.ones(2, 4, 4)), progress=False)
     with pytest.raises(ValueError, match="resample_times"):

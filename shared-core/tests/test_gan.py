@@ -1,6 +1,10 @@
 """Behaviour of synthesis_core.gan: adversarial losses, gradient penalty and adaptive weight against analytic
 values, the discriminator on several sizes (and learning), the perceptual loss against a naive reference,
 default_vgg offline."""
+
+import copy
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +13,7 @@ from torchvision.models.vgg import cfgs, make_layers
 
 from synthesis_core.gan import (
     Discriminator,
+    LazyPerceptualLoss,
     PerceptualLoss,
     adaptive_generator_weight,
     bce_discr_loss,
@@ -167,8 +172,7 @@ def test_perceptual_loss_matches_naive_reference():
 
     with torch.no_grad():
         nx, ny = (x - mean) / std, (y - mean) / std
-        expected = (layer_distance(network[0](nx), network[0](ny))
-                    + layer_distance(network(nx), network(ny))) / 2
+        expected = (layer_distance(network[0](nx), network[0](ny)) + layer_distance(network(nx), network(ny))) / 2
     torch.testing.assert_close(loss_fn(x, y, reduction="none"), expected)
     # the same images in [-1, 1] with the default range give the same distance
     default_range = PerceptualLoss(network, layers=[0, 2])
@@ -196,8 +200,40 @@ def test_perceptual_loss_grayscale_gradients_and_frozen_network():
         loss_fn(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 8, 8))
     with pytest.raises(ValueError, match="at least 2"):
         loss_fn(torch.rand(1, 3, 1, 8), torch.rand(1, 3, 1, 8))  # a pool before the second chosen layer
-    with pytest.raises(ValueError, match="layers"):
-        PerceptualLoss(nn.Sequential(nn.Conv2d(3, 4, 1)))  # no relu before a pool to pick by default
+    with pytest.raises(ValueError, match="layers: expected indices"):
+        PerceptualLoss(tiny_vgg_features(), layers=[99])
+
+
+def test_perceptual_loss_over_any_feature_module():
+    # a Sequential without ReLU -> MaxPool stages (nothing to pick): its output is the feature map, like any module
+    torch.manual_seed(0)
+    conv_stack = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 4, 3, padding=1))
+    loss_fn = PerceptualLoss(conv_stack)
+    a, b = torch.rand(2, 3, 8, 8) * 2 - 1, torch.rand(2, 3, 8, 8) * 2 - 1
+    # by hand: unit-normalised features over channels, squared difference summed over channels, mean over positions
+    features = conv_stack(loss_fn.normalize(torch.cat((a, b))))
+    features = features / (features.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
+    expected = (features[:2] - features[2:]).pow(2).sum(dim=1).mean()
+    torch.testing.assert_close(loss_fn(a, b), expected)
+    assert loss_fn(a, a) == 0
+    # the distance is the network's: another network gives another one
+    other = PerceptualLoss(nn.Sequential(nn.Conv2d(3, 4, 5, padding=2)))
+    assert not torch.allclose(other(a, b), loss_fn(a, b))
+
+
+def test_lazy_perceptual_loss_without_cached_weights_warns_once(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch cache
+    lazy = LazyPerceptualLoss(None, owner="Tokenizer")  # building looks for nothing
+    a = torch.rand(1, 3, 8, 8)
+    with caplog.at_level(logging.WARNING):
+        assert lazy(a, a) is None and lazy(a, a) is None and not lazy.available
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and messages[0].startswith("Tokenizer:") and "vgg=" in messages[0]
+    injected = LazyPerceptualLoss(tiny_vgg_features())
+    assert injected.available and injected(a, a) == 0
+    assert copy.deepcopy(injected) is injected  # copies of the owner (EMA) share the frozen network
+    with pytest.raises(TypeError, match="vgg: expected an nn.Module"):
+        LazyPerceptualLoss("vgg16")
 
 
 def test_perceptual_loss_accepts_models_with_features_and_stays_out_of_checkpoints():

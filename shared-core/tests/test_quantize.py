@@ -1,5 +1,6 @@
 """Behaviour of synthesis_core.quantize: codebooks that learn a clustering, EMA arithmetic, round trips,
 straight-through gradients, dead codes, LFQ/FSQ codes, input validation."""
+
 import math
 
 import pytest
@@ -43,8 +44,9 @@ def test_output_is_named_tuple_with_contract_shapes():
 
 def test_kmeans_init_codebook_learns_the_mixture():
     torch.manual_seed(0)
-    vq = VectorQuantize(dim=8, codebook_size=4, decay=0.8, kmeans_init=True, kmeans_iters=10,
-                        threshold_ema_dead_code=0.5)
+    vq = VectorQuantize(
+        dim=8, codebook_size=4, decay=0.8, kmeans_init=True, kmeans_iters=10, threshold_ema_dead_code=0.5
+    )
     held_out = mixture(512, MEANS)[None]
     vq.eval()
     loss_before = vq(held_out).loss.item()  # codebook not initialised yet (zeros)
@@ -267,8 +269,11 @@ def test_kmeans_init_runs_once_and_is_saved():
 
 def test_bfloat16_autocast():
     torch.manual_seed(0)
-    for quantizer in (VectorQuantize(dim=16, codebook_size=32, codebook_dim=8, kmeans_init=True),
-                      LFQ(dim=16, codebook_size=16), FSQ(dim=16)):
+    for quantizer in (
+        VectorQuantize(dim=16, codebook_size=32, codebook_dim=8, kmeans_init=True),
+        LFQ(dim=16, codebook_size=16),
+        FSQ(dim=16),
+    ):
         x = torch.randn(2, 12, 16, requires_grad=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             quantized, indices, loss = quantizer.train()(x)
@@ -389,8 +394,11 @@ def test_fsq_levels_and_make_quantizer():
 
 
 def _buffers_finite(module):
-    return {name: bool(torch.isfinite(buffer.float()).all()) for name, buffer in module.named_buffers()
-            if buffer.is_floating_point()}
+    return {
+        name: bool(torch.isfinite(buffer.float()).all())
+        for name, buffer in module.named_buffers()
+        if buffer.is_floating_point()
+    }
 
 
 def _with_bad_rows(x, value):
@@ -401,13 +409,17 @@ def _with_bad_rows(x, value):
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
-@pytest.mark.parametrize("options", [
-    dict(kmeans_init=True, threshold_ema_dead_code=0.5),
-    dict(threshold_ema_dead_code=2.0, decay=0.5),
-    dict(use_cosine_sim=True, kmeans_init=True, threshold_ema_dead_code=0.5),
-    dict(codebook_dim=4, threshold_ema_dead_code=0.5),
-    dict(ema_update=False, threshold_ema_dead_code=2.0),
-], ids=["kmeans+dead", "ema+dead", "cosine", "low_dim", "learned"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(kmeans_init=True, threshold_ema_dead_code=0.5),
+        dict(threshold_ema_dead_code=2.0, decay=0.5),
+        dict(use_cosine_sim=True, kmeans_init=True, threshold_ema_dead_code=0.5),
+        dict(codebook_dim=4, threshold_ema_dead_code=0.5),
+        dict(ema_update=False, threshold_ema_dead_code=2.0),
+    ],
+    ids=["kmeans+dead", "ema+dead", "cosine", "low_dim", "learned"],
+)
 def test_non_finite_features_never_reach_the_codebook_buffers(options, value):
     torch.manual_seed(0)
     vq = VectorQuantize(dim=8, codebook_size=16, **options).train()
@@ -470,8 +482,9 @@ def test_kmeans_refuses_non_finite_samples():
         kmeans(torch.zeros(0, 2), 2)
 
 
-@pytest.mark.parametrize("quantizer", [lambda: LFQ(dim=8, codebook_size=16), lambda: FSQ(dim=8, levels=(5, 5, 4))],
-                         ids=["lfq", "fsq"])
+@pytest.mark.parametrize(
+    "quantizer", [lambda: LFQ(dim=8, codebook_size=16), lambda: FSQ(dim=8, levels=(5, 5, 4))], ids=["lfq", "fsq"]
+)
 def test_lfq_and_fsq_keep_no_statistics_to_poison(quantizer):
     quantizer = quantizer().train()
     before = {name: buffer.clone() for name, buffer in quantizer.named_buffers()}

@@ -1,5 +1,6 @@
 """A stored config is untrusted data: only registered classes are rebuilt, keys must be real constructor
 parameters, nothing is constructed before the whole config is checked, and loading reports what it filled in."""
+
 import builtins
 import importlib
 import importlib.metadata
@@ -87,8 +88,10 @@ def payloads(tmp_path):
     marker = tmp_path / "pwned"
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
-    popen = {"__class__": "synthesis_core.checks.torch.ctypes.util.subprocess.Popen",
-             "config": {"args": ["sh", "-c", f"touch {marker}"]}}
+    popen = {
+        "__class__": "synthesis_core.checks.torch.ctypes.util.subprocess.Popen",
+        "config": {"args": ["sh", "-c", f"touch {marker}"]},
+    }
     file_handler = {"__class__": "logging.FileHandler", "config": {"filename": str(victim), "mode": "w"}}
     yield {"popen": popen, "file_handler": file_handler}
     assert not marker.exists(), "the crafted config ran a command"
@@ -122,11 +125,22 @@ def test_lookup_is_exact_and_imports_nothing():
         raise AssertionError(f"an import was attempted: {args[:1]}")
 
     names = [
-        "subprocess.Popen", "os.system", "builtins.eval", "logging.FileHandler", "pathlib.Path", "torch.nn.Linear",
-        "transformers.AutoModel", "synthesis_core.checks.torch.ctypes.util.subprocess.Popen",
-        "synthesis_core.checkpoint.os.system", "synthesis_core.checkpoint.PretrainedMixin",
-        f"{__name__}.Leaf.__init__.__globals__", f"{__name__}.Leaf.", f" {__name__}.Leaf", f"{__name__}.leaf",
-        "definitely_not_a_module_xyz.Model", "",
+        "subprocess.Popen",
+        "os.system",
+        "builtins.eval",
+        "logging.FileHandler",
+        "pathlib.Path",
+        "torch.nn.Linear",
+        "transformers.AutoModel",
+        "synthesis_core.checks.torch.ctypes.util.subprocess.Popen",
+        "synthesis_core.checkpoint.os.system",
+        "synthesis_core.checkpoint.PretrainedMixin",
+        f"{__name__}.Leaf.__init__.__globals__",
+        f"{__name__}.Leaf.",
+        f" {__name__}.Leaf",
+        f"{__name__}.leaf",
+        "definitely_not_a_module_xyz.Model",
+        "",
     ]
     outcomes = []
     real_import, real_import_module = builtins.__import__, importlib.import_module
@@ -153,9 +167,10 @@ def test_nested_payloads_are_refused_before_anything_is_built(tmp_path, payloads
         # in a real parameter, in a list, in a plain dict, and under a key the constructor does not have
         configs = {
             "config['child']['__class__']": {"child": payload},
-            "config['others'][1]['__class__']": {"child": {"__class__": f"{__name__}.Leaf", "config": {"dim": 2}},
-                                                 "others": [{"__class__": f"{__name__}.Leaf", "config": {"dim": 2}},
-                                                            payload]},
+            "config['others'][1]['__class__']": {
+                "child": {"__class__": f"{__name__}.Leaf", "config": {"dim": 2}},
+                "others": [{"__class__": f"{__name__}.Leaf", "config": {"dim": 2}}, payload],
+            },
             "config['note']['deep']['__class__']": {"child": None, "note": {"deep": payload}},
             "config['evil']": {"child": None, "evil": payload},
         }
@@ -286,7 +301,10 @@ def test_unknown_names_only_load_the_installed_entry_points(monkeypatch, caplog)
     def broken():
         raise ImportError("half-installed")
 
-    points = [FakeEntryPoint("broken", broken), FakeEntryPoint("late", lambda: register_loadable(Late, name="late.Late"))]
+    points = [
+        FakeEntryPoint("broken", broken),
+        FakeEntryPoint("late", lambda: register_loadable(Late, name="late.Late")),
+    ]
     groups = []
 
     def entry_points(*, group):
@@ -307,7 +325,12 @@ def test_unknown_names_only_load_the_installed_entry_points(monkeypatch, caplog)
 
 def test_the_core_names_no_package_that_depends_on_it():
     source = Path(ckpt.__file__).read_text()
-    for package in ("imagen_pytorch", "video_diffusion_pytorch", "make_a_video_pytorch", "phenaki_pytorch",
-                    "nuwa_pytorch"):
+    for package in (
+        "imagen_pytorch",
+        "video_diffusion_pytorch",
+        "make_a_video_pytorch",
+        "phenaki_pytorch",
+        "nuwa_pytorch",
+    ):
         assert package not in source
     assert not hasattr(ckpt, "PROJECT_PACKAGES") and not hasattr(ckpt, "import_class")

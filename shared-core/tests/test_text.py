@@ -39,10 +39,22 @@ def test_known_widths_need_no_network(monkeypatch):
         raise AssertionError("the network/config loader must not be touched")
 
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_network)
-    expected = {"t5-small": 512, "t5-base": 768, "t5-large": 1024, "t5-3b": 1024, "t5-11b": 1024,
-                "google/t5-v1_1-small": 512, "google/t5-v1_1-base": 768, "google/t5-v1_1-large": 1024,
-                "google/t5-v1_1-xl": 2048, "google/t5-v1_1-xxl": 4096, "bert-base-uncased": 768,
-                "bert-base-cased": 768, "bert-large-uncased": 1024, "bert-large-cased": 1024}
+    expected = {
+        "t5-small": 512,
+        "t5-base": 768,
+        "t5-large": 1024,
+        "t5-3b": 1024,
+        "t5-11b": 1024,
+        "google/t5-v1_1-small": 512,
+        "google/t5-v1_1-base": 768,
+        "google/t5-v1_1-large": 1024,
+        "google/t5-v1_1-xl": 2048,
+        "google/t5-v1_1-xxl": 4096,
+        "bert-base-uncased": 768,
+        "bert-base-cased": 768,
+        "bert-large-uncased": 1024,
+        "bert-large-cased": 1024,
+    }
     for name, dim in expected.items():
         assert get_encoded_dim(name) == dim, name
     assert TextEncoder().dim == 768 and TextEncoder().name == DEFAULT_T5_NAME
@@ -184,8 +196,9 @@ def test_precompute_round_trip(tmp_path, tiny_t5):
     copy_in_worker = pickle.loads(pickle.dumps(stored))
     assert torch.equal(copy_in_worker[3][0], stored[3][0])
 
-    half = PrecomputedTextEmbeddings(precompute_text_embeddings(captions, tmp_path / "half", encoder,
-                                                                dtype="float16", progress=False))
+    half = PrecomputedTextEmbeddings(
+        precompute_text_embeddings(captions, tmp_path / "half", encoder, dtype="float16", progress=False)
+    )
     torch.testing.assert_close(half[1][0], full[1], rtol=1e-2, atol=1e-2)
     with pytest.raises(FileNotFoundError, match="embeds.npy"):
         PrecomputedTextEmbeddings(tmp_path)

@@ -46,12 +46,17 @@ def test_tiny_regression_loss_falls():
     losses = train_steps(trainer, 60)
     assert trainer.device.type == "cpu"
     assert sum(losses[-5:]) / 5 < 0.2 * sum(losses[:5]) / 5
-    assert trainer.steps == {"net": 60} and trainer.global_step == 60
+    assert trainer.step_counts == {"net": 60} and trainer.global_step == 60
 
 
 def test_resume_reproduces_the_uninterrupted_loss_sequence(tmp_path):
-    settings = dict(lr=1e-2, warmup_steps=3, total_steps=10, max_grad_norm=0.5,
-                    ema_kwargs={"update_after_step": 2, "update_every": 2})
+    settings = dict(
+        lr=1e-2,
+        warmup_steps=3,
+        total_steps=10,
+        max_grad_norm=0.5,
+        ema_kwargs={"update_after_step": 2, "update_every": 2},
+    )
 
     trainer = BaseTrainer(seed=1)
     trainer.add_model("net", make_net(seed=0, dropout=0.2), **settings)
@@ -66,7 +71,7 @@ def test_resume_reproduces_the_uninterrupted_loss_sequence(tmp_path):
     second = BaseTrainer(seed=123, results_folder=tmp_path / "run")  # other seed, other init: all from the file
     second.add_model("net", make_net(seed=7, dropout=0.2), **settings)
     meta = second.load("latest")
-    assert meta["steps"] == {"net": 5} and second.steps == {"net": 5}
+    assert meta["steps"] == {"net": 5} and second.step_counts == {"net": 5}
     assert second.get_lr("net") == pytest.approx(first.get_lr("net"))
     resumed += train_steps(second, 3)
 
@@ -88,7 +93,7 @@ def test_nan_guard_skips_step_and_keeps_ema_finite(caplog):
     with caplog.at_level(logging.WARNING, logger="synthesis_core.training"):
         assert trainer.step("net") is False
     assert "non-finite" in caplog.text and "'net'" in caplog.text
-    assert trainer.steps["net"] == 2 and trainer.skipped_steps["net"] == 1
+    assert trainer.step_counts["net"] == 2 and trainer.skipped_steps["net"] == 1
     for p, b in zip(trainer.unwrap("net").parameters(), before):
         assert torch.equal(p, b) and p.grad is None  # untouched, gradients cleared
     for p, b in zip(trainer.ema("net").ema_model.parameters(), ema_before):
@@ -183,8 +188,13 @@ BF16_TRAINER = textwrap.dedent("""
 
 def test_bf16_mixed_precision_on_cpu():
     # a process of its own: accelerate keeps one mixed precision per process, and this test process uses 'no'
-    result = subprocess.run([sys.executable, "-c", BF16_TRAINER], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", BF16_TRAINER],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
@@ -248,6 +258,7 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))  # so the spawned children can import the worker module
     try:
         import _distributed_worker
+
         mp.spawn(_distributed_worker.train_on_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     finally:
         sys.path.remove(str(Path(__file__).parent))
@@ -264,8 +275,10 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path):
     assert not torch.equal(w0["0.weight"], init1["0.weight"])
     checkpoints = sorted((tmp_path / "checkpoints").glob("checkpoint-*.safetensors"))
     # saved by both processes: the main one wrote the checkpoint, the other one its own RNG states
-    assert [p.name for p in checkpoints] == ["checkpoint-00000005.rng-rank1.safetensors",
-                                             "checkpoint-00000005.safetensors"]
+    assert [p.name for p in checkpoints] == [
+        "checkpoint-00000005.rng-rank1.safetensors",
+        "checkpoint-00000005.safetensors",
+    ]
     assert [i["accumulate_misuse"] for i in infos] == ["RuntimeError", "RuntimeError"]
     assert infos[0]["main_only_saved"] and infos[1]["rng_after_load"] != infos[0]["rng_after_load"]
     tensors, meta = load_checkpoint(checkpoints[1])

@@ -1,6 +1,7 @@
 """BaseTrainer checkpoints: loading is all or nothing, strict means refuse, a resume in the middle of an epoch repeats
 the uninterrupted run exactly (data order, augmentation, noise), seeds per process, and a run whose gradients stay
 non-finite stops."""
+
 import logging
 import random
 
@@ -34,8 +35,15 @@ class AugmentedItems(Dataset):
 
 def make_trainer(folder, seed=3, model_seed=0, with_data=True, **kwargs):
     trainer = BaseTrainer(seed=seed, results_folder=folder, gradient_accumulate_every=2, **kwargs)
-    trainer.add_model("net", make_net(model_seed), lr=1e-2, warmup_steps=2, total_steps=20, max_grad_norm=1.0,
-                      ema_kwargs={"update_after_step": 0, "update_every": 1})
+    trainer.add_model(
+        "net",
+        make_net(model_seed),
+        lr=1e-2,
+        warmup_steps=2,
+        total_steps=20,
+        max_grad_norm=1.0,
+        ema_kwargs={"update_after_step": 0, "update_every": 1},
+    )
     if with_data:
         add_data(trainer)
     return trainer
@@ -96,15 +104,19 @@ def _snapshot(trainer):
         "optimizer": flat(trainer.optimizers["net"].state_dict()),
         "scheduler": flat(trainer.schedulers["net"].state_dict()),
     }
-    others = {"steps": (dict(trainer.steps), dict(trainer.skipped_steps)),
-              "data": trainer.data_streams["train"].state_dict(), "python rng": random.getstate()}
+    others = {
+        "steps": (dict(trainer.step_counts), dict(trainer.skipped_steps)),
+        "data": trainer.data_streams["train"].state_dict(),
+        "python rng": random.getstate(),
+    }
     return state_dicts, others, torch.get_rng_state().clone()
 
 
 def _assert_same(before, after):
     (state_dicts_a, others_a, rng_a), (state_dicts_b, others_b, rng_b) = before, after
-    for key, ((tensors_a, skeleton_a), (tensors_b, skeleton_b)) in zip(state_dicts_a, zip(state_dicts_a.values(),
-                                                                                            state_dicts_b.values())):
+    for key, ((tensors_a, skeleton_a), (tensors_b, skeleton_b)) in zip(
+        state_dicts_a, zip(state_dicts_a.values(), state_dicts_b.values())
+    ):
         assert skeleton_a == skeleton_b, key
         assert tensors_a.keys() == tensors_b.keys(), key
         for name in tensors_a:
@@ -123,7 +135,8 @@ BREAKAGES = {
     "steps": lambda t, m: m["steps"].update(net="three"),
     "optimizer tensor": lambda t, m: t.pop("optimizer.net.state.0.exp_avg"),
     "optimizer groups": lambda t, m: m["optimizers"]["net"]["param_groups"].append(
-        m["optimizers"]["net"]["param_groups"][0]),
+        m["optimizers"]["net"]["param_groups"][0]
+    ),
     "scheduler": lambda t, m: m["schedulers"]["net"].update(lr_lambdas=[None, None]),
     "weight shape": lambda t, m: t.update({"model.net.3.weight": torch.zeros(2, 16)}),
     "ema key": lambda t, m: t.pop("ema.net.ema_model.0.weight"),
@@ -150,7 +163,7 @@ def test_a_failed_load_leaves_the_trainer_exactly_as_it_was(breakage, tmp_path):
     _assert_same(before, _snapshot(trainer))
 
     trainer.load(good)  # and a good checkpoint still loads
-    assert trainer.steps == {"net": 3}
+    assert trainer.step_counts == {"net": 3}
 
 
 def test_strict_load_refuses_a_checkpoint_with_other_models(tmp_path, caplog):
@@ -185,7 +198,9 @@ def test_processes_get_their_own_seeds():
     assert len(seeds) == 8 and all(0 <= s < 2**32 for s in seeds)
     assert process_seed(1235, 1) != process_seed(1234, 1)
     assert mix_seed(1, 2) != mix_seed(2, 1)
-    assert process_rng_path("run/checkpoint-00000005.safetensors", 3).name == "checkpoint-00000005.rng-rank3.safetensors"
+    assert (
+        process_rng_path("run/checkpoint-00000005.safetensors", 3).name == "checkpoint-00000005.rng-rank3.safetensors"
+    )
     with pytest.raises(ValueError, match="seed"):
         BaseTrainer(seed=-1)
 
@@ -202,8 +217,11 @@ def test_training_stops_after_consecutive_non_finite_steps(caplog):
     assert [step(float("nan")) for _ in range(2)] == [False, False]
     assert step() is True  # a good step ends the streak
     assert [step(float("inf")) for _ in range(2)] == [False, False]
-    with pytest.raises(FloatingPointError, match=r"3 optimizer steps in a row .*max_consecutive_nonfinite_steps=3"
-                                                 r".*learning rate"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"3 optimizer steps in a row .*max_consecutive_nonfinite_steps=3"
+        r".*learning rate",
+    ):
         step(float("nan"))
 
     # weights that became NaN make every later gradient NaN: the default stops after 10 steps

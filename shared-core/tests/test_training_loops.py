@@ -1,5 +1,6 @@
 """`BaseTrainer.fit` (the loop with periodic callbacks), `make_dataloader` and `AutoencoderGANTrainer` (alternating
 autoencoder / discriminator updates) on toy models."""
+
 from pathlib import Path
 
 import pytest
@@ -25,10 +26,17 @@ def test_fit_runs_callbacks_on_their_periods_and_stops_at_the_step_count():
         trainer.step("net")
         return {"loss": loss.item()}
 
-    final = trainer.fit(7, train_step, every=[(3, lambda: calls.append(("a", trainer.global_step))),
-                                              (None, lambda: calls.append(("never", 0))),
-                                              (5, lambda: calls.append(("b", trainer.global_step)))],
-                        at_end=lambda: calls.append(("end", trainer.global_step)), log_fn=logged.append)
+    final = trainer.fit(
+        7,
+        train_step,
+        every=[
+            (3, lambda: calls.append(("a", trainer.global_step))),
+            (None, lambda: calls.append(("never", 0))),
+            (5, lambda: calls.append(("b", trainer.global_step))),
+        ],
+        at_end=lambda: calls.append(("end", trainer.global_step)),
+        log_fn=logged.append,
+    )
     assert final == 7 and trainer.global_step == 7
     assert calls == [("a", 3), ("b", 5), ("a", 6), ("end", 7)]
     assert len(logged) == 7 and logged[-1]["loss"] < logged[0]["loss"]
@@ -111,8 +119,16 @@ def low_rank_data(n=64):
 def test_autoencoder_gan_trainer_alternates_and_learns(tmp_path):
     model = ToyAutoencoder()
     discr_before = [p.detach().clone() for p in model.discr.parameters()]
-    trainer = ToyTrainer(model, low_rank_data(), num_train_steps=40, apply_grad_penalty_every=3,
-                         save_results_every=10, save_model_every=None, results_folder=tmp_path, seed=0)
+    trainer = ToyTrainer(
+        model,
+        low_rank_data(),
+        num_train_steps=40,
+        apply_grad_penalty_every=3,
+        save_results_every=10,
+        save_model_every=None,
+        results_folder=tmp_path,
+        seed=0,
+    )
     # the autoencoder's optimizer holds no discriminator parameter
     discr_ids = {id(p) for p in model.discr.parameters()}
     toy_params = [p for group in trainer.optimizers["toy"].param_groups for p in group["params"]]
@@ -120,7 +136,7 @@ def test_autoencoder_gan_trainer_alternates_and_learns(tmp_path):
 
     logged = []
     trainer.train(log_fn=logged.append)
-    assert trainer.step_count == 40 and trainer.steps["discr"] == 40
+    assert trainer.step_count == 40 and trainer.step_counts["discr"] == 40
     assert set(logged[0]) == {"loss", "recon", "discr_loss"}
     assert logged[-1]["recon"] < 0.2 * logged[0]["recon"]
     # the discriminator is frozen during the autoencoder's step, trainable again after, and did train
@@ -135,12 +151,14 @@ def test_autoencoder_gan_trainer_alternates_and_learns(tmp_path):
 
 def test_autoencoder_trainer_without_gan_and_resume(tmp_path):
     data = low_rank_data()
-    first = ToyTrainer(ToyAutoencoder(use_gan=False), data, num_train_steps=3, save_results_every=None,
-                       results_folder=tmp_path, seed=0)
+    first = ToyTrainer(
+        ToyAutoencoder(use_gan=False), data, num_train_steps=3, save_results_every=None, results_folder=tmp_path, seed=0
+    )
     first.train()
     assert "discr" not in first.models and first.step_count == 3
-    second = ToyTrainer(ToyAutoencoder(use_gan=False), data, num_train_steps=5, save_results_every=None,
-                        results_folder=tmp_path, seed=0)
+    second = ToyTrainer(
+        ToyAutoencoder(use_gan=False), data, num_train_steps=5, save_results_every=None, results_folder=tmp_path, seed=0
+    )
     second.load("latest")
     logged = []
     second.train(log_fn=logged.append)

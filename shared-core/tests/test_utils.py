@@ -1,4 +1,5 @@
 """synthesis_core.utils.frozen: no gradients on the frozen module inside the block, flags restored after."""
+
 import pytest
 import torch
 from torch import nn

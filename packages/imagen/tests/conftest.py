@@ -7,18 +7,15 @@ Besides tiny real U-Nets, the cascade is tested with stand-in U-Nets that follow
 - `RecordingUnet`: returns a constant and records every call, to check what the cascade feeds its U-Nets.
 They are handed to the tests through fixtures (the test modules are imported by path, not as a package).
 """
-import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import pytest
+import torch
+from torch import nn
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+from synthesis_core.diffusion import ContinuousSchedule, EDMPreconditioning, cfg_combine
+from synthesis_core.testing import build_tiny_t5, configure_test_process, seed_each_test  # noqa: F401
 
-from synthesis_core.diffusion import ContinuousSchedule, EDMPreconditioning, cfg_combine  # noqa: E402
-
-torch.set_num_threads(1)
+configure_test_process()
 
 CAPTIONS = [
     "a whale breaching from afar",
@@ -26,11 +23,6 @@ CAPTIONS = [
     "fireworks with blue and green sparkles",
     "a squirrel examines an acorn",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -98,8 +90,13 @@ class RecordingUnet(StandInUnet):
         self.calls = []
 
     def predict(self, x, time, **kwargs):
-        self.calls.append(dict(x=x.detach().clone(), time=time.detach().clone(), **{
-            k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}))
+        self.calls.append(
+            dict(
+                x=x.detach().clone(),
+                time=time.detach().clone(),
+                **{k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()},
+            )
+        )
         return torch.full_like(x, self.value)
 
 
@@ -115,9 +112,18 @@ def recording_unet():
 
 def tiny_unet_kwargs(**overrides):
     """The smallest real U-Net worth testing (2 levels, dim 8, attention at the lower level)."""
-    kwargs = dict(dim=8, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=(False, True),
-                  layer_cross_attns=(False, True), attn_heads=2, attn_dim_head=8, cond_dim=16,
-                  attn_pool_num_latents=4, num_time_tokens=1)
+    kwargs = dict(
+        dim=8,
+        dim_mults=(1, 2),
+        num_resnet_blocks=1,
+        layer_attns=(False, True),
+        layer_cross_attns=(False, True),
+        attn_heads=2,
+        attn_dim_head=8,
+        cond_dim=16,
+        attn_pool_num_latents=4,
+        num_time_tokens=1,
+    )
     kwargs.update(overrides)
     return kwargs
 
@@ -137,30 +143,9 @@ def tiny_unet():
 # a tiny local T5
 
 
-def _train_t5_tokenizer():
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-
-    tk = Tokenizer(models.Unigram())
-    tk.normalizer = normalizers.Lowercase()
-    tk.pre_tokenizer = pre_tokenizers.Metaspace()
-    tk.train_from_iterator(CAPTIONS * 10, trainers.UnigramTrainer(
-        vocab_size=60, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
-    tk.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", tk.token_to_id("</s>"))])
-    return tk
-
-
 @pytest.fixture(scope="session")
 def tiny_t5(tmp_path_factory):
     """A folder holding a tiny T5 encoder (d_model 16) and its tokenizer: what users pass as text_encoder_name."""
-    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-t5")
-    tok = T5TokenizerFast(tokenizer_object=_train_t5_tokenizer(), pad_token="<pad>", eos_token="</s>",
-                          unk_token="<unk>", extra_ids=0)
-    tok.save_pretrained(folder)
-    torch.manual_seed(0)
-    T5EncoderModel(T5Config(vocab_size=len(tok), d_model=16, d_ff=32, d_kv=8, num_layers=1, num_heads=2)
-                   ).save_pretrained(folder)
-    return str(folder)
-
+    return build_tiny_t5(
+        tmp_path_factory.mktemp("tiny-t5"), CAPTIONS, d_model=16, d_ff=32, num_layers=1, num_heads=2, vocab_size=60
+    )

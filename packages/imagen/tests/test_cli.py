@@ -1,5 +1,6 @@
 """The `imagen` command, run in-process through `imagen_pytorch.cli.main` (the acceptance suite runs the installed
 console script)."""
+
 import torch
 from PIL import Image
 
@@ -28,13 +29,20 @@ def test_train_resume_and_sample(tmp_path, monkeypatch):
     ImagenTrainerConfig(
         imagen=ImagenConfig(unets=[UNET], image_sizes=8, condition_on_text=False, timesteps=4),
         dataset=dict(folder=str(images), batch_size=2),
-        checkpoint_path=str(tmp_path / "checkpoints"), checkpoint_every=2,
+        checkpoint_path=str(tmp_path / "checkpoints"),
+        checkpoint_every=2,
     ).save("config.json")
 
+    # --epoches counts passes over the data: 4 images in batches of 2 are 2 steps an epoch
     assert main(["train", "--config", "config.json", "--epoches", "2", "--valid", "1"]) == 0
-    assert main(["train", "--config", "config.json", "--epoches", "1"]) == 0  # resumes at step 2
+    assert main(["train", "--config", "config.json", "--epoches", "1"]) == 0  # resumes at step 4
+    assert main(["train", "--config", "config.json", "--steps", "1"]) == 0  # --steps counts optimizer steps
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert checkpoints == ["checkpoint-00000002.safetensors", "checkpoint-00000003.safetensors"]
+    assert checkpoints == [
+        "checkpoint-00000004.safetensors",
+        "checkpoint-00000006.safetensors",
+        "checkpoint-00000007.safetensors",
+    ]
 
     latest = tmp_path / "checkpoints" / checkpoints[-1]
     assert main(["sample", "--model", str(latest), "--steps", "2"]) == 0
@@ -42,8 +50,9 @@ def test_train_resume_and_sample(tmp_path, monkeypatch):
 
 
 def test_sample_command_writes_a_gif_for_video_models(tmp_path, monkeypatch):
-    imagen = ImagenConfig(unets=[dict(unet_type="Unet3D", **UNET)], image_sizes=8, condition_on_text=False,
-                          timesteps=2).create()
+    imagen = ImagenConfig(
+        unets=[dict(unet_type="Unet3D", **UNET)], image_sizes=8, condition_on_text=False, timesteps=2
+    ).create()
     ImagenTrainer(imagen).save(tmp_path / "video.safetensors")
     monkeypatch.chdir(tmp_path)
     assert main(["sample", "--model", "video.safetensors", "--video_frames", "3", "A cat, on a mat!"]) == 0

@@ -1,6 +1,7 @@
 """Imagen and ElucidatedImagen through their public API: the samplers against an exact answer, the cascade,
 inpainting, video, and the correctness points of issue 5 (offline construction, self-conditioning on x0,
 identical low-res conditioning in training and sampling, CFG dropout, parameters(), no global text-encoder cache)."""
+
 import gc
 import socket
 import weakref
@@ -28,8 +29,9 @@ def pixel_stats(images):
 
 @pytest.mark.parametrize("sampler, steps", [("ddpm", 250), ("ddim", 100), ("dpmpp_2m", 25)])
 def test_vp_samplers_reproduce_the_data_distribution(gaussian_unet, sampler, steps):
-    imagen = Imagen(gaussian_unet(MU, S), image_sizes=16, condition_on_text=False, dynamic_thresholding=False,
-                    sampler=sampler)
+    imagen = Imagen(
+        gaussian_unet(MU, S), image_sizes=16, condition_on_text=False, dynamic_thresholding=False, sampler=sampler
+    )
     samples = imagen.sample(batch_size=32, steps=steps, use_tqdm=False)
     assert samples.shape == (32, 3, 16, 16)
     mean, std = pixel_stats(samples)
@@ -50,8 +52,15 @@ def test_default_sampler_is_dpm_solver_with_at_most_25_steps(recording_unet):
 @pytest.mark.parametrize("sampler, steps", [("heun", 32), ("euler", 128)])
 def test_edm_sampler_reproduces_the_data_distribution(gaussian_unet, sampler, steps):
     unet = gaussian_unet(MU, S, edm_sigma_data=0.5)
-    imagen = ElucidatedImagen(unet, image_sizes=16, condition_on_text=False, dynamic_thresholding=False,
-                              num_sample_steps=steps, sampler=sampler, S_churn=0.0)
+    imagen = ElucidatedImagen(
+        unet,
+        image_sizes=16,
+        condition_on_text=False,
+        dynamic_thresholding=False,
+        num_sample_steps=steps,
+        sampler=sampler,
+        S_churn=0.0,
+    )
     mean, std = pixel_stats(imagen.sample(batch_size=32, use_tqdm=False))
     assert abs(mean - MU) < 0.01, mean
     assert abs(std - S) < 0.05 * S, std
@@ -73,25 +82,32 @@ def test_init_images_and_skip_steps_start_from_the_given_images(gaussian_unet):
 
 
 def test_cascade_of_three_unets_trains_each_stage_and_samples_through_all(tiny_unet):
-    imagen = Imagen((tiny_unet(), tiny_unet(), tiny_unet(layer_attns=False)), image_sizes=(8, 16, 32),
-                    text_embed_dim=TEXT_DIM, timesteps=10)
+    imagen = Imagen(
+        (tiny_unet(), tiny_unet(), tiny_unet(layer_attns=False)),
+        image_sizes=(8, 16, 32),
+        text_embed_dim=TEXT_DIM,
+        timesteps=10,
+    )
     assert [unet.lowres_cond for unet in imagen.unets] == [False, True, True]
     images, embeds = torch.rand(2, 3, 32, 32), torch.randn(2, 4, TEXT_DIM)
     for number in (1, 2, 3):
         imagen.zero_grad()
         imagen(images, text_embeds=embeds, unet_number=number).backward()
-        trained = [any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in unet.parameters())
-                   for unet in imagen.unets]
+        trained = [
+            any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in unet.parameters()) for unet in imagen.unets
+        ]
         assert trained == [n == number for n in (1, 2, 3)]
 
-    outputs = imagen.sample(text_embeds=embeds, cond_scale=(3.0, 2.0, 1.0), steps=2, return_all_unet_outputs=True,
-                            use_tqdm=False)
+    outputs = imagen.sample(
+        text_embeds=embeds, cond_scale=(3.0, 2.0, 1.0), steps=2, return_all_unet_outputs=True, use_tqdm=False
+    )
     assert [tuple(o.shape) for o in outputs] == [(2, 3, 8, 8), (2, 3, 16, 16), (2, 3, 32, 32)]
     assert all(o.min() >= 0 and o.max() <= 1 for o in outputs)
     middle = imagen.sample(text_embeds=embeds, steps=2, stop_at_unet_number=2, use_tqdm=False)
     assert middle.shape == (2, 3, 16, 16)
-    last = imagen.sample(text_embeds=embeds, steps=2, start_at_unet_number=3, start_image_or_video=middle,
-                         use_tqdm=False)
+    last = imagen.sample(
+        text_embeds=embeds, steps=2, start_at_unet_number=3, start_image_or_video=middle, use_tqdm=False
+    )
     assert last.shape == (2, 3, 32, 32)
 
 
@@ -110,8 +126,15 @@ def test_inpainting_keeps_the_unmasked_pixels(tiny_unet, cascade_class):
     images = torch.rand(2, 3, 16, 16)
     masks = torch.zeros(2, 16, 16, dtype=torch.bool)
     masks[:, 4:12, 4:12] = True  # True: generate new content here
-    out = imagen.sample(text_embeds=torch.randn(2, 4, TEXT_DIM), inpaint_images=images, inpaint_masks=masks,
-                        inpaint_resample_times=2, cond_scale=3.0, steps=3, use_tqdm=False)
+    out = imagen.sample(
+        text_embeds=torch.randn(2, 4, TEXT_DIM),
+        inpaint_images=images,
+        inpaint_masks=masks,
+        inpaint_resample_times=2,
+        cond_scale=3.0,
+        steps=3,
+        use_tqdm=False,
+    )
     keep = ~masks[:, None].expand_as(images)
     assert torch.allclose(out[keep], images[keep], atol=1e-5)
     assert (out[~keep] - images[~keep]).abs().mean() > 0.05
@@ -135,8 +158,13 @@ def test_random_crops_train_super_resolution_on_aligned_windows(recording_unet):
 
 
 def test_video_cascade_trains_on_videos_and_images_and_samples_videos(tiny_unet):
-    imagen = Imagen((tiny_unet(video=True), tiny_unet(video=True)), image_sizes=(8, 16), text_embed_dim=TEXT_DIM,
-                    timesteps=10, temporal_downsample_factor=(2, 1))
+    imagen = Imagen(
+        (tiny_unet(video=True), tiny_unet(video=True)),
+        image_sizes=(8, 16),
+        text_embed_dim=TEXT_DIM,
+        timesteps=10,
+        temporal_downsample_factor=(2, 1),
+    )
     assert imagen.is_video
     embeds = torch.randn(2, 4, TEXT_DIM)
     for number in (1, 2):
@@ -150,8 +178,7 @@ def test_video_cascade_trains_on_videos_and_images_and_samples_videos(tiny_unet)
     assert temporal and all(g is None or not bool(g.abs().sum() > 0) for g in temporal)
     assert any(g is not None and bool(g.abs().sum() > 0) for name, g in grads.items() if ".temporal." not in name)
 
-    outputs = imagen.sample(text_embeds=embeds, video_frames=4, steps=2, return_all_unet_outputs=True,
-                            use_tqdm=False)
+    outputs = imagen.sample(text_embeds=embeds, video_frames=4, steps=2, return_all_unet_outputs=True, use_tqdm=False)
     assert [tuple(o.shape) for o in outputs] == [(2, 3, 2, 8, 8), (2, 3, 4, 16, 16)]
     with pytest.raises(ValueError, match="video_frames"):
         imagen.sample(text_embeds=embeds, steps=2, use_tqdm=False)
@@ -195,8 +222,9 @@ def test_self_conditioning_with_the_v_objective_feeds_x0_estimates(recording_une
 @pytest.mark.parametrize("cascade_class", [Imagen, ElucidatedImagen])
 def test_lowres_condition_is_normalised_then_noised_the_same_in_training_and_sampling(recording_unet, cascade_class):
     sr = recording_unet()
-    imagen = cascade_class((NullUnet(), sr), image_sizes=(8, 16), condition_on_text=False,
-                           lowres_sample_noise_level=0.3)
+    imagen = cascade_class(
+        (NullUnet(), sr), image_sizes=(8, 16), condition_on_text=False, lowres_sample_noise_level=0.3
+    )
     images = torch.rand(8, 3, 16, 16)
     low = resize_image_to(images, 8)  # what the first stage would have produced, in [0, 1]
     clean = resize_image_to(low * 2 - 1, 16, mode="nearest")  # in [-1, 1], then upsampled

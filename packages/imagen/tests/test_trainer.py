@@ -1,5 +1,6 @@
 """ImagenTrainer: all unets of a cascade in one process, EMA sampling, checkpoints (bit-equal round trip, identical
 samples, periodic and remote checkpoints, rebuilding the cascade from a file), data, learning rates."""
+
 import pytest
 import torch
 from PIL import Image
@@ -122,8 +123,10 @@ def test_periodic_checkpoints_keep_the_newest_and_resume(cascade, tmp_path):
     for unet_number in (1, 1, 2):
         trainer(images, text_embeds=embeds, unet_number=unet_number)
         trainer.update(unet_number)
-    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-00000002.safetensors",
-                                                        "checkpoint-00000003.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "checkpoint-00000002.safetensors",
+        "checkpoint-00000003.safetensors",
+    ]
     resumed = ImagenTrainer(cascade(), checkpoint_path=folder, checkpoint_every=1)
     assert resumed.steps.tolist() == [2, 1]
     for a, b in zip(trainer.imagen.parameters(), resumed.imagen.parameters()):
@@ -171,8 +174,13 @@ def test_strict_load_refuses_another_cascade_and_changes_nothing(cascade, tiny_u
 
 
 def test_elucidated_cascade_round_trips_through_its_checkpoint(tiny_unet, tmp_path):
-    imagen = ElucidatedImagen((tiny_unet(), tiny_unet()), image_sizes=(8, 16), text_embed_dim=TEXT_DIM,
-                              num_sample_steps=(3, 2), sigma_max=(80, 160))
+    imagen = ElucidatedImagen(
+        (tiny_unet(), tiny_unet()),
+        image_sizes=(8, 16),
+        text_embed_dim=TEXT_DIM,
+        num_sample_steps=(3, 2),
+        sigma_max=(80, 160),
+    )
     trainer = ImagenTrainer(imagen)
     images, embeds = batch()
     trainer(images, text_embeds=embeds, unet_number=2)
@@ -233,3 +241,71 @@ def test_custom_unets_train_and_checkpoint_without_a_config(recording_unet, tmp_
     trainer.save(tmp_path / "custom.safetensors")
     with pytest.raises(ValueError, match="no imagen config"):
         load_imagen_from_checkpoint(tmp_path / "custom.safetensors")
+
+
+def _fit_trainer(cascade, folder, **kwargs):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    generator = torch.Generator().manual_seed(3)
+    data = TensorDataset(
+        torch.rand(6, 3, 16, 16, generator=generator), torch.randn(6, 4, TEXT_DIM, generator=generator)
+    )
+    torch.manual_seed(0)
+    trainer = ImagenTrainer(
+        cascade(),
+        checkpoint_path=folder,
+        checkpoint_every=2,
+        num_train_steps=4,
+        ema_update_every=1,
+        ema_update_after_step=0,
+        cpu=True,
+        **kwargs,
+    )
+    trainer.add_train_dataloader(DataLoader(data, batch_size=2, shuffle=True))
+    return trainer
+
+
+def test_is_a_base_trainer_whose_fit_checkpoints_and_resumes_exactly(cascade, tmp_path):
+    from synthesis_core.training import BaseTrainer
+
+    straight = _fit_trainer(cascade, tmp_path / "straight", seed=7)
+    assert isinstance(straight, BaseTrainer) and straight.engine is straight
+    expected = []
+    assert straight.fit(unet_number=1, log_fn=lambda logs: expected.append(logs["loss"])) == 4
+    assert straight.steps.tolist() == [4, 0] and straight.step_counts == {"unet1": 4, "unet2": 0}
+    assert [step for step, _ in straight.checkpoints.list()] == [2, 4]  # every checkpoint_every updates
+
+    interrupted = _fit_trainer(cascade, tmp_path / "interrupted", seed=7)
+    losses = []
+    interrupted.fit(2, unet_number=1, log_fn=lambda logs: losses.append(logs["loss"]))
+    resumed = _fit_trainer(cascade, tmp_path / "interrupted", seed=99, resume="latest")
+    assert resumed.steps.tolist() == [2, 0]
+    resumed.fit(unet_number=1, log_fn=lambda logs: losses.append(logs["loss"]))
+    assert resumed.steps.tolist() == [4, 0]
+    assert losses == pytest.approx(expected, rel=1e-6, abs=1e-7)
+
+    fresh = _fit_trainer(cascade, tmp_path / "interrupted", resume=False)  # checkpoints there, left alone
+    assert fresh.steps.tolist() == [0, 0]
+    from_file = _fit_trainer(cascade, tmp_path / "elsewhere", resume=straight.checkpoints.path_for(2))
+    assert from_file.steps.tolist() == [2, 0]
+    with pytest.raises(ValueError, match="resume"):
+        ImagenTrainer(cascade(), resume="latest")  # no checkpoint_path to look in
+
+
+def test_save_pretrained_publishes_the_cascade_with_its_ema_unets(cascade, tmp_path):
+    trainer = _fit_trainer(cascade, tmp_path / "run", seed=0)
+    trainer.fit(2, unet_number=1)
+    folder = trainer.save_pretrained()
+    assert folder == tmp_path / "run" / "imagen"
+    loaded = Imagen.from_pretrained(folder)
+    ema_weights = trainer.get_ema_unet(1).state_dict()
+    for key, value in loaded.unets[0].state_dict().items():
+        assert torch.equal(value, ema_weights[key])
+    assert any(
+        not torch.equal(a, b) for a, b in zip(loaded.unets[0].parameters(), trainer.unet_being_trained(1).parameters())
+    )
+    online = Imagen.from_pretrained(trainer.save_pretrained(tmp_path / "online", ema=False))
+    for a, b in zip(online.unets[0].parameters(), trainer.unet_being_trained(1).parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="name"):
+        trainer.save_pretrained(tmp_path / "x", name="unet1")

@@ -1,4 +1,5 @@
 """Behaviour of the image U-Net: conditioning, guidance, casting, presets, training signal, input errors."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,9 +27,20 @@ def sgd_step(model: nn.Module, lr: float) -> None:
 
 
 def tiny_unet(cls=Unet, **overrides) -> Unet:
-    kwargs = dict(dim=8, dim_mults=(1, 2), cond_dim=16, text_embed_dim=TEXT_DIM, num_resnet_blocks=1,
-                  layer_attns=(False, True), layer_cross_attns=(False, True), attn_heads=2, attn_dim_head=8,
-                  max_text_len=8, attn_pool_num_latents=4, init_cross_embed_kernel_sizes=(3, 5))
+    kwargs = dict(
+        dim=8,
+        dim_mults=(1, 2),
+        cond_dim=16,
+        text_embed_dim=TEXT_DIM,
+        num_resnet_blocks=1,
+        layer_attns=(False, True),
+        layer_cross_attns=(False, True),
+        attn_heads=2,
+        attn_dim_head=8,
+        max_text_len=8,
+        attn_pool_num_latents=4,
+        init_cross_embed_kernel_sizes=(3, 5),
+    )
     kwargs.update(overrides)
     return cls(**kwargs)
 
@@ -46,18 +58,24 @@ def as_if_trained(model: nn.Module) -> nn.Module:
 
 def inputs(batch=2, size=8, tokens=5, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 3, size, size, generator=g), torch.rand(batch, generator=g),
-            torch.randn(batch, tokens, TEXT_DIM, generator=g))
+    return (
+        torch.randn(batch, 3, size, size, generator=g),
+        torch.rand(batch, generator=g),
+        torch.randn(batch, tokens, TEXT_DIM, generator=g),
+    )
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(),
-    dict(memory_efficient=True),
-    dict(use_linear_attn=True, use_linear_cross_attn=True, layer_cross_attns=False),
-    dict(combine_upsample_fmaps=True, final_resnet_block=False, pixel_shuffle_upsample=False),
-    dict(init_cross_embed=False, attn_pool_text=False, layer_attns_depth=2, num_resnet_blocks=(1, 2)),
-    dict(dim_mults=(1, 2, 2), layer_attns=False, layer_cross_attns=(False, False, True), channels_out=6),
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(),
+        dict(memory_efficient=True),
+        dict(use_linear_attn=True, use_linear_cross_attn=True, layer_cross_attns=False),
+        dict(combine_upsample_fmaps=True, final_resnet_block=False, pixel_shuffle_upsample=False),
+        dict(init_cross_embed=False, attn_pool_text=False, layer_attns_depth=2, num_resnet_blocks=(1, 2)),
+        dict(dim_mults=(1, 2, 2), layer_attns=False, layer_cross_attns=(False, False, True), channels_out=6),
+    ],
+)
 def test_shapes_and_finite(overrides):
     unet = as_if_trained(tiny_unet(**overrides))
     x, t, text = inputs(size=8)
@@ -96,12 +114,14 @@ def test_masked_text_tokens_are_ignored():
     mask = torch.tensor([[True] * 4 + [False] * 2, [True] * 6])
     changed = text.clone()
     changed[0, 4:] = torch.randn(2, TEXT_DIM) * 5
-    assert_close(unet(x, t, text_embeds=text, text_mask=mask),
-                               unet(x, t, text_embeds=changed, text_mask=mask))
+    assert_close(unet(x, t, text_embeds=text, text_mask=mask), unet(x, t, text_embeds=changed, text_mask=mask))
     changed_kept = text.clone()
     changed_kept[0, 0] += 3
-    assert not torch.allclose(unet(x, t, text_embeds=text, text_mask=mask)[0],
-                              unet(x, t, text_embeds=changed_kept, text_mask=mask)[0], atol=1e-4)
+    assert not torch.allclose(
+        unet(x, t, text_embeds=text, text_mask=mask)[0],
+        unet(x, t, text_embeds=changed_kept, text_mask=mask)[0],
+        atol=1e-4,
+    )
 
 
 def test_time_is_continuous_in_any_range():
@@ -112,8 +132,7 @@ def test_time_is_continuous_in_any_range():
     out_b = unet(x, sigma_like + 0.05, text_embeds=text)
     assert torch.isfinite(out_a).all() and not torch.allclose(out_a, out_b, atol=1e-5)
     # integer times are accepted as floats
-    assert_close(unet(x, torch.tensor([3, 7]), text_embeds=text),
-                               unet(x, torch.tensor([3.0, 7.0]), text_embeds=text))
+    assert_close(unet(x, torch.tensor([3, 7]), text_embeds=text), unet(x, torch.tensor([3.0, 7.0]), text_embeds=text))
 
 
 def test_forward_with_cond_scale():
@@ -133,12 +152,14 @@ def test_forward_with_cond_scale():
 
 def test_cast_model_parameters():
     unet = tiny_unet()
-    same = unet.cast_model_parameters(lowres_cond=False, text_embed_dim=TEXT_DIM, channels=3, channels_out=3,
-                                      cond_on_text=True)
+    same = unet.cast_model_parameters(
+        lowres_cond=False, text_embed_dim=TEXT_DIM, channels=3, channels_out=3, cond_on_text=True
+    )
     assert same is unet
 
-    sr = unet.cast_model_parameters(lowres_cond=True, text_embed_dim=24, channels=3, channels_out=None,
-                                    cond_on_text=True)
+    sr = unet.cast_model_parameters(
+        lowres_cond=True, text_embed_dim=24, channels=3, channels_out=None, cond_on_text=True
+    )
     assert type(sr) is Unet and sr.lowres_cond and sr.text_embed_dim == 24 and sr.config["dim"] == 8
     as_if_trained(sr)
     x, t, _ = inputs()
@@ -153,28 +174,47 @@ def test_cast_model_parameters():
     with pytest.raises(ValueError, match="lowres_cond_img"):
         sr(x, t, text_embeds=text)
 
-    unconditional = unet.cast_model_parameters(lowres_cond=False, text_embed_dim=None, channels=1, channels_out=2,
-                                               cond_on_text=False)
+    unconditional = unet.cast_model_parameters(
+        lowres_cond=False, text_embed_dim=None, channels=1, channels_out=2, cond_on_text=False
+    )
     assert not unconditional.cond_on_text and unconditional.channels == 1 and unconditional.channels_out == 2
     assert unconditional(torch.randn(2, 1, 8, 8), t).shape == (2, 2, 8, 8)
 
 
 def test_presets_take_overrides_and_round_trip(tmp_path):
     # the acceptance test's scaled-down SR unet; the per-level preset values are overridden or fitted
-    sr = SRUnet256(dim=8, dim_mults=(1, 2), num_resnet_blocks=(1, 2), layer_attns=(False, True),
-                   layer_cross_attns=False, text_embed_dim=TEXT_DIM, attn_heads=2, attn_dim_head=8)
+    sr = SRUnet256(
+        dim=8,
+        dim_mults=(1, 2),
+        num_resnet_blocks=(1, 2),
+        layer_attns=(False, True),
+        layer_cross_attns=False,
+        text_embed_dim=TEXT_DIM,
+        attn_heads=2,
+        attn_dim_head=8,
+    )
     assert sr.memory_efficient and sr.downsample_factor == 4
     x, t, text = inputs(size=8)
     assert sr(x, t, text_embeds=text).shape == x.shape
 
     fitted = SRUnet1024(dim=8, dim_mults=(1, 2), text_embed_dim=TEXT_DIM, attn_heads=2, attn_dim_head=8)
     assert len(fitted.downs) == 2
-    cast = fitted.cast_model_parameters(lowres_cond=True, text_embed_dim=TEXT_DIM, channels=3, channels_out=3,
-                                        cond_on_text=True)
+    cast = fitted.cast_model_parameters(
+        lowres_cond=True, text_embed_dim=TEXT_DIM, channels=3, channels_out=3, cond_on_text=True
+    )
     assert type(cast) is SRUnet1024 and cast.lowres_cond and cast.memory_efficient
 
-    base = as_if_trained(BaseUnet64(dim=8, dim_mults=(1, 2), text_embed_dim=TEXT_DIM, attn_heads=2,
-                                    attn_dim_head=8, max_text_len=8, attn_pool_num_latents=4))
+    base = as_if_trained(
+        BaseUnet64(
+            dim=8,
+            dim_mults=(1, 2),
+            text_embed_dim=TEXT_DIM,
+            attn_heads=2,
+            attn_dim_head=8,
+            max_text_len=8,
+            attn_pool_num_latents=4,
+        )
+    )
     base.save_pretrained(tmp_path / "base")
     loaded = BaseUnet64.from_pretrained(tmp_path / "base").eval()
     assert type(loaded) is BaseUnet64
@@ -186,10 +226,10 @@ def test_self_conditioning_and_cond_images_feed_the_network():
     x, t, text = inputs()
     cond_images = torch.randn(2, 2, 4, 4)  # resized to the size of x
     base = unet(x, t, text_embeds=text, cond_images=cond_images)
-    assert_close(base, unet(x, t, text_embeds=text, cond_images=cond_images,
-                                          self_cond=torch.zeros_like(x)))
-    assert not torch.allclose(base, unet(x, t, text_embeds=text, cond_images=cond_images,
-                                         self_cond=torch.randn_like(x)), atol=1e-4)
+    assert_close(base, unet(x, t, text_embeds=text, cond_images=cond_images, self_cond=torch.zeros_like(x)))
+    assert not torch.allclose(
+        base, unet(x, t, text_embeds=text, cond_images=cond_images, self_cond=torch.randn_like(x)), atol=1e-4
+    )
     assert not torch.allclose(base, unet(x, t, text_embeds=text, cond_images=cond_images + 1), atol=1e-4)
 
 
@@ -217,8 +257,9 @@ def test_bf16_autocast_on_cpu():
     x, t, text = inputs()
     reference = unet(x, t, text_embeds=text)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = unet.forward_with_cond_scale(x, t, text_embeds=text, text_mask=torch.ones(2, 5, dtype=torch.bool),
-                                           cond_scale=1.0)
+        out = unet.forward_with_cond_scale(
+            x, t, text_embeds=text, text_mask=torch.ones(2, 5, dtype=torch.bool), cond_scale=1.0
+        )
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     assert (out.float() - reference).abs().mean() < 0.05 * reference.abs().mean() + 1e-3
 
@@ -269,9 +310,11 @@ def test_null_unet():
     assert null.forward_with_cond_scale(x, torch.rand(2), cond_scale=3.0) is x
     assert [p.numel() for p in null.parameters()] == [1]
     assert not null.lowres_cond and null.channels == 3 and not null.is_video
-    same = null.cast_model_parameters(lowres_cond=False, text_embed_dim=768, channels=3, channels_out=3,
-                                      cond_on_text=True)
+    same = null.cast_model_parameters(
+        lowres_cond=False, text_embed_dim=768, channels=3, channels_out=3, cond_on_text=True
+    )
     assert same is null
-    cast = null.cast_model_parameters(lowres_cond=True, text_embed_dim=512, channels=3, channels_out=3,
-                                      cond_on_text=True)
+    cast = null.cast_model_parameters(
+        lowres_cond=True, text_embed_dim=512, channels=3, channels_out=3, cond_on_text=True
+    )
     assert isinstance(cast, NullUnet) and cast.lowres_cond and cast.text_embed_dim == 512

@@ -1,5 +1,6 @@
 """Behaviour of the space-time U-Net: temporal mixing, ignore_time independence, causality, frame extrapolation,
 temporal strides, conditioning frames, image inputs, casting and input errors."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,9 +19,20 @@ def assert_close(actual, expected, atol=1e-5, rtol=1e-5):
 
 
 def tiny_unet3d(**overrides) -> Unet3D:
-    kwargs = dict(dim=8, dim_mults=(1, 2), cond_dim=16, text_embed_dim=TEXT_DIM, num_resnet_blocks=1,
-                  layer_attns=(False, True), layer_cross_attns=(False, True), attn_heads=2, attn_dim_head=8,
-                  max_text_len=8, attn_pool_num_latents=4, init_cross_embed_kernel_sizes=(3, 5))
+    kwargs = dict(
+        dim=8,
+        dim_mults=(1, 2),
+        cond_dim=16,
+        text_embed_dim=TEXT_DIM,
+        num_resnet_blocks=1,
+        layer_attns=(False, True),
+        layer_cross_attns=(False, True),
+        attn_heads=2,
+        attn_dim_head=8,
+        max_text_len=8,
+        attn_pool_num_latents=4,
+        init_cross_embed_kernel_sizes=(3, 5),
+    )
     kwargs.update(overrides)
     return Unet3D(**kwargs)
 
@@ -40,8 +52,11 @@ def as_if_trained(model: nn.Module) -> nn.Module:
 
 def video_inputs(batch=2, frames=4, size=8, tokens=5, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 3, frames, size, size, generator=g), torch.rand(batch, generator=g),
-            torch.randn(batch, tokens, TEXT_DIM, generator=g))
+    return (
+        torch.randn(batch, 3, frames, size, size, generator=g),
+        torch.rand(batch, generator=g),
+        torch.randn(batch, tokens, TEXT_DIM, generator=g),
+    )
 
 
 def changed_frames(out_a, out_b, atol=1e-5):
@@ -149,8 +164,9 @@ def test_images_text_guidance_and_lowres_conditioning():
     per_frame = unet(x, t, text_embeds=text, cond_images=cond_image[:, :, None].expand(-1, -1, 2, -1, -1))
     assert_close(per_frame, cond)
 
-    sr = unet.cast_model_parameters(lowres_cond=True, text_embed_dim=TEXT_DIM, channels=3, channels_out=3,
-                                    cond_on_text=True)
+    sr = unet.cast_model_parameters(
+        lowres_cond=True, text_embed_dim=TEXT_DIM, channels=3, channels_out=3, cond_on_text=True
+    )
     assert type(sr) is Unet3D and sr.lowres_cond and sr.is_video
     assert sr.temporal_settings == unet.temporal_settings
     out = sr(x, t, text_embeds=text, cond_images=cond_image, lowres_cond_img=torch.rand_like(x), lowres_noise_times=t)

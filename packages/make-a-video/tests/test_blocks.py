@@ -1,4 +1,5 @@
 """Pseudo3DConv, SpatioTemporalAttention and the temporal resampling layers against naive references."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,8 +28,9 @@ def test_pseudo3d_conv_matches_a_frame_by_frame_then_pixel_by_pixel_reference():
     reference = torch.empty_like(spatial)
     for y in range(6):
         for x in range(6):
-            reference[..., y, x] = F.conv1d(spatial[..., y, x], conv.temporal_conv.weight, conv.temporal_conv.bias,
-                                            padding=1)
+            reference[..., y, x] = F.conv1d(
+                spatial[..., y, x], conv.temporal_conv.weight, conv.temporal_conv.bias, padding=1
+            )
     torch.testing.assert_close(conv(video), reference, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(conv(video, convolve_across_time=False), spatial, rtol=1e-5, atol=1e-5)
 

@@ -1,4 +1,5 @@
 """MakeAVideo and FrameInterpolator: training, the image -> video recipe, sampling, guidance, interpolation."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -124,8 +125,9 @@ def test_cond_scale_one_samples_the_conditional_prediction(make_model):
     generator = torch.Generator().manual_seed(3)
     x_T = torch.randn(2, 3, 4, 8, 8, generator=generator)
     with torch.no_grad():
-        reference = sample_vp(denoise, x_T, sampling_times(schedule, 3), schedule, sampler="dpmpp_2m",
-                              generator=generator, progress=False)
+        reference = sample_vp(
+            denoise, x_T, sampling_times(schedule, 3), schedule, sampler="dpmpp_2m", generator=generator, progress=False
+        )
     torch.testing.assert_close(out, ((reference + 1) / 2).clamp(0, 1))
 
     batches.clear()
@@ -164,6 +166,31 @@ def test_bad_inputs_raise_clear_errors(make_model, make_unet):
         make_model(text_embed_dim=32)
     with pytest.raises(ValueError, match="sampler: expected one of"):
         model.sample(sampler="euler", progress=False)
+
+
+def test_text_encoder_name_none_takes_precomputed_text_embeds(make_model, tmp_path):
+    from synthesis_core.checkpoint import load_model_from_folder
+
+    with_encoder = make_model()
+    without = make_model(text_encoder_name=None)
+    assert without.text_encoder is None and with_encoder.text_encoder is not None
+    without.load_state_dict(with_encoder.state_dict())
+    videos, text = _videos(), torch.randn(2, 3, 16)
+    noise, times = torch.randn(2, 3, 4, 8, 8), torch.tensor([10, 60])
+    # no encoder changes nothing for embeddings: the same loss and the same samples as the default model
+    kwargs = dict(text_embeds=text, cond_drop_prob=0.0, noise=noise, times=times)
+    torch.testing.assert_close(without(videos, **kwargs), with_encoder(videos, **kwargs))
+    samples = [
+        m.sample(text_embeds=text, generator=torch.Generator().manual_seed(3), progress=False)
+        for m in (without, with_encoder)
+    ]
+    torch.testing.assert_close(samples[0], samples[1])
+    with pytest.raises(ValueError, match=r"texts: this model has no text encoder.*pass precomputed text_embeds="):
+        without(videos, texts=["a", "b"])
+    with pytest.raises(ValueError, match=r"texts: this model has no text encoder"):
+        without.sample(texts=["a whale"], progress=False)
+    without.save_pretrained(tmp_path / "model")
+    assert load_model_from_folder(tmp_path / "model").text_encoder is None
 
 
 def test_save_pretrained_round_trip(make_model, tmp_path):

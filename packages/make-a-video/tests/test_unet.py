@@ -1,4 +1,5 @@
 """SpaceTimeUnet: identity temporal parts, images and videos with the same weights, conditioning, bad inputs."""
+
 import pytest
 import torch
 
@@ -56,8 +57,9 @@ def test_channels_last_layout_gives_the_same_result(make_unet):
     _perturb(fast)
     plain.load_state_dict(fast.state_dict())
     video, text = torch.randn(1, 3, 4, 8, 8), torch.randn(1, 2, 16)
-    torch.testing.assert_close(fast(video, 7, text_embeds=text), plain(video, 7, text_embeds=text),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        fast(video, 7, text_embeds=text), plain(video, 7, text_embeds=text), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_timestep_accepts_int_float_and_tensors(make_unet):
@@ -171,3 +173,40 @@ def test_bad_inputs_raise_clear_errors(make_unet):
         make_unet(temporal_compression=(True, True))
     with pytest.raises(ValueError, match="self_attns: expected one value or 2"):
         make_unet(self_attns=(True, False, True))
+
+
+def test_per_level_defaults_follow_dim_mults(tmp_path):
+    """`resnet_block_depths`, `self_attns` and `temporal_compression` default to one entry per level of `dim_mults`
+    (2 blocks, attention on the last level, time halved below the first), so any depth builds without spelling them
+    out; explicit values and configs saved with them still build the same network."""
+    from make_a_video_pytorch import SpaceTimeUnet
+
+    small = dict(dim=8, attn_dim_head=8, attn_heads=2)
+    two_levels = SpaceTimeUnet(dim_mults=(1, 2), **small)
+    assert [len(level["blocks"]) for level in two_levels.downs] == [2, 2]
+    assert two_levels.temporal_compression == (False, True)
+    spelled_out = SpaceTimeUnet(
+        dim_mults=(1, 2),
+        resnet_block_depths=(2, 2),
+        self_attns=(False, True),
+        temporal_compression=(False, True),
+        **small,
+    )
+    assert [tuple(p.shape) for p in two_levels.parameters()] == [tuple(p.shape) for p in spelled_out.parameters()]
+    assert two_levels(torch.rand(1, 3, 2, 8, 8), torch.tensor([3])).shape == (1, 3, 2, 8, 8)
+
+    # the four-level default is the published one, and a config saved with explicit values loads as before
+    four = SpaceTimeUnet(**small)
+    assert [len(level["blocks"]) for level in four.downs] == [2, 2, 2, 2]
+    published = SpaceTimeUnet(
+        dim_mults=(1, 2, 4, 8),
+        resnet_block_depths=(2, 2, 2, 2),
+        self_attns=(False, False, False, True),
+        temporal_compression=(False, True, True, True),
+        **small,
+    )
+    assert [tuple(p.shape) for p in four.parameters()] == [tuple(p.shape) for p in published.parameters()]
+    loaded = SpaceTimeUnet.from_pretrained(published.save_pretrained(tmp_path / "unet"))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), published.state_dict().values()))
+    with pytest.raises(ValueError, match="resnet_block_depths"):
+        SpaceTimeUnet(dim_mults=(1, 2), resnet_block_depths=(2, 2, 2), **small)

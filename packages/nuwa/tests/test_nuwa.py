@@ -1,4 +1,5 @@
 """NUWA: reversible = plain, cached generation = uncached, causality, frozen VAE, bf16, training signal, errors."""
+
 import pytest
 import torch
 
@@ -37,8 +38,11 @@ def test_generation_with_kv_cache_equals_generation_without(make_nuwa, cond_scal
     runs = []
     for use_cache in (True, False):
         generator = torch.Generator().manual_seed(7)
-        runs.append(model.generate_video_indices(text, cond_scale=cond_scale, filter_thres=0.5, use_cache=use_cache,
-                                                 generator=generator, progress=False))
+        runs.append(
+            model.generate_video_indices(
+                text, cond_scale=cond_scale, filter_thres=0.5, use_cache=use_cache, generator=generator, progress=False
+            )
+        )
     assert runs[0].shape == (2, 2 * 16)
     torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
 
@@ -61,7 +65,7 @@ def test_video_tokens_only_see_earlier_tokens(make_nuwa):
         perturbed[0, position] = (perturbed[0, position] + 1) % 32
         changed = (model(text, video_indices=perturbed) - logits).abs().amax(dim=-1)[0] > 1e-6
         # the logits at position p predict token p from tokens < p: positions <= p must not change
-        assert not changed[:position + 1].any(), f"token {position} leaked into earlier predictions"
+        assert not changed[: position + 1].any(), f"token {position} leaked into earlier predictions"
         if position + 1 < 48:
             assert changed[position + 1]
 
@@ -73,8 +77,9 @@ def test_generate_decodes_videos_through_the_vae(make_nuwa):
     video = model.generate(text, num_frames=2, generator=generator, decode_frames_per_batch=1, progress=False)
     assert video.shape == (2, 2, 3, 16, 16)
     assert video.min() >= 0 and video.max() <= 1
-    tokens = model.generate_video_indices(text, num_frames=2, generator=torch.Generator().manual_seed(0),
-                                          progress=False)
+    tokens = model.generate_video_indices(
+        text, num_frames=2, generator=torch.Generator().manual_seed(0), progress=False
+    )
     torch.testing.assert_close(video, model.vae.codebook_indices_to_video(tokens))
 
 
@@ -154,8 +159,18 @@ def test_bad_inputs(make_vae, make_nuwa):
 def make_sketch_model(make_vae, **kwargs):
     from nuwa_pytorch import NUWASketch
 
-    settings = dict(dim=16, max_video_frames=2, sketch_max_video_frames=2, sketch_enc_depth=1, sketch_enc_heads=2,
-                    sketch_enc_dim_head=8, dec_depth=2, dec_heads=2, dec_dim_head=8, sparse_3dna_dilation=(1, 2))
+    settings = dict(
+        dim=16,
+        max_video_frames=2,
+        sketch_max_video_frames=2,
+        sketch_enc_depth=1,
+        sketch_enc_heads=2,
+        sketch_enc_dim_head=8,
+        dec_depth=2,
+        dec_heads=2,
+        dec_dim_head=8,
+        sparse_3dna_dilation=(1, 2),
+    )
     settings.update(kwargs)
     return NUWASketch(vae=make_vae(), sketch_vae=make_vae(channels=1, vq_codebook_size=8), **settings)
 
@@ -169,9 +184,17 @@ def test_sketch_model_trains_and_generates_with_cache(make_vae, tmp_path):
     assert all(p.grad is None for p in (*model.vae.parameters(), *model.sketch_vae.parameters()))
     assert model.sketch_token_emb.weight.grad.abs().sum() > 0
 
-    runs = [model.generate_video_indices(sketch, num_frames=1, cond_scale=2.0, use_cache=use_cache,
-                                         generator=torch.Generator().manual_seed(3), progress=False)
-            for use_cache in (True, False)]
+    runs = [
+        model.generate_video_indices(
+            sketch,
+            num_frames=1,
+            cond_scale=2.0,
+            use_cache=use_cache,
+            generator=torch.Generator().manual_seed(3),
+            progress=False,
+        )
+        for use_cache in (True, False)
+    ]
     torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
     assert model.generate(sketch, num_frames=1, progress=False).shape == (2, 1, 3, 16, 16)
 

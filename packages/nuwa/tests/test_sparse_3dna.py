@@ -1,4 +1,5 @@
 """Sparse3DNA against a naive dense reference, causality, query chunking, cached decoding and input errors."""
+
 import itertools
 
 import pytest
@@ -85,7 +86,7 @@ def test_cached_steps_equal_full_forward(case):
     attn = make_attn(**case)
     x = torch.randn(2, 40, 16)
     cache = attn.new_cache(2, x.device, x.dtype)
-    steps = torch.cat([attn.forward_step(x[:, p:p + 1], p, cache) for p in range(x.shape[1])], dim=1)
+    steps = torch.cat([attn.forward_step(x[:, p : p + 1], p, cache) for p in range(x.shape[1])], dim=1)
     torch.testing.assert_close(steps, attn(x), atol=1e-5, rtol=1e-5)
 
 

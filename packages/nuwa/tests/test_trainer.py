@@ -1,10 +1,10 @@
-"""VQGanVAETrainer, NUWATrainer and the CLI on tiny data: they train, write samples, save, resume."""
+"""VQGanVAETrainer and NUWATrainer on tiny data (the CLI: test_cli.py): they train, write samples, save, resume."""
+
 import pytest
 import torch
 from torch.utils.data import Dataset
 
 from nuwa_pytorch import NUWA, NUWATrainer, VQGanVAE, VQGanVAETrainer, WordTokenizer
-from nuwa_pytorch.cli import main as cli_main
 from synthesis_core.video import save_video
 
 CAPTIONS = ["a red square moving left", "a blue circle moving right", "a green square moving up"]
@@ -29,7 +29,7 @@ def moving_squares(num_videos=3, num_frames=2, size=16, seed=0):
         color = torch.rand(3, generator=generator)
         y, x = (int(v) for v in torch.randint(0, size // 2, (2,), generator=generator))
         for t in range(num_frames):
-            videos[i, :, t, y:y + size // 4, x + t:x + t + size // 4] = color[:, None, None]
+            videos[i, :, t, y : y + size // 4, x + t : x + t + size // 4] = color[:, None, None]
     return videos
 
 
@@ -59,8 +59,17 @@ def test_vae_trainer_with_gan_trains_saves_and_resumes(make_vae, tiny_vgg, tmp_p
 
     vae = build()
     dataset = _Items(list(moving_squares(num_videos=4)))  # videos: every frame is an image
-    kwargs = dict(dataset=dataset, batch_size=2, num_train_steps=2, apply_grad_penalty_every=2,
-                  save_results_every=2, save_model_every=2, results_folder=tmp_path, ema_update_every=1, seed=0)
+    kwargs = dict(
+        dataset=dataset,
+        batch_size=2,
+        num_train_steps=2,
+        apply_grad_penalty_every=2,
+        save_results_every=2,
+        save_model_every=2,
+        results_folder=tmp_path,
+        ema_update_every=1,
+        seed=0,
+    )
     trainer = VQGanVAETrainer(vae, **kwargs)
     vae_params = {id(p) for group in trainer.optimizers["vae"].param_groups for p in group["params"]}
     assert not vae_params & {id(p) for p in vae.discr.parameters()}
@@ -74,7 +83,7 @@ def test_vae_trainer_with_gan_trains_saves_and_resumes(make_vae, tiny_vgg, tmp_p
     assert VQGanVAE.from_pretrained(tmp_path / "vae").codebook_size == vae.codebook_size
 
     resumed = VQGanVAETrainer(build(), resume="latest", **{**kwargs, "num_train_steps": 3})
-    assert resumed.step_count == 2 and resumed.steps["discr"] == 2
+    assert resumed.step_count == 2 and resumed.step_counts["discr"] == 2
     resumed.train()
     assert resumed.step_count == 3
 
@@ -82,9 +91,17 @@ def test_vae_trainer_with_gan_trains_saves_and_resumes(make_vae, tiny_vgg, tmp_p
 def test_vae_samples_do_not_draw_from_the_training_data(make_vae, tmp_path):
     """Samples are written by the main process only: drawing them from the training loader would move it there
     alone and put the processes at different places in the data."""
-    trainer = VQGanVAETrainer(make_vae(), dataset=_Items(list(moving_squares(num_videos=4))), batch_size=2,
-                              num_train_steps=1, save_results_every=None, save_model_every=None, num_sample_images=3,
-                              results_folder=tmp_path, seed=0)
+    trainer = VQGanVAETrainer(
+        make_vae(),
+        dataset=_Items(list(moving_squares(num_videos=4))),
+        batch_size=2,
+        num_train_steps=1,
+        save_results_every=None,
+        save_model_every=None,
+        num_sample_images=3,
+        results_folder=tmp_path,
+        seed=0,
+    )
     trainer.train_step()
     position = trainer.dataloader.state_dict()
     assert trainer.save_results().is_file()
@@ -92,17 +109,36 @@ def test_vae_samples_do_not_draw_from_the_training_data(make_vae, tmp_path):
 
 
 def test_vae_trainer_without_gan_reads_a_video_folder(make_vae, gif_folder, tmp_path):
-    trainer = VQGanVAETrainer(make_vae(), folder=gif_folder, num_frames=2, batch_size=2, num_train_steps=2,
-                              save_results_every=None, save_model_every=None, results_folder=tmp_path, seed=0)
+    trainer = VQGanVAETrainer(
+        make_vae(),
+        folder=gif_folder,
+        num_frames=2,
+        batch_size=2,
+        num_train_steps=2,
+        save_results_every=None,
+        save_model_every=None,
+        results_folder=tmp_path,
+        seed=0,
+    )
     assert "discr" not in trainer.models
     trainer.train()
     assert (tmp_path / "vae" / "model.safetensors").is_file()
 
 
 def test_nuwa_trainer_on_captioned_gifs_trains_samples_and_resumes(make_nuwa, gif_folder, tmp_path):
-    kwargs = dict(folder=gif_folder, num_frames=2, batch_size=2, num_train_steps=2, save_results_every=2,
-                  save_model_every=2, sample_texts=["a red square moving left"], sample_num_frames=1,
-                  results_folder=tmp_path, ema_update_every=1, seed=0)
+    kwargs = dict(
+        folder=gif_folder,
+        num_frames=2,
+        batch_size=2,
+        num_train_steps=2,
+        save_results_every=2,
+        save_model_every=2,
+        sample_texts=["a red square moving left"],
+        sample_num_frames=1,
+        results_folder=tmp_path,
+        ema_update_every=1,
+        seed=0,
+    )
     nuwa = make_nuwa()
     vae_state = {k: v.clone() for k, v in nuwa.vae.state_dict().items()}
     trainer = NUWATrainer(nuwa, **kwargs)
@@ -126,25 +162,54 @@ def test_nuwa_trainer_on_captioned_gifs_trains_samples_and_resumes(make_nuwa, gi
 def test_nuwa_trainer_on_pre_tokenised_videos(make_nuwa, tmp_path):
     nuwa = make_nuwa()
     items = [(torch.randint(0, 32, (2, 4, 4)), torch.tensor([3, 4, 5])) for _ in range(4)]
-    trainer = NUWATrainer(nuwa, dataset=_Items(items), batch_size=2, num_train_steps=1, save_results_every=None,
-                          save_model_every=None, results_folder=tmp_path, seed=0)
+    trainer = NUWATrainer(
+        nuwa,
+        dataset=_Items(items),
+        batch_size=2,
+        num_train_steps=1,
+        save_results_every=None,
+        save_model_every=None,
+        results_folder=tmp_path,
+        seed=0,
+    )
     assert trainer.tokenizer is None
     trainer.train()
     assert trainer.step_count == 1
 
 
-def test_cli_train_vae_train_and_generate(tmp_path, gif_folder):
-    vae_folder, nuwa_folder = tmp_path / "vae", tmp_path / "nuwa"
-    common = ["--batch-size", "2", "--steps", "1", "--save-results-every", "0", "--save-model-every", "0", "--seed", "0"]
-    assert cli_main(["train-vae", "--data", str(gif_folder), "--num-frames", "2", "--image-size", "16", "--dim", "8",
-                     "--num-layers", "2", "--codebook-size", "16", "--no-gan", "--results-folder", str(vae_folder),
-                     *common]) == 0
-    assert cli_main(["train", "--vae", str(vae_folder / "vae"), "--data", str(gif_folder), "--num-frames", "2",
-                     "--dim", "16", "--heads", "2", "--text-num-tokens", "32", "--text-max-seq-len", "8",
-                     "--text-enc-depth", "1", "--dec-depth", "1", "--dilation", "1", "2",
-                     "--results-folder", str(nuwa_folder), *common]) == 0
-    out = tmp_path / "out.gif"
-    assert cli_main(["generate", "--model", str(nuwa_folder / "nuwa"), "--text", "a red square", "--num-frames", "1",
-                     "--seed", "0", "--out", str(out)]) == 0
-    assert out.is_file()
-    assert cli_main(["generate", "--model", str(tmp_path / "missing"), "--text", "x"]) == 2
+def test_fit_runs_the_periodic_samples_and_checkpoints_of_train(make_nuwa, make_vae, gif_folder, tmp_path):
+    """fit() (not only train()) writes the samples and numbered checkpoints at their periods, for NUWATrainer and
+    VQGanVAETrainer alike; save_pretrained() publishes NUWA with the tokenizer its captions were encoded with."""
+    trainer = NUWATrainer(
+        make_nuwa(),
+        folder=gif_folder,
+        num_frames=2,
+        batch_size=2,
+        num_train_steps=2,
+        save_results_every=1,
+        save_model_every=2,
+        sample_texts=CAPTIONS[:1],
+        results_folder=tmp_path,
+        seed=0,
+    )
+    assert trainer.fit() == 2
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["sample-00000001.gif", "sample-00000002.gif"]
+    assert [step for step, _ in trainer.checkpoints.list()] == [2]
+    published = trainer.save_pretrained(tmp_path / "published")
+    assert WordTokenizer.load(published).vocab == trainer.tokenizer.vocab
+    assert NUWA.from_pretrained(published).text_num_tokens == trainer.model_for_sampling().text_num_tokens
+
+    vae_folder = tmp_path / "vae"
+    vae_trainer = VQGanVAETrainer(
+        make_vae(),
+        dataset=_Items(list(moving_squares(num_videos=4))),
+        batch_size=2,
+        num_train_steps=2,
+        save_results_every=2,
+        save_model_every=1,
+        results_folder=vae_folder,
+        seed=0,
+    )
+    assert vae_trainer.fit() == 2
+    assert [p.name for p in (vae_folder / "samples").iterdir()] == ["recon-00000002.png"]
+    assert [step for step, _ in vae_trainer.checkpoints.list()] == [1, 2]

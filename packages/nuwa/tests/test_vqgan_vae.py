@@ -1,6 +1,11 @@
 """VQGanVAE: token round trip, any depth, training signal, GAN losses, lazy VGG, options and input errors."""
+
+import copy
+import logging
+
 import pytest
 import torch
+from torch import nn
 
 from nuwa_pytorch import VQGanVAE
 
@@ -34,12 +39,14 @@ def structured_images() -> torch.Tensor:
     """Four smooth 16 px images (ramps, a product, flat grey): learnable by a tiny autoencoder in a few steps."""
     ramp = torch.linspace(0, 1, 16)
     horizontal, vertical = ramp[None].expand(16, 16), ramp[:, None].expand(16, 16)
-    return torch.stack([
-        torch.stack([horizontal, vertical, horizontal * vertical]),
-        torch.stack([1 - horizontal] * 3),
-        torch.stack([vertical, 1 - vertical, horizontal]),
-        torch.full((3, 16, 16), 0.7),
-    ])
+    return torch.stack(
+        [
+            torch.stack([horizontal, vertical, horizontal * vertical]),
+            torch.stack([1 - horizontal] * 3),
+            torch.stack([vertical, 1 - vertical, horizontal]),
+            torch.full((3, 16, 16), 0.7),
+        ]
+    )
 
 
 def test_reconstruction_loss_falls(make_vae):
@@ -76,11 +83,47 @@ def test_gan_losses_train_separate_parameters(make_vae, tiny_vgg):
     assert not any(key.startswith("_vgg") or "network" in key for key in vae.state_dict())
 
 
-def test_missing_vgg_is_a_clear_error_at_first_loss_not_at_construction(make_vae, tmp_path, monkeypatch):
+def test_without_cached_vgg_it_trains_without_the_perceptual_term_after_one_warning(
+    make_vae, tmp_path, monkeypatch, caplog
+):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch cache: no pretrained VGG16
-    vae = make_vae(use_vgg_and_gan=True)  # construction is offline and fine
-    with pytest.raises(ValueError, match="vgg=.*use_vgg_and_gan=False"):
-        vae(torch.rand(1, 3, 16, 16), return_loss=True)
+    vae = make_vae(use_vgg_and_gan=True, discr_dim=8)  # construction is offline and never looks for VGG
+    images = torch.rand(2, 3, 16, 16)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            loss = vae(images, return_loss=True)
+            loss.backward()
+    warnings = [r.getMessage() for r in caplog.records if "perceptual loss" in r.getMessage()]
+    assert len(warnings) == 1 and "vgg=" in warnings[0] and "TORCH_HOME" in warnings[0]
+    assert not vae.perceptual_loss.available
+    # the loss is exactly the model's without its perceptual term: the same as with a zero weight
+    with_weight_zero = copy.deepcopy(vae)
+    with_weight_zero.perceptual_loss_weight = 0.0
+    vae.eval(), with_weight_zero.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(vae(images, return_loss=True), with_weight_zero(images, return_loss=True))
+
+
+def test_vgg_accepts_any_module_returning_feature_maps(make_vae):
+    # a plain conv stack (no ReLU -> MaxPool stages): its output is the feature map
+    conv_stack = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.GELU(), nn.Conv2d(6, 6, 3, padding=1))
+    vae = make_vae(use_vgg_and_gan=True, vgg=conv_stack, discr_dim=8).eval()
+    images = torch.rand(2, 3, 16, 16)
+    perceptual = vae.perceptual_loss
+    assert perceptual.available
+    target = images * 2 - 1
+    recon = vae._reconstruct(target)[0].detach()  # the unclamped reconstruction the loss sees
+    distance = perceptual(recon, target)
+    assert distance > 0 and perceptual(target, target) == 0
+    # it is the network's term: scaling its weight changes the loss by exactly the weighted distance (no_grad:
+    # evaluation uses a neutral adaptive GAN weight)
+    with torch.no_grad():
+        base = vae(images, return_loss=True)
+        vae.perceptual_loss_weight = 3.0
+        torch.testing.assert_close(vae(images, return_loss=True) - base, 2.0 * distance, rtol=1e-4, atol=1e-5)
+    # another network gives another distance
+    other = make_vae(use_vgg_and_gan=True, vgg=nn.Sequential(nn.Conv2d(3, 4, 5, padding=2)), discr_dim=8)
+    assert not torch.allclose(other.perceptual_loss(recon, target), distance)
 
 
 def test_low_dim_cosine_codebook_with_orthogonal_regularisation(make_vae):
@@ -120,3 +163,24 @@ def test_bad_inputs(make_vae):
         vae.codebook_indices_to_video(torch.full((1, 16), 32))
     with pytest.raises(ValueError, match="no discriminator"):
         vae(torch.rand(1, 3, 16, 16), return_discr_loss=True)
+
+
+def test_seed_readme_vae_example_runs_offline(tmp_path, monkeypatch):
+    """The seed README's first block, verbatim but for its sizes, with an empty torch cache (no VGG16 weights)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    vae = VQGanVAE(dim=16, image_size=32, num_layers=2)
+
+    imgs = torch.randn(10, 3, 32, 32)
+
+    # alternate learning for autoencoder ...
+
+    loss = vae(imgs, return_loss=True)
+    loss.backward()
+
+    # and the discriminator ...
+
+    discr_loss = vae(imgs, return_discr_loss=True)
+    discr_loss.backward()
+
+    assert torch.isfinite(loss) and torch.isfinite(discr_loss)
+    assert any(p.grad is not None for p in vae.discr.parameters())

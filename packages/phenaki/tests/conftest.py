@@ -1,13 +1,11 @@
 """Fixtures for the phenaki tests: single-threaded, offline, tiny models and tiny synthetic videos."""
-import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+from synthesis_core.testing import configure_test_process, seed_each_test  # noqa: F401
 
-torch.set_num_threads(1)
+configure_test_process()
 
 CAPTIONS = [
     "a red square moving left",
@@ -17,16 +15,21 @@ CAPTIONS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 def _tiny_cvivit(**kwargs):
     from phenaki_pytorch import CViViT
 
-    settings = dict(dim=32, codebook_size=64, image_size=16, patch_size=8, temporal_patch_size=2, spatial_depth=1,
-                    temporal_depth=1, dim_head=8, heads=2, use_vgg_and_gan=False)
+    settings = dict(
+        dim=32,
+        codebook_size=64,
+        image_size=16,
+        patch_size=8,
+        temporal_patch_size=2,
+        spatial_depth=1,
+        temporal_depth=1,
+        dim_head=8,
+        heads=2,
+        use_vgg_and_gan=False,
+    )
     settings.update(kwargs)
     return CViViT(**settings)
 
@@ -47,7 +50,7 @@ def _moving_squares(num_videos: int = 4, num_frames: int = 5, size: int = 16, se
         color = torch.rand(3, generator=g)
         y, x = (int(v) for v in torch.randint(0, size // 2, (2,), generator=g))
         for t in range(num_frames):
-            videos[i, :, t, y:y + size // 4, x + t:x + t + size // 4] = color[:, None, None]
+            videos[i, :, t, y : y + size // 4, x + t : x + t + size // 4] = color[:, None, None]
     return videos
 
 

@@ -1,4 +1,5 @@
 """CViViT: causality in time, losses that train, the GAN/perceptual paths, image input, checkpoints, bad inputs."""
+
 import logging
 
 import pytest
@@ -52,7 +53,7 @@ def test_reconstruction_loss_falls_on_a_tiny_synthetic_set(make_cvivit, moving_s
     optimizer = torch.optim.Adam(cvivit.parameters(), lr=2e-3)
     recon_losses = []
     for step in range(30):
-        batch = videos[(step * 4) % 8:(step * 4) % 8 + 4]
+        batch = videos[(step * 4) % 8 : (step * 4) % 8 + 4]
         loss, breakdown = cvivit(batch, return_loss_breakdown=True)
         optimizer.zero_grad()
         loss.backward()
@@ -70,16 +71,25 @@ def test_reconstruction_loss_falls_on_a_tiny_synthetic_set(make_cvivit, moving_s
 
 
 def _tiny_vgg():
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(use_hinge_loss=False),
-    dict(channels=1),
-    dict(channels=1, vgg=None),
-    dict(use_hinge_loss=True),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(use_hinge_loss=False),
+        dict(channels=1),
+        dict(channels=1, vgg=None),
+        dict(use_hinge_loss=True),
+    ],
+)
 def test_gan_paths_the_published_package_broke(make_cvivit, kwargs, caplog):
     """use_hinge_loss=False, channels=1 and apply_grad_penalty=False all train both players."""
     kwargs = {"vgg": _tiny_vgg(), **kwargs}

@@ -1,4 +1,5 @@
 """Two processes on the CPU (gloo): the trainers keep every rank's weights identical under DDP."""
+
 import json
 import socket
 import sys

@@ -1,4 +1,5 @@
 """MaskGit, TokenCritic, SelfCritic, CriticTrainer: masking schedule, guidance, the null path, critics, errors."""
+
 import math
 
 import pytest
@@ -65,8 +66,9 @@ def test_guidance_combines_conditional_and_null_branches(make_maskgit):
     torch.testing.assert_close(maskgit(ids, text, text_mask, cond_drop_prob=1.0), null)
     guided = maskgit.forward_with_cond_scale(ids, cond_scale=3.0, text_embeds=text, text_mask=text_mask)
     torch.testing.assert_close(guided, null + 3.0 * (cond - null), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(maskgit.forward_with_cond_scale(ids, cond_scale=1.0, text_embeds=text,
-                                                               text_mask=text_mask), cond)
+    torch.testing.assert_close(
+        maskgit.forward_with_cond_scale(ids, cond_scale=1.0, text_embeds=text, text_mask=text_mask), cond
+    )
     # padding really is masked: changing a padded text token changes nothing
     text2 = text.clone()
     text2[1, 3] += 10
@@ -106,8 +108,17 @@ def test_guidance_null_path_receives_gradients(make_maskgit):
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_critic_with_context_and_dropout_trains(make_maskgit, dropout):
     maskgit = make_maskgit()
-    critic = TokenCritic(num_tokens=64, max_seq_len=64, dim=32, depth=1, dim_context=16, heads=2, dim_head=8,
-                         attn_dropout=dropout, ff_dropout=dropout).train()
+    critic = TokenCritic(
+        num_tokens=64,
+        max_seq_len=64,
+        dim=32,
+        depth=1,
+        dim_context=16,
+        heads=2,
+        dim_head=8,
+        attn_dropout=dropout,
+        ff_dropout=dropout,
+    ).train()
     trainer = CriticTrainer(maskgit, critic)
     codes = torch.randint(0, 64, (2, 48))
     text = torch.randn(2, 6, 16)
@@ -173,8 +184,9 @@ def test_save_and_load_pretrained(make_maskgit, tmp_path):
 def test_bf16_autocast(make_maskgit):
     maskgit = make_maskgit()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = maskgit(torch.randint(0, 65, (2, 48)), torch.randn(2, 4, 16), video_patch_shape=(3, 4, 4),
-                         cond_drop_prob=0.5)
+        logits = maskgit(
+            torch.randint(0, 65, (2, 48)), torch.randn(2, 4, 16), video_patch_shape=(3, 4, 4), cond_drop_prob=0.5
+        )
     assert torch.isfinite(logits.float()).all()
     logits.float().mean().backward()
 
@@ -198,7 +210,6 @@ def test_bad_inputs_give_clear_errors(make_maskgit):
     with pytest.raises(ValueError, match="cond_drop_prob"):
         maskgit(torch.zeros(2, 8, dtype=torch.long), cond_drop_prob=1.5)
     with pytest.raises(ValueError, match="mask id is not a code"):
-        CriticTrainer(maskgit, TokenCritic(num_tokens=64, max_seq_len=64, dim=16, depth=1))(
-            torch.full((1, 8), 64))
+        CriticTrainer(maskgit, TokenCritic(num_tokens=64, max_seq_len=64, dim=16, depth=1))(torch.full((1, 8), 64))
     with pytest.raises(ValueError, match="num_tokens"):
         CriticTrainer(maskgit, TokenCritic(num_tokens=10, max_seq_len=64, dim=16, depth=1))

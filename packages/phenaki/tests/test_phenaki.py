@@ -1,4 +1,5 @@
 """Phenaki: training loss and condition dropout, sampling (primed, guided, critic), long videos, errors."""
+
 import socket
 
 import pytest
@@ -72,8 +73,9 @@ def test_sample_shapes_and_prime_tokens_are_kept(phenaki, moving_squares):
     assert video.shape == (1, 3, 5, 16, 16) and 0 <= video.min() and video.max() <= 1
 
     prime = moving_squares(num_videos=2, num_frames=3)
-    new, ids = phenaki.sample(num_frames=4, prime_frames=prime, text_embeds=torch.randn(2, 3, 16),
-                              return_codebook_ids=True)
+    new, ids = phenaki.sample(
+        num_frames=4, prime_frames=prime, text_embeds=torch.randn(2, 3, 16), return_codebook_ids=True
+    )
     assert new.shape == (2, 3, 4, 16, 16)
     assert ids.shape == (2, 4, 2, 2)  # 2 primed token frames + 2 new ones
     assert torch.equal(ids[:, :2], phenaki.tokenize(prime))
@@ -86,17 +88,31 @@ def test_sampling_with_a_token_critic_and_a_self_critic(make_cvivit, make_maskgi
     critic = TokenCritic(num_tokens=64, max_seq_len=64, dim=32, depth=1, dim_context=16, heads=2, dim_head=8)
     for kwargs in (dict(critic=critic), dict(self_critic=True)):
         for schedule in ("decay", "increase", "fixed"):
-            model = Phenaki(cvivit=make_cvivit(), maskgit=make_maskgit(), text_encoder_name=None, steps=3,
-                            critic_noise_anneal_schedule=schedule, **kwargs)
+            model = Phenaki(
+                cvivit=make_cvivit(),
+                maskgit=make_maskgit(),
+                text_encoder_name=None,
+                steps=3,
+                critic_noise_anneal_schedule=schedule,
+                **kwargs,
+            )
             prime = moving_squares(num_videos=1, num_frames=3)
-            new, ids = model.sample(num_frames=2, prime_frames=prime, text_embeds=torch.randn(1, 2, 16),
-                                    return_codebook_ids=True, noise_K=2.0)
+            new, ids = model.sample(
+                num_frames=2,
+                prime_frames=prime,
+                text_embeds=torch.randn(1, 2, 16),
+                return_codebook_ids=True,
+                noise_K=2.0,
+            )
             assert new.shape == (1, 3, 2, 16, 16)
             assert torch.equal(ids[:, :2], model.tokenize(prime))
             assert (ids < 64).all()
     # the self-critic is trained with the maskgit loss
-    loss, breakdown = model(video_codebook_ids=torch.randint(0, 64, (2, 3, 2, 2)),
-                            text_embeds=torch.randn(2, 4, 16), return_loss_breakdown=True)
+    loss, breakdown = model(
+        video_codebook_ids=torch.randint(0, 64, (2, 3, 2, 2)),
+        text_embeds=torch.randn(2, 4, 16),
+        return_loss_breakdown=True,
+    )
     assert breakdown.critic > 0
     loss.backward()
     assert model.critic.to_logits.weight.grad is not None
@@ -133,11 +149,41 @@ def test_texts_with_a_trainable_text_encoder(make_cvivit, make_maskgit, simple_t
 
 def test_make_video_lengths(make_cvivit, make_maskgit, simple_text_encoder):
     model = Phenaki(make_cvivit(), make_maskgit(), text_encoder=simple_text_encoder, steps=2)
-    video, scenes = make_video(model, texts=["a red square", "a blue circle", "a cat"], num_frames=[5, 4, 2],
-                               prime_lengths=[3, 1])
+    video, scenes = make_video(
+        model, texts=["a red square", "a blue circle", "a cat"], num_frames=[5, 4, 2], prime_lengths=[3, 1]
+    )
     assert video.shape == (1, 3, 11, 16, 16)
     assert [s.shape[2] for s in scenes] == [5, 4, 2]
     assert torch.equal(torch.cat(scenes, dim=2), video)
+
+
+def test_sample_image_size_as_int_equals_pair(make_cvivit, make_maskgit, simple_text_encoder):
+    # an int image_size is a square frame size, as in CViViT (it used to fail in tuple(int))
+    model = Phenaki(make_cvivit(), make_maskgit(), text_encoder=simple_text_encoder, steps=2)
+    square = model.sample(
+        text="a red square",
+        num_frames=3,
+        image_size=16,
+        return_codebook_ids=True,
+        generator=torch.Generator().manual_seed(3),
+        progress=False,
+    )
+    pair = model.sample(
+        text="a red square",
+        num_frames=3,
+        image_size=(16, 16),
+        return_codebook_ids=True,
+        generator=torch.Generator().manual_seed(3),
+        progress=False,
+    )
+    assert torch.equal(square[1], pair[1])
+    assert square[0].shape == (1, 3, 3, 16, 16)
+
+
+def test_scene_chaining_refuses_codebook_ids(make_cvivit, make_maskgit, simple_text_encoder):
+    model = Phenaki(make_cvivit(), make_maskgit(), text_encoder=simple_text_encoder, steps=1)
+    with pytest.raises(ValueError, match="return_codebook_ids"):
+        make_video(model, texts=["a red square"], num_frames=3, prime_lengths=1, return_codebook_ids=True)
 
 
 def test_story_sampler_lengths_and_boundaries(make_cvivit, simple_text_encoder):
@@ -145,12 +191,20 @@ def test_story_sampler_lengths_and_boundaries(make_cvivit, simple_text_encoder):
     maskgit = MaskGit(num_tokens=64, max_seq_len=64, dim=32, depth=1, dim_context=16, heads=2, dim_head=8)
     model = Phenaki(make_cvivit(), maskgit, text_encoder=simple_text_encoder, steps=1)
     sampler = StorySampler(model, fps=8)
-    plan = sampler.plan([("a red square moving left", 1.0), ("a blue circle moving right", 0.3),
-                         ("a green triangle moving up", 5.0)])
+    plan = sampler.plan(
+        [("a red square moving left", 1.0), ("a blue circle moving right", 0.3), ("a green triangle moving up", 5.0)]
+    )
     assert [frames for _, frames in plan] == [9, 2, 40]
-    video, boundaries = sampler([(p, s) for p, s in [("a red square moving left", 1.0),
-                                                     ("a blue circle moving right", 0.3),
-                                                     ("a green triangle moving up", 5.0)]])
+    video, boundaries = sampler(
+        [
+            (p, s)
+            for p, s in [
+                ("a red square moving left", 1.0),
+                ("a blue circle moving right", 0.3),
+                ("a green triangle moving up", 5.0),
+            ]
+        ]
+    )
     assert video.shape == (1, 3, 51, 16, 16)
     assert boundaries == [(0, 9), (9, 11), (11, 51)]
     with pytest.raises(TypeError, match="scenes"):

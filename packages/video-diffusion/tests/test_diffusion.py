@@ -1,4 +1,5 @@
 """GaussianDiffusion: exact sampling with an oracle model, training behaviour, ranges and errors."""
+
 import pytest
 import torch
 from torch import nn

@@ -1,5 +1,6 @@
 """Loading says what it did: every constructor argument is saved, and one missing from an older file is filled,
 logged and reported by the loaded model (issue #13: a diffusion saved with 10 steps came back with 1000)."""
+
 import json
 import logging
 
@@ -36,4 +37,8 @@ def test_a_key_missing_from_an_older_file_is_filled_logged_and_reported(tmp_path
     assert loaded.missing_config_keys == ("model.gradient_checkpointing", "sampler")
     assert loaded.model.missing_config_keys == ("gradient_checkpointing",)
     assert loaded.sampler == "ddpm" and loaded.num_timesteps == 10  # today's default where the file said nothing
-    assert "sampler='ddpm'" in caplog.text and "model.gradient_checkpointing=False" in caplog.text and str(path) in caplog.text
+    assert (
+        "sampler='ddpm'" in caplog.text
+        and "model.gradient_checkpointing=False" in caplog.text
+        and str(path) in caplog.text
+    )

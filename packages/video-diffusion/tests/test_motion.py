@@ -6,11 +6,12 @@ cannot draw the first frame differently from the last: it predicts the same blur
 the direction of motion is left to the noise. `frame_embedding` + `position_channels` (the defaults) give it the
 frame index and the pixel position, and these tests check that they are enough to learn a motion.
 """
+
 import pytest
 import torch
 
-from synthesis_core.datasets import BACKGROUND, ShapesVideoDataset
 from synthesis_core.diffusion import pred_to_x0
+from synthesis_core.shapes import BACKGROUND, ShapesVideoDataset
 from video_diffusion_pytorch import GaussianDiffusion, Unet3D
 
 SIZE, FRAMES = 12, 6
@@ -33,10 +34,18 @@ def high_noise_prediction(**unet_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """Train on right-moving videos at high noise; return the model's clean-video prediction from pure noise and
     the data it was trained on."""
     torch.manual_seed(0)
-    unet = Unet3D(dim=16, dim_mults=(1, 2), attn_heads=2, attn_dim_head=16, init_kernel_size=3,
-                  use_sparse_linear_attn=False, **unet_kwargs)
-    diffusion = GaussianDiffusion(unet, image_size=SIZE, num_frames=FRAMES, timesteps=1000, loss_type="l2",
-                                  objective="v")
+    unet = Unet3D(
+        dim=16,
+        dim_mults=(1, 2),
+        attn_heads=2,
+        attn_dim_head=16,
+        init_kernel_size=3,
+        use_sparse_linear_attn=False,
+        **unet_kwargs,
+    )
+    diffusion = GaussianDiffusion(
+        unet, image_size=SIZE, num_frames=FRAMES, timesteps=1000, loss_type="l2", objective="v"
+    )
     data = moving_right_videos(96)
     optimizer = torch.optim.Adam(diffusion.parameters(), lr=1e-3)
     for _ in range(250):
@@ -51,8 +60,9 @@ def high_noise_prediction(**unet_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     times = torch.full((16,), 999)
     alpha, sigma = diffusion.schedule.alpha_sigma(times)
     with torch.no_grad():
-        x0 = pred_to_x0(diffusion.model(noise, times), noise, alpha.view(-1, 1, 1, 1, 1), sigma.view(-1, 1, 1, 1, 1),
-                        "v")
+        x0 = pred_to_x0(
+            diffusion.model(noise, times), noise, alpha.view(-1, 1, 1, 1, 1), sigma.view(-1, 1, 1, 1, 1), "v"
+        )
     return (x0 + 1) / 2, data
 
 

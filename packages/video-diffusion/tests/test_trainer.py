@@ -1,4 +1,5 @@
 """Trainer: CPU training on gif/mp4 folders, samples and resumable checkpoints, captions, co-training, errors."""
+
 import numpy as np
 import pytest
 import torch
@@ -13,8 +14,17 @@ def tiny_diffusion(**unet_kwargs):
 
 
 def make_trainer(diffusion, folder, results, **kwargs):
-    kwargs = {"train_batch_size": 2, "train_num_steps": 2, "save_and_sample_every": 2, "gradient_accumulate_every": 1,
-              "num_sample_rows": 1, "step_start_ema": 0, "update_ema_every": 1, "results_folder": results, **kwargs}
+    kwargs = {
+        "train_batch_size": 2,
+        "train_num_steps": 2,
+        "save_and_sample_every": 2,
+        "gradient_accumulate_every": 1,
+        "num_sample_rows": 1,
+        "step_start_ema": 0,
+        "update_ema_every": 1,
+        "results_folder": results,
+        **kwargs,
+    }
     return Trainer(diffusion, folder, **kwargs)
 
 
@@ -91,8 +101,9 @@ def test_image_and_video_co_training(gif_folder, tmp_path):
     frame_counts = []
     forward = diffusion.model.forward
     diffusion.model.forward = lambda x, *args, **kwargs: frame_counts.append(x.shape[2]) or forward(x, *args, **kwargs)
-    trainer = make_trainer(diffusion, gif_folder, tmp_path / "results", image_folder=images, train_num_steps=1,
-                           save_and_sample_every=10)
+    trainer = make_trainer(
+        diffusion, gif_folder, tmp_path / "results", image_folder=images, train_num_steps=1, save_and_sample_every=10
+    )
     trainer.train()
     assert frame_counts == [3, 1]  # one video batch, one image batch (temporal attention skipped)
 
@@ -109,3 +120,71 @@ def test_bad_arguments_raise_clear_errors(gif_folder, tmp_path):
         make_trainer(tiny_diffusion().model, gif_folder, tmp_path / "results")
     with pytest.raises(ValueError, match="frame_mode"):
         make_trainer(tiny_diffusion(), gif_folder, tmp_path / "results", frame_mode="loop")
+
+
+def test_the_common_trainer_shape_resume_fit_and_save_pretrained(gif_folder, tmp_path):
+    results = tmp_path / "results"
+    fresh = make_trainer(tiny_diffusion(), gif_folder, results, resume="latest")  # nothing to resume yet
+    assert fresh.step_count == 0
+    logs = fresh.train_step()
+    assert set(logs) == {"loss"} and isinstance(logs["loss"], float) and logs["loss"] > 0
+    fresh.save()
+
+    resumed = make_trainer(tiny_diffusion(), gif_folder, results, train_num_steps=3, resume="latest")
+    assert resumed.step_count == 1
+    for a, b in zip(fresh.diffusion.state_dict().values(), resumed.diffusion.state_dict().values()):
+        assert torch.equal(a, b)
+    folder = resumed.train()  # fit() to step 3, a sample at step 2, then the EMA model published
+    assert resumed.step_count == 3 and (results / "sample-1.gif").is_file()
+    assert folder == results / "diffusion"
+    published = GaussianDiffusion.from_pretrained(folder)
+    for a, b in zip(published.state_dict().values(), resumed.ema_model.state_dict().values()):
+        assert torch.equal(a, b)
+    raw = resumed.save_pretrained(tmp_path / "raw", ema=False)
+    for a, b in zip(
+        GaussianDiffusion.from_pretrained(raw).state_dict().values(), resumed.diffusion.state_dict().values()
+    ):
+        assert torch.equal(a, b)
+
+
+def test_a_dataset_trains_like_the_folder_it_holds(gif_folder, tmp_path):
+    """`dataset=` instead of a folder (as every trainer takes one): the folder's own dataset given as `dataset=`
+    trains to the same losses and weights as the folder."""
+    torch.manual_seed(0)
+    from_folder = make_trainer(tiny_diffusion(), gif_folder, tmp_path / "a", seed=3)
+    expected = [from_folder.train_step()["loss"] for _ in range(2)]
+    torch.manual_seed(0)
+    from_dataset = Trainer(
+        tiny_diffusion(),
+        dataset=from_folder.dataset,
+        train_batch_size=2,
+        train_num_steps=2,
+        save_and_sample_every=2,
+        gradient_accumulate_every=1,
+        num_sample_rows=1,
+        step_start_ema=0,
+        update_ema_every=1,
+        results_folder=tmp_path / "b",
+        seed=3,
+    )
+    assert from_dataset.dataset is from_folder.dataset
+    assert [from_dataset.train_step()["loss"] for _ in range(2)] == pytest.approx(expected, rel=1e-6)
+    for a, b in zip(from_folder.diffusion.parameters(), from_dataset.diffusion.parameters()):
+        torch.testing.assert_close(a, b)
+
+    videos = [torch.rand(3, 3, 8, 8) for _ in range(2)]
+    trainer = Trainer(
+        tiny_diffusion(),
+        dataset=videos,
+        train_batch_size=2,
+        train_num_steps=1,
+        save_and_sample_every=1,
+        num_sample_rows=1,
+        results_folder=tmp_path / "c",
+    )
+    trainer.train()
+    assert trainer.step_count == 1 and (tmp_path / "c" / "sample-1.gif").is_file()
+    with pytest.raises(ValueError, match="folder"):
+        Trainer(tiny_diffusion(), gif_folder, dataset=videos)
+    with pytest.raises(ValueError, match="folder"):
+        Trainer(tiny_diffusion())

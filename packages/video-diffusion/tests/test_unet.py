@@ -1,4 +1,5 @@
 """Unet3D: frames meet only in temporal attention, focus-present, conditioning and guidance, variants, errors."""
+
 import pytest
 import torch
 
@@ -83,7 +84,7 @@ def test_focus_present_equals_frames_run_as_images():
     focused = unet(x, t, focus_present_mask=torch.tensor([True]))
     torch.testing.assert_close(unet(x, t, prob_focus_present=1.0), focused)
     for frame in range(3):
-        single = unet(x[:, :, frame:frame + 1], t)  # one-frame input: temporal attention skipped
+        single = unet(x[:, :, frame : frame + 1], t)  # one-frame input: temporal attention skipped
         torch.testing.assert_close(single[:, :, 0], focused[:, :, frame], atol=1e-5, rtol=1e-4)
 
 
@@ -111,8 +112,12 @@ def test_forward_with_cond_scale_is_classifier_free_guidance():
 
 
 def test_variants_train_and_run_under_bf16_autocast():
-    for kwargs in ({"block_type": "convnext"}, {"time_pos_bias": "rotary"}, {"time_pos_bias": "continuous"},
-                   {"use_sparse_linear_attn": False, "init_dim": 16, "init_kernel_size": 3}):
+    for kwargs in (
+        {"block_type": "convnext"},
+        {"time_pos_bias": "rotary"},
+        {"time_pos_bias": "continuous"},
+        {"use_sparse_linear_attn": False, "init_dim": 16, "init_kernel_size": 3},
+    ):
         unet = tiny_unet(**kwargs).train()
         unet(videos(), torch.tensor([1, 2])).square().mean().backward()
         assert all(torch.isfinite(p.grad).all() for p in unet.parameters() if p.grad is not None)

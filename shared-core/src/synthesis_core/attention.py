@@ -8,10 +8,12 @@ then the stacks (`PerceiverResampler`, `TransformerBlock`, `Transformer`).
 Conventions: tokens are `(b, n, dim)`, heads are split as `(b, h, n, dim_head)`, boolean masks are True = keep,
 biases are additive to the attention logits, `(h, i, j)` or `(b, h, i, j)`.
 """
+
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -78,7 +80,9 @@ def build_attn_mask(
 
     if exists(key_mask):
         key_mask = key_mask.bool()
-        key_mask = rearrange(key_mask, "b j -> b 1 1 j") if key_mask.ndim == 2 else rearrange(key_mask, "b i j -> b 1 i j")
+        key_mask = (
+            rearrange(key_mask, "b j -> b 1 1 j") if key_mask.ndim == 2 else rearrange(key_mask, "b i j -> b 1 i j")
+        )
         keep = key_mask
 
     if causal:
@@ -158,6 +162,8 @@ class RotaryEmbedding(nn.Module):
     `dim` may be smaller than the head dimension: only the first `dim` channels are rotated.
     """
 
+    inv_freq: Tensor
+
     def __init__(self, dim: int, theta: float = 10000.0):
         super().__init__()
         check_positive_int("dim", dim)
@@ -173,7 +179,8 @@ class RotaryEmbedding(nn.Module):
         return 1.0 / (self.theta**exponents)
 
     def forward(self, seq_len_or_positions: int | Tensor, device: torch.device | str | None = None) -> Tensor:
-        device = default(device, self.inv_freq.device)
+        if device is None:
+            device = self.inv_freq.device
         if isinstance(seq_len_or_positions, Tensor):
             positions = seq_len_or_positions.to(device=device, dtype=torch.float32)
         else:
@@ -240,19 +247,25 @@ class T5RelativePositionBias(nn.Module):
         max_exact = num_buckets // 2
         is_small = n < max_exact
         # log-spaced buckets for distances in [max_exact, max_distance); clamp avoids log(0) for small ones
-        val_if_large = max_exact + (
-            torch.log(n.float().clamp(min=1) / max_exact)
-            / math.log(max_distance / max_exact)
-            * (num_buckets - max_exact)
-        ).long()
+        val_if_large = (
+            max_exact
+            + (
+                torch.log(n.float().clamp(min=1) / max_exact)
+                / math.log(max_distance / max_exact)
+                * (num_buckets - max_exact)
+            ).long()
+        )
         val_if_large = val_if_large.clamp(max=num_buckets - 1)
         return bucket + torch.where(is_small, n, val_if_large)
 
-    def forward(self, i: int, j: int | torch.device | str | None = None, device: torch.device | str | None = None) -> Tensor:
+    def forward(
+        self, i: int, j: int | torch.device | str | None = None, device: torch.device | str | None = None
+    ) -> Tensor:
         if isinstance(j, (torch.device, str)):
             j, device = None, j
         j = default(j, i)
-        device = default(device, self.relative_attention_bias.weight.device)
+        if device is None:
+            device = self.relative_attention_bias.weight.device
         query_positions = torch.arange(j - i, j, dtype=torch.long, device=device)
         key_positions = torch.arange(j, dtype=torch.long, device=device)
         relative_position = key_positions[None, :] - query_positions[:, None]
@@ -290,7 +303,8 @@ class ContinuousPositionBias(nn.Module):
                 f"dimension_sizes: this ContinuousPositionBias has num_dims={self.num_dims}, "
                 f"got {len(dimension_sizes)} sizes {dimension_sizes}"
             )
-        device = default(device, self.net[0].weight.device)
+        if device is None:
+            device = next(self.net.parameters()).device
 
         # every distinct offset along each axis, -(size - 1) .. size - 1, as an MLP input grid
         offsets = [torch.arange(-(size - 1), size, device=device) for size in dimension_sizes]
@@ -302,14 +316,14 @@ class ContinuousPositionBias(nn.Module):
 
         # flat index into the table of (query position - key position) for every pair, built axis by axis
         # (row-major over the offset grid: the last axis varies fastest)
-        flat_index = None
+        flat_index = torch.zeros((), dtype=torch.long, device=device)
         for axis, size in enumerate(dimension_sizes):
             coordinate = torch.arange(size, device=device)
             relative = coordinate[:, None] - coordinate[None, :] + (size - 1)  # in [0, 2 * size - 2]
             position_shape = [1] * self.num_dims
             position_shape[axis] = size
             relative = relative.reshape(*position_shape, *position_shape)
-            flat_index = relative if flat_index is None else flat_index * (2 * size - 1) + relative
+            flat_index = flat_index * (2 * size - 1) + relative
         num_positions = math.prod(dimension_sizes)
         flat_index = flat_index.expand(*dimension_sizes, *dimension_sizes).reshape(num_positions, num_positions)
 
@@ -403,7 +417,7 @@ class Attention(nn.Module):
         kv_len = context.shape[1] if exists(context) else seq_len
         if exists(mask):
             expected = (batch, kv_len) if mask.ndim == 2 else (batch, seq_len, kv_len)
-            check_tensor("mask", mask, shape=expected, names=("batch", "query_seq", "key_seq")[-len(expected):])
+            check_tensor("mask", mask, shape=expected, names=("batch", "query_seq", "key_seq")[-len(expected) :])
         if exists(attn_bias):
             check_tensor("attn_bias", attn_bias, ndim=(3, 4))
             if attn_bias.shape[-2:] != (seq_len, kv_len) or attn_bias.shape[-3] not in (1, self.heads):
@@ -419,7 +433,7 @@ class Attention(nn.Module):
         k, v = self.to_kv(kv_input).chunk(2, dim=-1)
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
 
-        if exists(rotary_emb):
+        if rotary_emb is not None:
             if isinstance(rotary_emb, (tuple, list)):
                 q_freqs, k_freqs = rotary_emb
             elif exists(context):
@@ -437,7 +451,7 @@ class Attention(nn.Module):
         scale = None
         if self.qk_norm:
             q, k = l2norm(q), l2norm(k)
-            q = q * self.qk_scale.to(q.dtype)
+            q = q * cast(Tensor, self.qk_scale).to(q.dtype)
             scale = 1.0
 
         out = attend(
@@ -510,8 +524,8 @@ class SpaceTimeAttention(nn.Module):
         )
 
         num_axes = 2 if axis == "space" else 1
-        self.pos_bias = None
-        self.rotary_emb = None
+        self.pos_bias: T5RelativePositionBias | ContinuousPositionBias | None = None
+        self.rotary_emb: RotaryEmbedding | None = None
         if pos_bias == "t5":
             self.pos_bias = T5RelativePositionBias(heads, causal=causal)
         elif pos_bias == "continuous":
@@ -558,7 +572,12 @@ class SpaceTimeAttention(nn.Module):
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
     ) -> Tensor:
-        check_tensor("x", x, shape=("batch", self.dim, None, None, None), names=("batch", "channels", "frames", "height", "width"))
+        check_tensor(
+            "x",
+            x,
+            shape=("batch", self.dim, None, None, None),
+            names=("batch", "channels", "frames", "height", "width"),
+        )
         batch, _, frames, height, width = x.shape
         is_time = self.axis == "time"
         if is_time and not enabled:
@@ -570,7 +589,7 @@ class SpaceTimeAttention(nn.Module):
 
         if is_time:
             tokens = rearrange(x, "b c t h w -> (b h w) t c")
-            sizes = (frames,)
+            sizes: tuple[int, ...] = (frames,)
         else:
             tokens = rearrange(x, "b c t h w -> (b t) (h w) c")
             sizes = (height, width)
@@ -582,7 +601,7 @@ class SpaceTimeAttention(nn.Module):
         else:
             out = rearrange(out, "(b t) (h w) c -> b c t h w", b=batch, h=height)
 
-        if exists(self.cross_attn) and exists(context):
+        if self.cross_attn is not None and self.cross_norm is not None and exists(context):
             # the context is the same for every token of a video: attend with all t*h*w tokens as one query sequence
             hidden = rearrange(x + out, "b c t h w -> b (t h w) c")
             cross = self.cross_attn(self.cross_norm(hidden), context=context, mask=context_mask)
@@ -705,7 +724,7 @@ class PerceiverResampler(nn.Module):
         num_latents = latents.shape[1]
         # the latents attend to the media and to themselves (the latent keys are never masked)
         kv_mask = F.pad(mask.bool(), (0, num_latents), value=True) if exists(mask) else None
-        for layer in self.layers:
+        for layer in cast(Iterable[nn.ModuleDict], self.layers):
             media = layer["norm_media"](x)
             normed_latents = layer["norm_latents"](latents)
             context = torch.cat((media, normed_latents), dim=1)
@@ -770,7 +789,7 @@ class TransformerBlock(nn.Module):
         rotary_emb: Tensor | None = None,
     ) -> Tensor:
         x = x + self.attn(self.attn_norm(x), mask=mask, attn_bias=attn_bias, rotary_emb=rotary_emb)
-        if exists(self.cross_attn):
+        if self.cross_attn is not None and self.cross_attn_norm is not None:
             if context is None:
                 raise ValueError("context: this block was built with dim_context and needs a context to attend to")
             x = x + self.cross_attn(self.cross_attn_norm(x), context=context, mask=context_mask)
@@ -812,7 +831,7 @@ class Transformer(nn.Module):
         self.dim = dim
         self.heads = heads
         self.checkpoint = checkpoint
-        self.pos_bias = None
+        self.pos_bias: T5RelativePositionBias | ContinuousPositionBias | None = None
         if pos_bias == "t5":
             self.pos_bias = T5RelativePositionBias(heads, causal=causal)
         elif pos_bias == "continuous":

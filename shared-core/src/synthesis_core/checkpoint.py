@@ -14,9 +14,13 @@ Three layers, from the bottom up:
    A config file is untrusted data: the only classes it may name are the ones a package registered with
    `register_loadable` (an exact lookup, never an import of a name from the file), every key must be a real
    constructor parameter, and the whole config is validated before anything is constructed.
+   `from_pretrained("org/name")` reads a Hugging Face Hub repo the same way (fetched into, or read offline from,
+   the Hub cache by `synthesis_core.hub`), and `push_to_hub("org/name")` publishes one with a model card.
 """
+
 from __future__ import annotations
 
+import builtins
 import contextlib
 import copy
 import functools
@@ -35,7 +39,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from safetensors import safe_open
@@ -59,6 +63,7 @@ class CheckpointError(ValueError):
 # ----------------------------------------------------------------------------------------------------------------
 # atomic writes
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def _fsync_folder(folder: Path) -> None:
     # make the rename itself durable; not every platform lets us open a folder
@@ -99,8 +104,9 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporary_files(folder: PathLike, prefix: str = "", *,
-                                 max_age: float = STALE_TMP_SECONDS) -> list[Path]:
+def remove_stale_temporary_files(
+    folder: PathLike, prefix: str = "", *, max_age: float = STALE_TMP_SECONDS
+) -> list[Path]:
     """Removes the temporary files that `atomic_path` left in `folder`, for targets whose name starts with `prefix`,
     when their writer is gone: a process of this host that no longer runs, or a file untouched for `max_age`
     seconds (the writer may be on another host, whose processes cannot be checked). The files of writes in
@@ -117,8 +123,7 @@ def remove_stale_temporary_files(folder: PathLike, prefix: str = "", *,
             age = now - entry.stat().st_mtime
         except FileNotFoundError:  # its write just finished (renamed) or another process removed it
             continue
-        writer_gone = ("pid" in match.groupdict() and match["host"] == host
-                       and not _process_alive(int(match["pid"])))
+        writer_gone = "pid" in match.groupdict() and match["host"] == host and not _process_alive(int(match["pid"]))
         if writer_gone or age > max_age:
             entry.unlink(missing_ok=True)
             removed.append(entry)
@@ -136,8 +141,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporary_files(path.parent, path.name)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{_host_tag()}-{os.getpid()}.", suffix=".tmp",
-                                    dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{_host_tag()}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -175,6 +179,7 @@ def read_json(path: PathLike) -> Any:
 # safetensors files with JSON metadata
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def _storage_key(t: torch.Tensor) -> tuple[str, int]:
     return (str(t.device), t.untyped_storage().data_ptr())
 
@@ -203,7 +208,9 @@ def prepare_tensors_for_saving(tensors: Mapping[str, torch.Tensor]) -> dict[str,
     return out
 
 
-def save_checkpoint(path: PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
+) -> Path:
     """Writes one safetensors file holding `tensors`, with `metadata` (any JSON-able dict) in its header.
 
     The write is atomic: a failure leaves the previous file at `path` untouched.
@@ -231,8 +238,10 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # safetensors raises its own error types for malformed headers
-        raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({err}); "
-                              "pickled .pt files are never loaded, see load_torch_weights_only") from err
+        raise CheckpointError(
+            f"{path} is not a readable safetensors checkpoint ({err}); "
+            "pickled .pt files are never loaded, see load_torch_weights_only"
+        ) from err
     metadata = json.loads(header[METADATA_KEY]) if METADATA_KEY in header else {}
     return tensors, metadata
 
@@ -245,6 +254,7 @@ def load_torch_weights_only(path: PathLike, map_location: str | torch.device = "
 # ----------------------------------------------------------------------------------------------------------------
 # nested state dicts (optimizers, schedulers) <-> flat tensors + JSON
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def flatten_state_dict(state: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], Any]:
     """Splits a nested structure (e.g. `optimizer.state_dict()`) into flat tensors and a JSON-able skeleton.
@@ -268,8 +278,10 @@ def flatten_state_dict(state: Any, prefix: str = "") -> tuple[dict[str, torch.Te
             items = []
             for k, v in obj.items():
                 if not isinstance(k, str | int | float | bool) and k is not None:
-                    raise TypeError(f"state dict key at {path or '<root>'!r} is a {type(k).__name__}; "
-                                    "only str/int/float/bool keys can be stored")
+                    raise TypeError(
+                        f"state dict key at {path or '<root>'!r} is a {type(k).__name__}; "
+                        "only str/int/float/bool keys can be stored"
+                    )
                 items.append([k, walk(v, f"{path}.{k}" if path else str(k))])
             return {"__items__": items}
         if isinstance(obj, tuple):
@@ -278,8 +290,9 @@ def flatten_state_dict(state: Any, prefix: str = "") -> tuple[dict[str, torch.Te
             return [walk(v, f"{path}.{i}") for i, v in enumerate(obj)]
         if obj is None or isinstance(obj, bool | int | float | str):
             return obj
-        raise TypeError(f"state dict value at {path or '<root>'!r} is a {type(obj).__name__}, "
-                        "which cannot be stored as JSON")
+        raise TypeError(
+            f"state dict value at {path or '<root>'!r} is a {type(obj).__name__}, which cannot be stored as JSON"
+        )
 
     skeleton = walk(state, "")
     return tensors, skeleton
@@ -310,6 +323,7 @@ def unflatten_state_dict(tensors: Mapping[str, torch.Tensor], skeleton: Any) -> 
 # ----------------------------------------------------------------------------------------------------------------
 # numbered checkpoints in a folder
 # ----------------------------------------------------------------------------------------------------------------
+
 
 class CheckpointManager:
     """Numbered checkpoints `{prefix}-{step:08d}.safetensors` in `folder`, keeping the `keep_last` newest.
@@ -344,7 +358,7 @@ class CheckpointManager:
                 found.append((int(match.group(1)), p))
         return sorted(found)
 
-    def remove_stale_temporary_files(self) -> list[Path]:
+    def remove_stale_temporary_files(self) -> builtins.list[Path]:  # `list` here is the method above
         """Removes what interrupted saves of this folder's checkpoints (and companions) left behind."""
         return remove_stale_temporary_files(self.folder, f"{self.prefix}-")
 
@@ -356,14 +370,14 @@ class CheckpointManager:
         self.prune()
         return path
 
-    def prune(self) -> list[Path]:
+    def prune(self) -> builtins.list[Path]:
         """Deletes all but the `keep_last` newest checkpoints and the companions of older steps; returns the
         removed paths."""
         if not self.keep_last:
             return []
         existing = self.list()
         removed = [p for _, p in existing[: max(len(existing) - self.keep_last, 0)]]
-        kept = existing[len(removed):]
+        kept = existing[len(removed) :]
         if kept:
             # only companions of steps older than every kept checkpoint: another process may be writing the
             # companion of a checkpoint newer than the last one listed
@@ -406,6 +420,7 @@ class CheckpointManager:
 # ----------------------------------------------------------------------------------------------------------------
 # package versions
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def package_info(obj_or_cls: Any) -> tuple[str, str | None]:
     """`(distribution or package name, version)` of the top-level package a class comes from.
@@ -458,8 +473,20 @@ _entry_points_loaded = False
 # the dtypes a config may hold (`{"__dtype__": "float16"}`): a fixed list, never a torch attribute looked up by name
 _DTYPES: dict[str, torch.dtype] = {
     str(dtype).removeprefix("torch."): dtype
-    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128,
-                  torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)
+    for dtype in (
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.complex64,
+        torch.complex128,
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+    )
 }
 
 _T = TypeVar("_T", bound=type)
@@ -470,13 +497,14 @@ def _init_owner(cls: type) -> type:
     return next((c for c in cls.__mro__ if "__init__" in c.__dict__), object)
 
 
-def _takes_var_keyword(cls: type) -> bool:
+def _takes_var_keyword(cls: type[Any]) -> bool:
     parameters = inspect.signature(cls.__init__).parameters.values()
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
-def register_loadable(cls: _T | None = None, *, name: str | None = None,
-                      forwards_kwargs_to: type | None = None) -> _T | Callable[[_T], _T]:
+def register_loadable(
+    cls: _T | None = None, *, name: str | None = None, forwards_kwargs_to: type | None = None
+) -> _T | Callable[[_T], _T]:
     """Declares that a saved config may name `cls` (a `PretrainedMixin` model): `from_pretrained`,
     `load_model_from_folder` and `instantiate_from_config` rebuild it, and nothing that is not registered.
 
@@ -488,7 +516,8 @@ def register_loadable(cls: _T | None = None, *, name: str | None = None,
     Usable as a decorator (`@register_loadable` or `@register_loadable(name=...)`); returns the class.
     """
     if cls is None:
-        return functools.partial(register_loadable, name=name, forwards_kwargs_to=forwards_kwargs_to)
+        decorator = functools.partial(register_loadable, name=name, forwards_kwargs_to=forwards_kwargs_to)
+        return cast(Callable[[_T], _T], decorator)
     if not isinstance(cls, type) or not issubclass(cls, PretrainedMixin):
         raise TypeError(f"cls: expected a PretrainedMixin model class, got {cls!r}")
     if name is None:
@@ -506,8 +535,10 @@ def register_loadable(cls: _T | None = None, *, name: str | None = None,
             raise ValueError(f"name: {name!r} is already registered for {class_path(existing)}")
         known_target = _FORWARDS_KWARGS_TO.get(cls)
         if known_target is not None and forwards_kwargs_to is not None and known_target is not forwards_kwargs_to:
-            raise ValueError(f"forwards_kwargs_to: {cls.__qualname__} is already registered as forwarding its "
-                             f"**kwargs to {known_target.__qualname__}")
+            raise ValueError(
+                f"forwards_kwargs_to: {cls.__qualname__} is already registered as forwarding its "
+                f"**kwargs to {known_target.__qualname__}"
+            )
         _LOADABLE[name] = cls
         _STORED_NAME.setdefault(cls, name)
         if forwards_kwargs_to is not None:
@@ -533,8 +564,14 @@ def _load_entry_points() -> None:
         try:
             entry_point.load()
         except Exception as err:  # a broken distribution must not stop loading the models of the others
-            logger.warning("could not import %s (the %s entry point %r): %s: %s", entry_point.value,
-                           ENTRY_POINT_GROUP, entry_point.name, type(err).__name__, err)
+            logger.warning(
+                "could not import %s (the %s entry point %r): %s: %s",
+                entry_point.value,
+                ENTRY_POINT_GROUP,
+                entry_point.name,
+                type(err).__name__,
+                err,
+            )
 
 
 def _stored_name(cls: type) -> str:
@@ -557,13 +594,15 @@ def resolve_loadable(name: Any, *, source: str = "config", where: str = "class")
         raise CheckpointError(
             f"{where} in {source} names the class {name!r}, which no installed package registered as loadable; a "
             "stored config may only name model classes registered with synthesis_core.checkpoint.register_loadable "
-            "(nothing is imported from a name written in a file; is the package that defines it installed?)")
+            "(nothing is imported from a name written in a file; is the package that defines it installed?)"
+        )
     return cls
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # constructor arguments <-> JSON
 # ----------------------------------------------------------------------------------------------------------------
+
 
 class _NotJsonable(Exception):
     pass
@@ -584,9 +623,13 @@ def _to_jsonable(value: Any, where: str, *, strict: bool) -> Any:
         return {k: _to_jsonable(v, f"{where}[{k!r}]", strict=strict) for k, v in value.items()}
     if strict:
         raise _NotJsonable(where)
-    logger.warning("constructor argument %s (a %s) cannot be stored in config.json; it is recorded as null, "
-                   "so pass it again when loading (from_pretrained(folder, %s=...))",
-                   where, type(value).__name__, where.split("[")[0])
+    logger.warning(
+        "constructor argument %s (a %s) cannot be stored in config.json; it is recorded as null, "
+        "so pass it again when loading (from_pretrained(folder, %s=...))",
+        where,
+        type(value).__name__,
+        where.split("[")[0],
+    )
     return None
 
 
@@ -644,7 +687,7 @@ def _record_forwarded(init, args: tuple, kwargs: dict, config: dict) -> None:
                 config[param.name] = default
 
 
-def _accepted_parameters(cls: type) -> tuple[dict[str, inspect.Parameter], set[str]]:
+def _accepted_parameters(cls: type[Any]) -> tuple[dict[str, inspect.Parameter], set[str]]:
     """`(parameters a stored config may give cls, by name; the names that are cls's own)`.
 
     Its constructor's named parameters (`*args` too, stored as a list under its name), plus, when its `**kwargs`
@@ -653,7 +696,7 @@ def _accepted_parameters(cls: type) -> tuple[dict[str, inspect.Parameter], set[s
     """
     accepted: dict[str, inspect.Parameter] = {}
     own: set[str] = set()
-    current: type | None = cls
+    current: type[Any] | None = cls
     seen: set[type] = set()
     while current is not None and current not in seen:
         seen.add(current)
@@ -696,17 +739,22 @@ def _check_value(value: Any, where: str, dotted: str, source: str, allow_classes
             raise CheckpointError(f"{where} in {source}: dict keys must be strings, got {bad_keys[0]!r}")
         if "__class__" in value:
             if not allow_classes:
-                raise CheckpointError(f"{where}['__class__'] in {source}: this value must be plain JSON data; "
-                                      "it cannot name a class")
+                raise CheckpointError(
+                    f"{where}['__class__'] in {source}: this value must be plain JSON data; it cannot name a class"
+                )
             if set(value) != {"__class__", "config"}:
-                raise CheckpointError(f"{where} in {source}: a stored model is exactly {{'__class__': name, "
-                                      f"'config': {{...}}}}, got the keys {sorted(value)}")
+                raise CheckpointError(
+                    f"{where} in {source}: a stored model is exactly {{'__class__': name, "
+                    f"'config': {{...}}}}, got the keys {sorted(value)}"
+                )
             nested = resolve_loadable(value["__class__"], source=source, where=f"{where}['__class__']")
             return _check_config(nested, value["config"], f"{where}['config']", dotted, source, allow_classes)
         if "__dtype__" in value:
             if set(value) != {"__dtype__"} or value["__dtype__"] not in _DTYPES:
-                raise CheckpointError(f"{where}['__dtype__'] in {source}: expected exactly {{'__dtype__': name}} "
-                                      f"with a name in {sorted(_DTYPES)}, got {dict(value)!r}")
+                raise CheckpointError(
+                    f"{where}['__dtype__'] in {source}: expected exactly {{'__dtype__': name}} "
+                    f"with a name in {sorted(_DTYPES)}, got {dict(value)!r}"
+                )
             return []
         missing = []
         for k, v in value.items():
@@ -715,21 +763,26 @@ def _check_value(value: Any, where: str, dotted: str, source: str, allow_classes
     raise CheckpointError(f"{where} in {source} holds a {type(value).__name__}, which is not JSON data")
 
 
-def _check_config(cls: type, config: Any, where: str, dotted: str, source: str, allow_classes: bool,
-                  supplied: Iterable[str] = ()) -> list[tuple[str, Any]]:
+def _check_config(
+    cls: type, config: Any, where: str, dotted: str, source: str, allow_classes: bool, supplied: Iterable[str] = ()
+) -> list[tuple[str, Any]]:
     """Validates the stored config of `cls` (recursively, importing and constructing nothing) and returns
     `(key path, default)` of each recorded-by-default constructor argument it lacks."""
     if not isinstance(config, Mapping):
-        raise CheckpointError(f"{where} in {source}: expected a dict of {cls.__qualname__}'s constructor arguments, "
-                              f"got {type(config).__name__}")
+        raise CheckpointError(
+            f"{where} in {source}: expected a dict of {cls.__qualname__}'s constructor arguments, "
+            f"got {type(config).__name__}"
+        )
     accepted, own = _accepted_parameters(cls)
     missing: list[tuple[str, Any]] = []
     for key, value in config.items():
         key_where = f"{where}[{key!r}]"
         if not isinstance(key, str) or key not in accepted:
-            raise CheckpointError(f"{key_where} in {source} is not a parameter of {cls.__qualname__}; a stored "
-                                  "config may only give the constructor's named parameters (was it written by "
-                                  "another version of the package?)")
+            raise CheckpointError(
+                f"{key_where} in {source} is not a parameter of {cls.__qualname__}; a stored "
+                "config may only give the constructor's named parameters (was it written by "
+                "another version of the package?)"
+            )
         missing += _check_value(value, key_where, f"{dotted}.{key}" if dotted else key, source, allow_classes)
     supplied = set(supplied)
     for key, param in accepted.items():
@@ -737,8 +790,7 @@ def _check_config(cls: type, config: Any, where: str, dotted: str, source: str, 
             continue
         if param.default is inspect.Parameter.empty:
             if key in own:  # a forwarded class's required argument may come from the outer one (a preset)
-                raise CheckpointError(f"{where} in {source} lacks {key!r}, a required argument of "
-                                      f"{cls.__qualname__}")
+                raise CheckpointError(f"{where} in {source} lacks {key!r}, a required argument of {cls.__qualname__}")
             continue
         recordable, default = _jsonable_default(param)
         if recordable:  # saving records it: its absence means an older version wrote the file
@@ -746,8 +798,9 @@ def _check_config(cls: type, config: Any, where: str, dotted: str, source: str, 
     return missing
 
 
-def check_config(cls: type, config: Mapping[str, Any], *, source: str = "config", where: str = "config",
-                 allow_classes: bool = True) -> tuple[str, ...]:
+def check_config(
+    cls: type, config: Mapping[str, Any], *, source: str = "config", where: str = "config", allow_classes: bool = True
+) -> tuple[str, ...]:
     """Validates a stored config of `cls` without importing or constructing anything.
 
     Every key must be a named constructor parameter (see `register_loadable` for `**kwargs`); values must be JSON
@@ -774,7 +827,7 @@ def _from_jsonable(value: Any, source: str) -> Any:
     return value
 
 
-def _construct(cls: type, config: Mapping[str, Any], overrides: dict, source: str) -> Any:
+def _construct(cls: type[Any], config: Mapping[str, Any], overrides: dict, source: str) -> Any:
     # validated again (cheap, pure) for the key paths this object reports as filled in
     missing = _check_config(cls, config, "config", "", source, True, supplied=overrides)
     values = {k: _from_jsonable(v, source) for k, v in config.items()}
@@ -789,16 +842,17 @@ def _construct(cls: type, config: Mapping[str, Any], overrides: dict, source: st
                 break
             args.append(values.pop(p.name) if p.name in values else p.default)
         args.extend(values.pop(var_positional.name))
-    else:
-        values.pop(getattr(var_positional, "name", None), None)
+    elif var_positional is not None:
+        values.pop(var_positional.name, None)
     obj = cls(*args, **values)
     with contextlib.suppress(AttributeError):  # e.g. a class with __slots__
         obj.missing_config_keys = tuple(path for path, _ in missing)
     return obj
 
 
-def instantiate_from_config(cls: type, config: Mapping[str, Any], *, overrides: Mapping[str, Any] | None = None,
-                            source: str = "config") -> Any:
+def instantiate_from_config(
+    cls: type, config: Mapping[str, Any], *, overrides: Mapping[str, Any] | None = None, source: str = "config"
+) -> Any:
     """Builds `cls` from a stored config; `overrides` (code-given values) replace entries.
 
     The whole config is validated first (`check_config`): nothing is constructed when any key is not a
@@ -815,15 +869,21 @@ def instantiate_from_config(cls: type, config: Mapping[str, Any], *, overrides: 
         raise TypeError(f"overrides: {cls.__qualname__} has no parameter(s) {unknown}")
     missing = _check_config(cls, config, "config", "", source, True, supplied=overrides)
     if missing:
-        logger.warning("%s lacks the constructor argument(s) %s of %s (written by an older version?); they are "
-                       "filled with today's defaults: %s", source, ", ".join(path for path, _ in missing),
-                       cls.__qualname__, ", ".join(f"{path}={default!r}" for path, default in missing))
+        logger.warning(
+            "%s lacks the constructor argument(s) %s of %s (written by an older version?); they are "
+            "filled with today's defaults: %s",
+            source,
+            ", ".join(path for path, _ in missing),
+            cls.__qualname__,
+            ", ".join(f"{path}={default!r}" for path, default in missing),
+        )
     return _construct(cls, config, overrides, source)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # the mixin
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def _is_recording(obj: Any) -> bool:
     return obj.__dict__.get("_pretrained_recording", False)
@@ -918,37 +978,151 @@ class PretrainedMixin:
 
     # -- save / load ----------------------------------------------------------------------------------------
 
-    def save_pretrained(self, folder: PathLike, *, state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
-        """Writes `folder/config.json` and `folder/model.safetensors` (both atomically). Returns the folder."""
+    def save_pretrained(
+        self,
+        folder: PathLike,
+        *,
+        state_dict: Mapping[str, torch.Tensor] | None = None,
+        push_to_hub: bool = False,
+        repo_id: str | None = None,
+        token: str | bool | None = None,
+        private: bool | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        create_pr: bool = False,
+    ) -> Path:
+        """Writes `folder/config.json` and `folder/model.safetensors` (both atomically). Returns the folder.
+
+        `push_to_hub=True` also writes a model card (`folder/README.md`) and uploads the folder to the Hub repo
+        `repo_id` (default: the folder's name); `token`, `private`, `revision`, `commit_message` and `create_pr`
+        are those of `push_to_hub` and are only accepted with it.
+        """
         folder = Path(folder)
+        hub_arguments = {
+            "repo_id": repo_id,
+            "token": token,
+            "private": private,
+            "revision": revision,
+            "commit_message": commit_message,
+            "create_pr": create_pr or None,
+        }
+        if not isinstance(push_to_hub, bool):
+            raise TypeError(f"push_to_hub: expected a bool, got {type(push_to_hub).__name__}")
+        given = [name for name, value in hub_arguments.items() if value is not None]
+        if given and not push_to_hub:
+            raise ValueError(f"{given[0]}: only used when uploading; pass push_to_hub=True (or call push_to_hub)")
+        upload_to = ""
+        if push_to_hub:
+            from synthesis_core import hub
+
+            upload_to = hub.check_repo_id(repo_id if repo_id is not None else folder.resolve().name)
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"folder: {folder} exists and is not a folder")
         folder.mkdir(parents=True, exist_ok=True)
         document = self.config_document()
         tensors = dict(state_dict if state_dict is not None else self.state_dict())  # type: ignore[attr-defined]
-        save_checkpoint(folder / WEIGHTS_NAME, tensors, {"class": document["class"], "package": document["package"],
-                                                        "version": document["version"]})
+        save_checkpoint(
+            folder / WEIGHTS_NAME,
+            tensors,
+            {"class": document["class"], "package": document["package"], "version": document["version"]},
+        )
         atomic_write_json(folder / CONFIG_NAME, document)
+        if push_to_hub:
+            hub.write_model_card(self, folder, upload_to)
+            hub.upload_model_folder(
+                folder,
+                upload_to,
+                token=token,
+                private=private,
+                revision=revision,
+                commit_message=commit_message or f"Upload {type(self).__name__}",
+                create_pr=create_pr,
+            )
         return folder
 
-    @classmethod
-    def from_pretrained(cls, folder: PathLike, map_location: str | torch.device = "cpu", *, strict: bool = True,
-                        **overrides: Any):
-        """Rebuilds the model saved in `folder` and loads its weights; `overrides` replace constructor arguments.
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        token: str | bool | None = None,
+        private: bool | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        create_pr: bool = False,
+        state_dict: Mapping[str, torch.Tensor] | None = None,
+    ) -> Any:
+        """Publishes the model as the Hugging Face Hub model repo `repo_id` (`org/name`): `config.json`,
+        `model.safetensors` and a generated model card `README.md` (package, version, config, how to load).
 
-        The folder may hold `cls` or a registered subclass of it; nested models must be registered classes.
+        Creates the repo when it does not exist (`private` applies then), and the branch `revision` when given;
+        `create_pr=True` opens a pull request instead of committing. `token` defaults to the logged-in one
+        (`hf auth login` / `HF_TOKEN`). Returns the `huggingface_hub.CommitInfo` of the commit.
+        `Model.from_pretrained(repo_id)` loads it back.
         """
-        folder = Path(folder)
+        from synthesis_core.hub import push_model_to_hub
+
+        return push_model_to_hub(
+            self,
+            repo_id,
+            token=token,
+            private=private,
+            revision=revision,
+            commit_message=commit_message,
+            create_pr=create_pr,
+            state_dict=state_dict,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: PathLike,
+        map_location: str | torch.device = "cpu",
+        *,
+        strict: bool = True,
+        revision: str | None = None,
+        cache_dir: PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        **overrides: Any,
+    ):
+        """Rebuilds the model saved in a folder, or published as a Hugging Face Hub repo, and loads its weights;
+        `overrides` replace constructor arguments.
+
+        `name_or_path` is a folder written by `save_pretrained` or, when no such folder exists, a Hub repo id
+        (`org/name`): its `config.json` and `model.safetensors` are fetched into the Hub cache (`cache_dir`) at
+        `revision` (branch, tag or commit), with `token` for private repos, or read from that cache alone when
+        `local_files_only=True` or `HF_HUB_OFFLINE` is set (see `synthesis_core.hub.resolve_model_folder`). Both
+        are loaded the same way: the folder may hold `cls` or a registered subclass of it; nested models must be
+        registered classes; weights come from safetensors only.
+        """
+        folder = _resolve_folder(name_or_path, revision, cache_dir, local_files_only, token)
         document = _read_config_document(folder)
         recorded = document.get("class")
         target = cls
         if recorded is not None and recorded not in (_stored_name(cls), class_path(cls)):
             other = resolve_loadable(recorded, source=str(folder / CONFIG_NAME), where="['class']")
             if not issubclass(other, cls):
-                raise TypeError(f"{folder} holds a {recorded}, which is not a {class_path(cls)}; "
-                                "use load_model_from_folder to load whatever it holds")
+                raise TypeError(
+                    f"{folder} holds a {recorded}, which is not a {class_path(cls)}; "
+                    "use load_model_from_folder to load whatever it holds"
+                )
             target = other
         return _build_and_load(target, folder, document, map_location, strict, overrides)
+
+
+def _resolve_folder(
+    name_or_path: PathLike,
+    revision: str | None,
+    cache_dir: PathLike | None,
+    local_files_only: bool,
+    token: str | bool | None,
+) -> Path:
+    """The folder to load: `name_or_path` itself when it is one, else the Hub cache's snapshot of that repo."""
+    from synthesis_core.hub import resolve_model_folder
+
+    return resolve_model_folder(
+        name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
+    )
 
 
 def _read_config_document(folder: Path) -> dict:
@@ -962,8 +1136,9 @@ def _read_config_document(folder: Path) -> dict:
     if not isinstance(document, dict) or not isinstance(document.get("config"), dict):
         raise CheckpointError(f"{config_path} is not a config written by save_pretrained")
     if "class" in document and not isinstance(document["class"], str):
-        raise CheckpointError(f"['class'] in {config_path}: expected a class name (a string), "
-                              f"got {type(document['class']).__name__}")
+        raise CheckpointError(
+            f"['class'] in {config_path}: expected a class name (a string), got {type(document['class']).__name__}"
+        )
     return document
 
 
@@ -971,21 +1146,47 @@ def _build_and_load(target: type, folder: Path, document: dict, map_location, st
     saved_version = document.get("version")
     _, current_version = package_info(target)
     if saved_version != current_version:
-        logger.warning("%s was saved with %s %s and is loaded with %s %s; check the result",
-                       folder, document.get("package"), saved_version, document.get("package"), current_version)
-    model = instantiate_from_config(target, document["config"], overrides=overrides,
-                                    source=str(folder / CONFIG_NAME))
+        logger.warning(
+            "%s was saved with %s %s and is loaded with %s %s; check the result",
+            folder,
+            document.get("package"),
+            saved_version,
+            document.get("package"),
+            current_version,
+        )
+    # the config is validated (pure: nothing imported or built) before the weights file is looked for, so that a
+    # crafted config is reported as such whatever else the folder lacks
+    _check_config(target, document["config"], "config", "", str(folder / CONFIG_NAME), True, supplied=overrides)
+    if not (folder / WEIGHTS_NAME).is_file():
+        # other weight files (pickles such as pytorch_model.bin) are never read
+        raise FileNotFoundError(
+            f"no {WEIGHTS_NAME} in {folder}: weights are only loaded from safetensors "
+            "(pickled files such as pytorch_model.bin or *.pt are never read)"
+        )
+    model = instantiate_from_config(target, document["config"], overrides=overrides, source=str(folder / CONFIG_NAME))
     tensors, _ = load_checkpoint(folder / WEIGHTS_NAME, map_location="cpu")
-    load_state_dict_checked(model, tensors, strict=strict, saved_version=saved_version,
-                            current_version=current_version, source=str(folder))
+    load_state_dict_checked(
+        model, tensors, strict=strict, saved_version=saved_version, current_version=current_version, source=str(folder)
+    )
     return model.to(map_location)
 
 
-def load_model_from_folder(folder: PathLike, map_location: str | torch.device = "cpu", *, strict: bool = True,
-                           **overrides: Any):
-    """Loads whatever model `save_pretrained` wrote to `folder`: its recorded class must be a registered one
-    (`register_loadable`), looked up by its exact name; nothing else is imported or built."""
-    folder = Path(folder)
+def load_model_from_folder(
+    folder: PathLike,
+    map_location: str | torch.device = "cpu",
+    *,
+    strict: bool = True,
+    revision: str | None = None,
+    cache_dir: PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    **overrides: Any,
+):
+    """Loads whatever model `save_pretrained` wrote to `folder` (or, when no such folder exists, to the Hugging Face
+    Hub repo of that id; `revision`, `cache_dir`, `local_files_only` and `token` as in `from_pretrained`): its
+    recorded class must be a registered one (`register_loadable`), looked up by its exact name; nothing else is
+    imported or built."""
+    folder = _resolve_folder(folder, revision, cache_dir, local_files_only, token)
     document = _read_config_document(folder)
     if not document.get("class"):
         raise CheckpointError(f"{folder / CONFIG_NAME} does not record the model class")
@@ -993,19 +1194,30 @@ def load_model_from_folder(folder: PathLike, map_location: str | torch.device = 
     return _build_and_load(cls, folder, document, map_location, strict, overrides)
 
 
-def check_state_dict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], *, strict: bool = True,
-                     saved_version: str | None = None, current_version: str | None = None,
-                     source: str = "checkpoint") -> None:
+def check_state_dict(
+    module: torch.nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    strict: bool = True,
+    saved_version: str | None = None,
+    current_version: str | None = None,
+    source: str = "checkpoint",
+) -> None:
     """Raises the `CheckpointError` that `load_state_dict_checked` would raise, changing nothing: a trainer checks
     every part of a checkpoint this way before it loads any of them."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
-    mismatched = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
-                  for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+    mismatched = [
+        f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in tensors and tensors[k].shape != expected[k].shape
+    ]
     if mismatched or (strict and (missing or unexpected)):
+
         def listing(items):
             return ", ".join(items[:8]) + (f" ... ({len(items)} in all)" if len(items) > 8 else "")
+
         problems = []
         if missing:
             problems.append(f"missing keys: {listing(missing)}")
@@ -1013,18 +1225,27 @@ def check_state_dict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor
             problems.append(f"unexpected keys: {listing(unexpected)}")
         if mismatched:
             problems.append(f"shape mismatches: {listing(mismatched)}")
-        raise CheckpointError(f"{source} does not fit {type(module).__qualname__} "
-                              f"(checkpoint written by version {saved_version}, loading with version "
-                              f"{current_version}): " + "; ".join(problems))
+        raise CheckpointError(
+            f"{source} does not fit {type(module).__qualname__} "
+            f"(checkpoint written by version {saved_version}, loading with version "
+            f"{current_version}): " + "; ".join(problems)
+        )
 
 
-def load_state_dict_checked(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], *, strict: bool = True,
-                            saved_version: str | None = None, current_version: str | None = None,
-                            source: str = "checkpoint") -> None:
+def load_state_dict_checked(
+    module: torch.nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    strict: bool = True,
+    saved_version: str | None = None,
+    current_version: str | None = None,
+    source: str = "checkpoint",
+) -> None:
     """`module.load_state_dict` with an error that lists missing/unexpected keys and shape mismatches and names
     the version that wrote the checkpoint and the one reading it."""
-    check_state_dict(module, tensors, strict=strict, saved_version=saved_version, current_version=current_version,
-                     source=source)
+    check_state_dict(
+        module, tensors, strict=strict, saved_version=saved_version, current_version=current_version, source=source
+    )
     module.load_state_dict(dict(tensors), strict=strict)
 
 

@@ -24,6 +24,7 @@ The pixel rule, the same in every package (`check_pixels`):
   `PIXEL_TOLERANCE` = 1e-3 (resampling) is clamped silently, and does not count as a negative value.
 - the batch must be on the model's device (ValueError naming both devices) and hold at least one sample.
 """
+
 from __future__ import annotations
 
 import logging
@@ -228,10 +229,15 @@ def check_pixel_batch(
     check_tensor(name, x, ndim=(4, 5) if allow_images else 5)
     _check_pixel_dtype(name, x)
     if x.ndim == 4:
-        return check_tensor(name, x, shape=("batch", channels, height, width),
-                            names=("batch", "channels", "height", "width"))
-    return check_tensor(name, x, shape=("batch", channels, "frames" if frames is None else frames, height, width),
-                        names=("batch", "channels", "frames", "height", "width"))
+        return check_tensor(
+            name, x, shape=("batch", channels, height, width), names=("batch", "channels", "height", "width")
+        )
+    return check_tensor(
+        name,
+        x,
+        shape=("batch", channels, "frames" if frames is None else frames, height, width),
+        names=("batch", "channels", "frames", "height", "width"),
+    )
 
 
 def pixels_to_symmetric(
@@ -287,15 +293,19 @@ def check_device(name: str, x: Tensor, device: torch.device | str | None) -> Ten
         return x
     device = torch.device(device)
     if not _same_device(x.device, device):
-        raise ValueError(f"{name}: expected a tensor on the model's device {device}, got one on {x.device}; "
-                         f"move it with {name}.to({str(device)!r})")
+        raise ValueError(
+            f"{name}: expected a tensor on the model's device {device}, got one on {x.device}; "
+            f"move it with {name}.to({str(device)!r})"
+        )
     return x
 
 
 def _check_pixel_dtype(name: str, x: Tensor) -> None:
     if x.dtype not in PIXEL_DTYPES:
-        raise TypeError(f"{name}: expected a floating point tensor (float32, float16, bfloat16 or float64) with pixels "
-                        f"in [0, 1], or uint8 pixels in [0, 255], got dtype {x.dtype}")
+        raise TypeError(
+            f"{name}: expected a floating point tensor (float32, float16, bfloat16 or float64) with pixels "
+            f"in [0, 1], or uint8 pixels in [0, 255], got dtype {x.dtype}"
+        )
 
 
 def check_not_empty(name: str, x: Tensor) -> Tensor:
@@ -304,7 +314,9 @@ def check_not_empty(name: str, x: Tensor) -> Tensor:
     if x.ndim == 0:
         raise ValueError(f"{name}: expected a batched tensor (batch, ...), got a scalar")
     if x.shape[0] == 0:
-        raise ValueError(f"{name}: expected at least one sample, got an empty batch of shape {_format_received(x.shape)}")
+        raise ValueError(
+            f"{name}: expected at least one sample, got an empty batch of shape {_format_received(x.shape)}"
+        )
     return x
 
 
@@ -319,8 +331,9 @@ def _target_dtype(name: str, dtype: torch.dtype | None) -> torch.dtype:
 def _finite_bounds(name: str, x: Tensor, what: str) -> tuple[float, float]:
     """`(min, max)` of a non-empty tensor in one synchronisation; ValueError when it holds NaN or inf."""
     values = x.detach()
-    finite, low, high = torch.stack((torch.isfinite(values).all().float(), values.min().float(),
-                                     values.max().float())).tolist()
+    finite, low, high = torch.stack(
+        (torch.isfinite(values).all().float(), values.min().float(), values.max().float())
+    ).tolist()
     if not finite:
         bad = int((~torch.isfinite(values)).sum())
         raise ValueError(f"{name}: expected finite {what}, got NaN or inf in {bad} of {values.numel()} values")
@@ -376,13 +389,18 @@ def check_pixels(
         return unit if output_range == "unit" else unit * 2 - 1
 
     if max(-low, high) > _PIXEL_SCALE_LIMIT:
-        raise ValueError(f"{name}: expected pixel values in [0, 1] (or [-1, 1]), {got}, far outside both; "
-                         f"{_OUT_OF_RANGE_HINT}")
+        raise ValueError(
+            f"{name}: expected pixel values in [0, 1] (or [-1, 1]), {got}, far outside both; {_OUT_OF_RANGE_HINT}"
+        )
     if low < -1.0 - tolerance or high > 1.0 + tolerance:
         # a constant message: Python shows it once per call site (the model's entry point), not once per batch
-        warnings.warn(f"{name}: pixel values outside [-1, 1] were clamped. Pixels are expected in [0, 1]; a batch "
-                      "with negative values is read as [-1, 1] (e.g. torch.randn input), and values outside that "
-                      "range are clamped to it.", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"{name}: pixel values outside [-1, 1] were clamped. Pixels are expected in [0, 1]; a batch "
+            "with negative values is read as [-1, 1] (e.g. torch.randn input), and values outside that "
+            "range are clamped to it.",
+            UserWarning,
+            stacklevel=2,
+        )
     logger.debug("%s: negative pixel values, read as [-1, 1] (%s)", name, got)
     symmetric_pixels = x.to(dtype).clamp(-1.0, 1.0)
     return (symmetric_pixels + 1) * 0.5 if output_range == "unit" else symmetric_pixels
@@ -401,8 +419,9 @@ def check_embeddings(
     Returns the (cast) tensor."""
     check_tensor(name, x)
     if not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating point tensor (float32, float16, bfloat16 or float64), "
-                        f"got dtype {x.dtype}")
+        raise TypeError(
+            f"{name}: expected a floating point tensor (float32, float16, bfloat16 or float64), got dtype {x.dtype}"
+        )
     check_device(name, x, device)
     check_not_empty(name, x)
     if x.numel() > 0:

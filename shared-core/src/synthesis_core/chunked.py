@@ -1,22 +1,21 @@
-"""Memory savers: chunked feed-forward and attention, slicing, reversible layers and activation checkpointing.
+"""Memory savers: chunked feed-forward, slicing, reversible layers and activation checkpointing.
 
 Everything here trades compute for memory and gives the same results (forward and gradients) as the plain code.
 This module depends only on torch so that every other module may import it.
 """
+
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "chunked_feedforward",
     "apply_in_slices",
-    "chunked_attention",
     "ReversibleSequence",
     "SequentialResidual",
     "checkpointed",
@@ -38,58 +37,6 @@ def apply_in_slices(fn: Callable[[Tensor], Tensor], x: Tensor, slice_size: int |
     `fn` must treat the slices independently; its outputs are concatenated along the same `dim`.
     """
     return chunked_feedforward(fn, x, slice_size, dim=dim)
-
-
-def chunked_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    query_chunk_size: int | None,
-    attn_mask: Tensor | None = None,
-    causal: bool = False,
-    dropout_p: float = 0.0,
-    scale: float | None = None,
-    checkpoint_chunks: bool = False,
-) -> Tensor:
-    """`F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal=causal)` on `(b, h, n, d)`, computed
-    `query_chunk_size` queries at a time so that the attention logits (and any causal mask) never exceed
-    `(b, h, query_chunk_size, m)`.
-
-    Unlike SDPA, `attn_mask` and `causal` may be combined (causal is top-left aligned, as in SDPA). `attn_mask`
-    follows SDPA: bool (True = attend) or additive float, broadcastable to `(b, h, n, m)`.
-    `checkpoint_chunks=True` recomputes each chunk in backward, so training memory is capped by the chunk too.
-    """
-    q_len, k_len = q.shape[-2], k.shape[-2]
-    if query_chunk_size is not None and query_chunk_size < 1:
-        raise ValueError(f"query_chunk_size: expected a positive int or None, got {query_chunk_size}")
-    if attn_mask is not None and attn_mask.ndim < 2:
-        raise ValueError(f"attn_mask: expected a mask broadcastable to (b, h, {q_len}, {k_len}), got {tuple(attn_mask.shape)}")
-    chunk_size = q_len if query_chunk_size is None else min(query_chunk_size, q_len)
-
-    def attend_chunk(q_chunk: Tensor, start: int, mask_chunk: Tensor | None) -> Tensor:
-        if causal:
-            query_positions = torch.arange(start, start + q_chunk.shape[-2], device=q.device)
-            causal_keep = torch.arange(k_len, device=q.device)[None, :] <= query_positions[:, None]
-            if mask_chunk is None:
-                mask_chunk = causal_keep
-            elif mask_chunk.dtype == torch.bool:
-                mask_chunk = mask_chunk & causal_keep
-            else:
-                mask_chunk = torch.where(causal_keep, mask_chunk, float("-inf"))
-        return F.scaled_dot_product_attention(q_chunk, k, v, attn_mask=mask_chunk, dropout_p=dropout_p, scale=scale)
-
-    outputs = []
-    for start in range(0, q_len, chunk_size):
-        q_chunk = q[..., start:start + chunk_size, :]
-        mask_chunk = None
-        if attn_mask is not None:
-            # a mask broadcast over queries (size 1 there) is shared by every chunk
-            mask_chunk = attn_mask if attn_mask.shape[-2] == 1 else attn_mask[..., start:start + chunk_size, :]
-        if checkpoint_chunks and torch.is_grad_enabled():
-            outputs.append(checkpoint(attend_chunk, q_chunk, start, mask_chunk, use_reentrant=False))
-        else:
-            outputs.append(attend_chunk(q_chunk, start, mask_chunk))
-    return torch.cat(outputs, dim=-2)
 
 
 # reversible layers
@@ -239,12 +186,14 @@ class ReversibleSequence(nn.Module):
 
     def forward(self, x: Tensor, g_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> Tensor:
         g_kwargs = g_kwargs or {}
-        blocks = [(f, g) for f, g in self.blocks]
+        blocks = [(f, g) for f, g in cast(Iterable[nn.ModuleList], self.blocks)]
         x = torch.cat((x, x), dim=-1)
         params = [param for f, g in blocks for param in (*_grad_params(f), *_grad_params(g))]
         params = list({id(param): param for param in params}.values())
         kwarg_tensors = [
-            value for value in (*kwargs.values(), *g_kwargs.values()) if isinstance(value, Tensor) and value.requires_grad
+            value
+            for value in (*kwargs.values(), *g_kwargs.values())
+            if isinstance(value, Tensor) and value.requires_grad
         ]
         grad_inputs = [*params, *kwarg_tensors]
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or len(grad_inputs) > 0)
@@ -270,7 +219,7 @@ class SequentialResidual(nn.Module):
     def forward(self, x: Tensor, g_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> Tensor:
         g_kwargs = g_kwargs or {}
         x1 = x2 = x
-        for f, g in self.blocks:
+        for f, g in cast(Iterable[nn.ModuleList], self.blocks):
             x1 = x1 + f(x2, **kwargs)
             x2 = x2 + g(x1, **g_kwargs)
         return (x1 + x2) / 2

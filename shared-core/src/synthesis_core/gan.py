@@ -13,6 +13,7 @@ A typical VQGAN step (Esser et al. 2021), alternating between the autoencoder an
     real, fake = discriminator(images), discriminator(recon.detach())
     (hinge_discr_loss(fake, real) + gradient_penalty(images, real)).backward()
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,7 +21,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import torch
@@ -44,6 +45,7 @@ __all__ = [
     "DiscriminatorBlock",
     "Discriminator",
     "PerceptualLoss",
+    "LazyPerceptualLoss",
     "default_perceptual_layers",
     "default_vgg",
     "vgg16_cache_path",
@@ -112,7 +114,7 @@ def adaptive_generator_weight(
     `.weight` is used). It balances the two losses at the point where they enter the decoder."""
     if isinstance(last_layer, nn.Module):
         last_layer = last_layer.weight
-    check_tensor("last_layer", last_layer, dtype_floating=True)
+    last_layer = check_tensor("last_layer", last_layer, dtype_floating=True)
     for name, loss in (("nll_loss", nll_loss), ("gen_loss", gen_loss)):
         check_tensor(name, loss, shape=(), dtype_floating=True)
         if not loss.requires_grad:
@@ -138,6 +140,8 @@ def _group_count(groups: int, channels: int) -> int:
 
 class Blur(nn.Module):
     """Depthwise [1, 2, 1] x [1, 2, 1] / 16 low-pass filter (keeps the size): anti-aliasing before striding."""
+
+    kernel: Tensor
 
     def __init__(self):
         super().__init__()
@@ -166,6 +170,8 @@ class DiscriminatorBlock(nn.Module):
     def __init__(self, dim_in: int, dim_out: int, downsample: bool = True, groups: int = 16, blur: bool = True):
         super().__init__()
         self.net = nn.Sequential(_conv_norm_act(dim_in, dim_out, groups), _conv_norm_act(dim_out, dim_out, groups))
+        self.downsample: nn.Module
+        self.shortcut: nn.Module
         if downsample:
             self.downsample = nn.Sequential(
                 Blur() if blur else nn.Identity(),
@@ -234,8 +240,14 @@ class Discriminator(nn.Module):
         self.to_logits = nn.Linear(dims[-1], 1)
 
     def forward(self, images: Tensor) -> Tensor:
-        check_tensor("images", images, ndim=4, shape=("batch", self.channels, "height", "width"),
-                     names=("batch", "channels", "height", "width"), dtype_floating=True)
+        check_tensor(
+            "images",
+            images,
+            ndim=4,
+            shape=("batch", self.channels, "height", "width"),
+            names=("batch", "channels", "height", "width"),
+            dtype_floating=True,
+        )
         height, width = images.shape[-2:]
         if height % self.downsample_factor or width % self.downsample_factor:
             raise ValueError(
@@ -283,15 +295,18 @@ class PerceptualLoss(nn.Module):
     squared difference is summed over channels and averaged over positions; the result is averaged over layers
     (LPIPS with uniform layer weights). It is 0 for identical images.
 
-    `network`: an `nn.Sequential` (e.g. `torchvision.models.vgg16(...).features`) or a model with such a
-    `.features` (a whole torchvision VGG is accepted); `layers` are indices into it, default: every ReLU right
-    before a max-pool. Any other module may be passed with `layers=None`: its output (a feature map or a
-    list of them) is used. The network is frozen (no grad, always in eval mode, in-place ops turned off) and, unless
+    `network`: any module returning a feature map `(b, c, h, w)` or a list of them. For an `nn.Sequential` (e.g.
+    `torchvision.models.vgg16(...).features`, or a model with such a `.features`: a whole torchvision VGG is
+    accepted) `layers` may pick indices into it; by default every ReLU right before a max-pool, and where there is
+    none (e.g. a plain conv stack) the network's output. Another module takes `layers=None`: its output is used. The network is frozen (no grad, always in eval mode, in-place ops turned off) and, unless
     `save_network=True`, left out of `state_dict()` so checkpoints of the models that own this loss stay small.
 
     Inputs `(b, 3 or 1, h, w)` in `value_range` (default [-1, 1]); grayscale is repeated to 3 channels, then
     ImageNet mean/std normalisation is applied.
     """
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(
         self,
@@ -303,38 +318,42 @@ class PerceptualLoss(nn.Module):
     ):
         super().__init__()
         if not isinstance(network, nn.Module):
-            raise TypeError(f"network: expected an nn.Module (e.g. torchvision.models.vgg16().features), "
-                            f"got {type(network).__name__}")
+            raise TypeError(
+                f"network: expected an nn.Module (e.g. torchvision.models.vgg16().features), "
+                f"got {type(network).__name__}"
+            )
         features = getattr(network, "features", None)
         if isinstance(features, nn.Sequential):
             network = features
 
-        if isinstance(network, nn.Sequential):
-            if layers is None:
-                layers = default_perceptual_layers(network)
-                if not layers:
-                    raise ValueError("layers: the network has no ReLU followed by a MaxPool2d to pick by default; "
-                                     "pass layers=[indices of the feature layers]")
+        if isinstance(network, nn.Sequential) and layers is None:
+            # VGG-style stacks: the last activation of every stage; any other Sequential: its output, like any module
+            layers = default_perceptual_layers(network) or None
+        if isinstance(network, nn.Sequential) and layers is not None:
             layers = sorted(set(layers))
             for layer in layers:
                 if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(network):
                     raise ValueError(f"layers: expected indices in [0, {len(network) - 1}], got {list(layers)}")
         elif layers is not None:
-            raise ValueError("layers: only supported for an nn.Sequential network; for another module pass "
-                             "layers=None and return the feature maps from its forward")
+            raise ValueError(
+                "layers: only supported for an nn.Sequential network; for another module pass "
+                "layers=None and return the feature maps from its forward"
+            )
         if len(value_range) != 2 or not value_range[0] < value_range[1]:
             raise ValueError(f"value_range: expected (low, high) with low < high, got {value_range}")
 
         for module in network.modules():
             if hasattr(module, "inplace"):
-                module.inplace = False  # the outputs we keep must not be overwritten by the next layer
+                cast(Any, module).inplace = False  # the outputs we keep must not be overwritten by the next layer
         network.requires_grad_(False)
         network.eval()
 
         self.network = network
         self.layers = None if layers is None else tuple(layers)
         # each max-pool before the last used layer halves the image: smaller images cannot go through
-        pools = 0 if layers is None else sum(isinstance(m, nn.MaxPool2d) for m in list(network)[: layers[-1] + 1])
+        pools = 0
+        if isinstance(network, nn.Sequential) and layers is not None:
+            pools = sum(isinstance(m, nn.MaxPool2d) for m in list(network)[: layers[-1] + 1])
         self.min_image_size = 2**pools
         self.value_range = tuple(float(v) for v in value_range)
         self.save_network = save_network
@@ -352,8 +371,10 @@ class PerceptualLoss(nn.Module):
     def _check_images(self, name: str, images: Any) -> Tensor:
         check_tensor(name, images, ndim=4, names=("batch", "channels", "height", "width"), dtype_floating=True)
         if images.shape[1] not in (1, 3):
-            raise ValueError(f"{name}: expected 1 (grayscale) or 3 channels (batch, channels, height, width), "
-                             f"got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"{name}: expected 1 (grayscale) or 3 channels (batch, channels, height, width), "
+                f"got shape {tuple(images.shape)}"
+            )
         return images
 
     def normalize(self, images: Tensor) -> Tensor:
@@ -371,7 +392,8 @@ class PerceptualLoss(nn.Module):
             return list(out) if isinstance(out, (list, tuple)) else [out]
         collected, last = [], self.layers[-1]
         x = images
-        for index, module in enumerate(self.network):
+        # layers are only ever set for an nn.Sequential network (checked in __init__)
+        for index, module in enumerate(cast(nn.Sequential, self.network)):
             x = module(x)
             if index in self.layers:
                 collected.append(x)
@@ -387,8 +409,10 @@ class PerceptualLoss(nn.Module):
             raise ValueError(f"target: expected the shape of input {tuple(input.shape)}, got {tuple(target.shape)}")
         check_choice("reduction", reduction, ("mean", "none"))
         if min(input.shape[-2:]) < self.min_image_size:
-            raise ValueError(f"input: height and width must be at least {self.min_image_size} for the chosen layers "
-                             f"of the perceptual network, got {tuple(input.shape[-2:])}; pass fewer layers=")
+            raise ValueError(
+                f"input: height and width must be at least {self.min_image_size} for the chosen layers "
+                f"of the perceptual network, got {tuple(input.shape[-2:])}; pass fewer layers="
+            )
 
         batch = input.shape[0]
         both = self.normalize(torch.cat((input, target)))
@@ -432,3 +456,64 @@ def default_vgg(weights_path: str | os.PathLike | None = None) -> nn.Module:
     model.load_state_dict(state_dict)
     logger.info("loaded VGG16 weights from %s", path)
     return model.eval().requires_grad_(False)
+
+
+class LazyPerceptualLoss:
+    """The perceptual loss of a model that trains with one, resolved at its first use (never at import or build).
+
+    `network`: any module returning feature maps (see `PerceptualLoss`); None means torchvision's pretrained VGG16
+    from the local torch hub cache (`default_vgg`: nothing is downloaded). When those weights are not there the
+    model trains without the perceptual term, after one warning that says how to enable it; `available` tells.
+
+    Deliberately not an `nn.Module`: the frozen (often pretrained) network stays out of its owner's state dict
+    and parameters, follows the inputs' device on use, and copies of the owner (EMA, `copy_for_eval`) share it.
+    """
+
+    def __init__(self, network: nn.Module | None = None, owner: str = "model"):
+        if network is not None and not isinstance(network, nn.Module):
+            raise TypeError(
+                f"vgg: expected an nn.Module returning feature maps (or None for the cached pretrained "
+                f"VGG16), got {type(network).__name__}"
+            )
+        self.network = network
+        self.owner = owner
+        self._loss: PerceptualLoss | None = None
+        self._resolved = False
+
+    def __deepcopy__(self, memo: dict) -> LazyPerceptualLoss:
+        return self  # frozen and shared: an EMA copy must not hold a second VGG
+
+    def resolve(self) -> PerceptualLoss | None:
+        """The `PerceptualLoss`, or None when no network is available (warned about once)."""
+        if not self._resolved:
+            network = self.network
+            if network is None:
+                try:
+                    network = default_vgg()
+                except ValueError:
+                    logger.warning(
+                        "%s: no pretrained VGG16 weights at %s (nothing is downloaded), so it trains without the "
+                        "perceptual loss. To enable it, put torchvision's VGG16 file there (run "
+                        "torchvision.models.vgg16(weights='IMAGENET1K_V1') once with internet, or point TORCH_HOME "
+                        "at a cache that has it), or pass vgg=<any nn.Module returning feature maps>.",
+                        self.owner,
+                        vgg16_cache_path(),
+                    )
+            self._loss = PerceptualLoss(network) if network is not None else None
+            self._resolved = True
+        return self._loss
+
+    @property
+    def available(self) -> bool:
+        return self.resolve() is not None
+
+    def __call__(self, input: Tensor, target: Tensor) -> Tensor | None:
+        """The perceptual distance of `input` and `target` `(b, c, h, w)` in [-1, 1], or None without a network."""
+        loss = self.resolve()
+        if loss is None:
+            return None
+        first_param = next(loss.parameters(), None)
+        first_buffer = loss.mean
+        if (first_param is not None and first_param.device != input.device) or first_buffer.device != input.device:
+            loss.to(input.device)
+        return loss(input, target)

@@ -4,10 +4,12 @@ position generators, resampling and resnet blocks.
 Layouts: tokens are `(b, n, dim)`; feature maps are channels-first `(b, c, h, w)` and videos `(b, c, t, h, w)`.
 The 2D resampling layers and `ResnetBlock` accept videos and apply themselves per frame.
 """
+
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -16,16 +18,14 @@ from torch import Tensor, nn
 
 from synthesis_core.checks import check_divisible, check_positive_int, check_tensor
 from synthesis_core.chunked import chunked_feedforward
-from synthesis_core.utils import default, exists
+from synthesis_core.utils import default
 
 __all__ = [
     "RMSNorm",
     "LayerNorm",
     "ChannelLayerNorm",
-    "ChannelRMSNorm",
     "GEGLU",
     "FeedForward",
-    "ChannelFeedForward",
     "SinusoidalPosEmb",
     "LearnedSinusoidalPosEmb",
     "TimestepEmbedding",
@@ -33,7 +33,6 @@ __all__ = [
     "position_grid",
     "token_shift",
     "shift_tokens",
-    "PEG",
     "Upsample",
     "PixelShuffleUpsample",
     "Downsample",
@@ -98,21 +97,6 @@ class ChannelLayerNorm(nn.Module):
         return ((x_float - mean) * torch.rsqrt(var + self.eps) * gamma).to(x.dtype)
 
 
-class ChannelRMSNorm(nn.Module):
-    """RMS norm over the channel dimension (dim 1) of `(b, c, ...)` feature maps with a learnable gain."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.gamma = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x_float = x.float()
-        rms_inv = torch.rsqrt(x_float.pow(2).mean(dim=1, keepdim=True) + self.eps)
-        gamma = self.gamma.view(1, -1, *((1,) * (x.ndim - 2)))
-        return (x_float * rms_inv * gamma).to(x.dtype)
-
-
 # feed-forwards
 
 
@@ -146,8 +130,10 @@ class FeedForward(nn.Module):
         inner_dim = int(dim * mult)
         dim_out = default(dim_out, dim)
         self.chunk_size = chunk_size
-        project_in = nn.Sequential(nn.Linear(dim, inner_dim * 2), GEGLU()) if glu else nn.Sequential(
-            nn.Linear(dim, inner_dim), nn.GELU()
+        project_in = (
+            nn.Sequential(nn.Linear(dim, inner_dim * 2), GEGLU())
+            if glu
+            else nn.Sequential(nn.Linear(dim, inner_dim), nn.GELU())
         )
         self.net = nn.Sequential(
             LayerNorm(dim) if pre_norm else nn.Identity(),
@@ -156,27 +142,12 @@ class FeedForward(nn.Module):
             nn.Linear(inner_dim, dim_out),
         )
         if zero_init_output:
-            nn.init.zeros_(self.net[-1].weight)
-            nn.init.zeros_(self.net[-1].bias)
+            output = cast(nn.Linear, self.net[-1])
+            nn.init.zeros_(output.weight)
+            nn.init.zeros_(output.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return chunked_feedforward(self.net, x, self.chunk_size, dim=1)
-
-
-class ChannelFeedForward(nn.Module):
-    """1x1-conv feed-forward on channels-first feature maps `(b, c, ...)` (any number of spatial axes)."""
-
-    def __init__(self, dim: int, mult: float = 2, dropout: float = 0.0, pre_norm: bool = True):
-        super().__init__()
-        inner_dim = int(dim * mult)
-        self.norm = ChannelLayerNorm(dim) if pre_norm else nn.Identity()
-        # a 1x1 conv is a linear map over the channel axis; keeping it as Linear works for 4D and 5D alike
-        self.net = nn.Sequential(nn.Linear(dim, inner_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(inner_dim, dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.norm(x)
-        x = self.net(x.movedim(1, -1))
-        return x.movedim(-1, 1)
 
 
 # time embeddings
@@ -251,8 +222,9 @@ class FrameEmbedding(nn.Module):
         check_positive_int("pos_dim", pos_dim)
         self.pos_emb = SinusoidalPosEmb(pos_dim)
         self.mlp = nn.Sequential(nn.Linear(dim + pos_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        output = cast(nn.Linear, self.mlp[-1])
+        nn.init.zeros_(output.weight)
+        nn.init.zeros_(output.bias)
 
     def forward(self, emb: Tensor, frames: int) -> Tensor:
         check_tensor("emb", emb, ndim=2, names=("batch", "dim"))
@@ -290,7 +262,7 @@ def token_shift(x: Tensor, dims: Sequence[int] = (1,), fraction: float | None = 
     """
     dims = tuple(dims)
     channels = x.shape[-1]
-    group = int(channels * fraction) if exists(fraction) else channels // (len(dims) + 1)
+    group = int(channels * fraction) if fraction is not None else channels // (len(dims) + 1)
     if group * len(dims) > channels:
         raise ValueError(f"fraction: {fraction} of {channels} channels times {len(dims)} axes exceeds the channels")
     if group == 0:
@@ -300,60 +272,17 @@ def token_shift(x: Tensor, dims: Sequence[int] = (1,), fraction: float | None = 
         dim = dim if dim >= 0 else x.ndim + dim
         if dim == x.ndim - 1:
             raise ValueError("dims: cannot shift along the channel (last) dimension")
-        part = x[..., index * group:(index + 1) * group]
+        part = x[..., index * group : (index + 1) * group]
         # pad one step at the start of `dim`, drop the last step
         length = part.shape[dim]
         part = part.narrow(dim, 0, length - 1)
         pad = [0, 0] * (x.ndim - 1 - dim) + [1, 0]
         shifted.append(F.pad(part, pad))
-    rest = x[..., len(dims) * group:]
+    rest = x[..., len(dims) * group :]
     return torch.cat((*shifted, rest), dim=-1)
 
 
 shift_tokens = token_shift
-
-
-# position encoding generator
-
-
-class PEG(nn.Module):
-    """Position encoding generator: a depthwise 3x3x3 conv over (frames, height, width), residual branch only.
-
-    Accepts channels-last tokens `(b, t, h, w, dim)` or channels-first `(b, dim, t, h, w)`; pass
-    `channels_last` when the layout is ambiguous (both dim 1 and the last dim equal `dim`). `causal=True`
-    pads only the past along time so frame t never sees frame t+1.
-    """
-
-    def __init__(self, dim: int, causal: bool = False, channels_last: bool | None = None):
-        super().__init__()
-        self.dim = dim
-        self.causal = causal
-        self.channels_last = channels_last
-        self.dsconv = nn.Conv3d(dim, dim, 3, groups=dim)
-
-    def forward(self, x: Tensor, channels_last: bool | None = None) -> Tensor:
-        check_tensor("x", x, ndim=5)
-        channels_last = default(channels_last, self.channels_last)
-        if channels_last is None:
-            last, first = x.shape[-1] == self.dim, x.shape[1] == self.dim
-            if last and first:
-                raise ValueError(
-                    f"x: layout of shape {tuple(x.shape)} is ambiguous for dim={self.dim}; "
-                    "pass channels_last=True for (b, t, h, w, dim) or False for (b, dim, t, h, w)"
-                )
-            if not (last or first):
-                raise ValueError(
-                    f"x: expected (b, t, h, w, {self.dim}) or (b, {self.dim}, t, h, w), got {tuple(x.shape)}"
-                )
-            channels_last = last
-        if channels_last:
-            x = rearrange(x, "b t h w d -> b d t h w")
-        frame_padding = (2, 0) if self.causal else (1, 1)
-        x = F.pad(x, (1, 1, 1, 1, *frame_padding))
-        x = self.dsconv(x)
-        if channels_last:
-            x = rearrange(x, "b d t h w -> b t h w d")
-        return x
 
 
 # resampling
@@ -390,7 +319,7 @@ class PixelShuffleUpsample(nn.Module):
         weight = torch.empty(dim_out, self.conv.in_channels, 1, 1)
         nn.init.kaiming_uniform_(weight)
         self.conv.weight.copy_(repeat(weight, "o i h w -> (o r) i h w", r=self.factor**2))
-        nn.init.zeros_(self.conv.bias)
+        nn.init.zeros_(cast(Tensor, self.conv.bias))
 
     def forward(self, x: Tensor) -> Tensor:
         return _per_frame(self.net, x)
@@ -430,7 +359,7 @@ class _Block(nn.Module):
     def forward(self, x: Tensor, scale_shift: tuple[Tensor, Tensor] | None = None) -> Tensor:
         # autocast computes GroupNorm in float32; cast back so bf16 training stores bf16 activations
         x = self.norm(x).to(x.dtype)
-        if exists(scale_shift):
+        if scale_shift is not None:
             scale, shift = scale_shift
             x = x * (scale + 1).to(x.dtype) + shift.to(x.dtype)
         return self.proj(self.dropout(self.act(x)))
@@ -454,7 +383,7 @@ class ResnetBlock(nn.Module):
         check_divisible("dim", dim, groups, divisor_name="groups")
         check_divisible("dim_out", dim_out, groups, divisor_name="groups")
         self.time_mlp = (
-            nn.Sequential(nn.SiLU(), nn.Linear(time_emb_dim, dim_out * 2)) if exists(time_emb_dim) else None
+            nn.Sequential(nn.SiLU(), nn.Linear(time_emb_dim, dim_out * 2)) if time_emb_dim is not None else None
         )
         self.block1 = _Block(dim, dim_out, groups=groups)
         self.block2 = _Block(dim_out, dim_out, groups=groups, dropout=dropout)
@@ -469,7 +398,7 @@ class ResnetBlock(nn.Module):
             raise ValueError(f"x: expected (b, c, h, w) or (b, c, t, h, w), got shape {tuple(x.shape)}")
 
         scale_shift = None
-        if exists(self.time_mlp):
+        if self.time_mlp is not None:
             if time_emb is None:
                 raise ValueError("time_emb: this ResnetBlock was built with time_emb_dim and needs a time embedding")
             film = self.time_mlp(time_emb)

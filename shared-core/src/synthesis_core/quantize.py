@@ -21,6 +21,7 @@ whose new statistics would not be finite (overflow) keeps its old ones. The outp
 whatever it is (NaN), so the training step is skipped by the trainer's NaN guard and the next clean batch trains
 an intact codebook. LFQ and FSQ keep no statistics.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,8 +64,7 @@ class QuantizeOutput(NamedTuple):
 
 
 def _check_features(x: Any, dim: int) -> Tensor:
-    return check_tensor("x", x, ndim=3, shape=("batch", "seq", dim), names=("batch", "seq", "dim"),
-                        dtype_floating=True)
+    return check_tensor("x", x, ndim=3, shape=("batch", "seq", dim), names=("batch", "seq", "dim"), dtype_floating=True)
 
 
 def _check_indices(indices: Any) -> Tensor:
@@ -123,9 +123,7 @@ def _sample_vectors(samples: Tensor, num: int) -> Tensor:
     return samples[index]
 
 
-def _kmeans_plus_plus_init(
-    samples: Tensor, num_clusters: int, use_cosine_sim: bool, max_rounds: int = 64
-) -> Tensor:
+def _kmeans_plus_plus_init(samples: Tensor, num_clusters: int, use_cosine_sim: bool, max_rounds: int = 64) -> Tensor:
     """k-means++ seeding (D^2 sampling): spreads the initial means so that Lloyd's iterations do not start with
     two means in one cluster. Exact k-means++ for up to `max_rounds` clusters; larger codebooks draw their means
     in `max_rounds` batches (each batch by D^2 to the means so far), so the cost stays that of one Lloyd step."""
@@ -227,6 +225,12 @@ class VectorQuantize(nn.Module):
     The loss is `commitment_weight * ||x - sg(e)||^2` (+ the codebook loss without EMA, + `orthogonal_reg_weight`
     times `orthogonal_loss` over the codebook, or over `orthogonal_reg_max_codes` random codes of it).
     """
+
+    # buffers (and `embed`, a buffer or a Parameter), declared for the type checker
+    embed: Tensor
+    embed_avg: Tensor
+    cluster_size: Tensor
+    initted: Tensor
 
     def __init__(
         self,
@@ -367,8 +371,13 @@ class VectorQuantize(nn.Module):
 
         # last line of defence (finite inputs can still overflow float32, and with decay=0 a batch without finite
         # vectors leaves total = 0): a code whose new statistics are not all finite keeps its old ones
-        keep_new = (torch.isfinite(cluster_size) & torch.isfinite(smoothed_size) & (smoothed_size > 0)
-                    & torch.isfinite(embed_avg).all(dim=-1) & torch.isfinite(embed).all(dim=-1))
+        keep_new = (
+            torch.isfinite(cluster_size)
+            & torch.isfinite(smoothed_size)
+            & (smoothed_size > 0)
+            & torch.isfinite(embed_avg).all(dim=-1)
+            & torch.isfinite(embed).all(dim=-1)
+        )
         keep_new_rows = rearrange(keep_new, "k -> k 1")
         self.cluster_size.copy_(torch.where(keep_new, cluster_size, self.cluster_size.float()))
         self.embed_avg.copy_(torch.where(keep_new_rows, embed_avg, self.embed_avg.float()))
@@ -444,6 +453,8 @@ class LFQ(nn.Module):
     with `p(code | z) = softmax(2 <z, code> / temperature)` over all codes (in training only: it needs a
     `(tokens, codebook_size)` matrix). It is low for confident assignments that use the whole codebook.
     """
+
+    bit_values: Tensor
 
     def __init__(
         self,
@@ -540,6 +551,10 @@ class FSQ(nn.Module):
     (first dim = least significant). Nothing is learned in the quantizer and the loss is 0.
     """
 
+    levels_tensor: Tensor
+    basis: Tensor
+    half_width: Tensor
+
     def __init__(self, dim: int, levels: tuple[int, ...] | list[int] = (8, 5, 5, 5), eps: float = 1e-3):
         super().__init__()
         check_positive_int("dim", dim)
@@ -607,7 +622,8 @@ def fsq_levels(codebook_size: int, min_level: int = 3, max_level: int = 8) -> tu
     check_positive_int("codebook_size", codebook_size)
     if codebook_size < 2:
         raise ValueError(f"codebook_size: expected at least 2 codes, got {codebook_size}")
-    best_key, best = None, None
+    best_key: tuple[int, int, int] | None = None
+    best: tuple[int, ...] | None = None
     max_dims = math.ceil(math.log(codebook_size, min_level)) + 1
     for num_dims in range(1, max_dims + 1):
         for combo in combinations_with_replacement(range(max_level, min_level - 1, -1), num_dims):
@@ -619,6 +635,8 @@ def fsq_levels(codebook_size: int, min_level: int = 3, max_level: int = 8) -> tu
                 best_key, best = key, combo
         if best_key is not None and best_key[0] == codebook_size:
             break  # an exact fit with few dims cannot be beaten by more dims
+    if best is None:
+        raise ValueError(f"max_level: expected at least min_level={min_level}, got {max_level}")
     return tuple(best)
 
 

@@ -12,6 +12,7 @@
 - `precompute_text_embeddings` / `PrecomputedTextEmbeddings`: encode a caption list once into memory-mapped
   numpy arrays that datasets read back, so training never runs T5.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,6 @@ import logging
 import os
 import re
 import socket
-import sys
 import threading
 import time
 import urllib.request
@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from synthesis_core.attention import Transformer
 from synthesis_core.checkpoint import PretrainedMixin, atomic_write_json, read_json, register_loadable
 from synthesis_core.checks import check_positive_int, check_tensor
+from synthesis_core.hub import hub_offline, is_repo_id
 
 logger = logging.getLogger(__name__)
 
@@ -74,18 +75,10 @@ class TextEncoderUnavailableError(OSError):
     """The weights or tokenizer of a pretrained text encoder cannot be found (offline, or a wrong name/folder)."""
 
 
-def _is_offline() -> bool:
-    if any(os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
-           for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
-        return True
-    # huggingface_hub reads HF_HUB_OFFLINE once, at import: if it was set then, the hub client stays offline
-    hub_constants = sys.modules.get("huggingface_hub.constants")
-    return bool(getattr(hub_constants, "HF_HUB_OFFLINE", False))
-
-
 def _hub_cache_folder() -> str:
     try:
         from huggingface_hub import constants
+
         return str(constants.HF_HUB_CACHE)
     except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
         return os.path.expanduser("~/.cache/huggingface/hub")
@@ -94,6 +87,7 @@ def _hub_cache_folder() -> str:
 def _hub_endpoint() -> str:
     try:
         from huggingface_hub import constants
+
         return str(constants.ENDPOINT)
     except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
         return "https://huggingface.co"
@@ -204,9 +198,13 @@ class _HubMemory:
                 reason = probe_hub(endpoint)
                 self._unreachable[endpoint] = reason
                 if reason is not None:
-                    logger.warning("the Hugging Face hub %s is unreachable (%s, after %.1f s): text encoders are "
-                                   "read from the local cache only; set HF_HUB_OFFLINE=1 to skip this check",
-                                   endpoint, reason, time.monotonic() - start)
+                    logger.warning(
+                        "the Hugging Face hub %s is unreachable (%s, after %.1f s): text encoders are "
+                        "read from the local cache only; set HF_HUB_OFFLINE=1 to skip this check",
+                        endpoint,
+                        reason,
+                        time.monotonic() - start,
+                    )
             return self._unreachable[endpoint]
 
     def failure(self, name: str, what: str) -> str | None:
@@ -247,40 +245,31 @@ def _cached_files(name: str) -> tuple[str, ...]:
     return tuple(sorted(str(p.relative_to(snapshots)) for p in snapshots.rglob("*")))
 
 
-def _is_hub_name(name: str) -> bool:
-    """Whether `name` can be a hub model id ('t5-small', 'google/t5-v1_1-base'); a path (e.g. '/data/t5',
-    './t5', 'a/b/c') cannot, so a missing folder is reported as such without asking the hub."""
-    try:
-        from huggingface_hub.utils import validate_repo_id
-    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
-        return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None
-    try:
-        validate_repo_id(name)
-    except ValueError:
-        return False
-    return True
-
-
-def _unavailable(name: str, err: Exception | None, what: str = "weights",
-                 unreachable: str | None = None) -> TextEncoderUnavailableError:
+def _unavailable(
+    name: str, err: Exception | None, what: str = "weights", unreachable: str | None = None
+) -> TextEncoderUnavailableError:
     looks_like_path = name.startswith((".", "/", "~")) or (os.sep in name and Path(name).expanduser().exists())
-    if looks_like_path or _local_folder(name) is not None or not _is_hub_name(name):
+    if looks_like_path or _local_folder(name) is not None or not is_repo_id(name):
         where = f"the folder {Path(name).expanduser().resolve()}"
     else:
         where = f"the Hugging Face cache {_hub_cache_folder()}"
-        if _is_offline():
+        if hub_offline():
             where += " (offline: HF_HUB_OFFLINE is set)"
         elif unreachable is not None:
             where += f", and the hub {_hub_endpoint()} is unreachable ({unreachable})"
         else:
             where += " and the hub"
-    message = (f"cannot load the {what} of text encoder {name!r}: not found in {where}. To use a local copy, "
-               "download it once (e.g. `huggingface-cli download NAME` or `AutoModel.from_pretrained(NAME)"
-               ".save_pretrained(FOLDER)` plus the tokenizer) and pass the folder as the encoder name, e.g. "
-               "text_encoder_name='/path/to/t5-v1_1-base'.")
+    message = (
+        f"cannot load the {what} of text encoder {name!r}: not found in {where}. To use a local copy, "
+        "download it once (e.g. `huggingface-cli download NAME` or `AutoModel.from_pretrained(NAME)"
+        ".save_pretrained(FOLDER)` plus the tokenizer) and pass the folder as the encoder name, e.g. "
+        "text_encoder_name='/path/to/t5-v1_1-base'."
+    )
     if unreachable is not None:
-        message += (" Without network, set HF_HUB_OFFLINE=1 so that the hub is not even tried, and pass a local "
-                    "folder or pre-download the encoder into the cache.")
+        message += (
+            " Without network, set HF_HUB_OFFLINE=1 so that the hub is not even tried, and pass a local "
+            "folder or pre-download the encoder into the cache."
+        )
     if err is not None:
         message += f" (underlying error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
     return TextEncoderUnavailableError(message)
@@ -294,8 +283,9 @@ def _local_folder(name: str) -> Path | None:
 _T = TypeVar("_T")
 
 
-def _from_folder_or_hub(name: str, what: str, load: Callable[[bool], _T],
-                        errors: tuple[type[Exception], ...] = (OSError, ValueError)) -> _T:
+def _from_folder_or_hub(
+    name: str, what: str, load: Callable[[bool], _T], errors: tuple[type[Exception], ...] = (OSError, ValueError)
+) -> _T:
     """`load(local_files_only)` for text encoder `name`, turning `errors` into `TextEncoderUnavailableError`.
 
     A local folder is read as is; a missing path fails without the hub; a hub name goes online only when the
@@ -307,14 +297,14 @@ def _from_folder_or_hub(name: str, what: str, load: Callable[[bool], _T],
             return load(True)
         except errors as err:
             raise _unavailable(name, err, what) from err
-    if not _is_hub_name(name):
+    if not is_repo_id(name):
         raise _unavailable(name, None, what)
     remembered = _HUB_MEMORY.failure(name, what)
     if remembered is not None:
         logger.debug("text encoder %r: %s lookup failed before, not trying again", name, what)
         raise TextEncoderUnavailableError(remembered)
-    unreachable = None if _is_offline() else _HUB_MEMORY.unreachable_reason(_hub_endpoint())
-    local_only = _is_offline() or unreachable is not None
+    unreachable = None if hub_offline() else _HUB_MEMORY.unreachable_reason(_hub_endpoint())
+    local_only = hub_offline() or unreachable is not None
     if local_only and not _cached_files(name):
         # nothing of it in the cache: fail here rather than in the hub client, which may still try the network
         # once per process (huggingface_hub fetches a telemetry list when building its request headers)
@@ -352,8 +342,10 @@ def get_encoded_dim(name: str) -> int:
         return KNOWN_ENCODER_DIMS[name]
     else:
         from transformers import AutoConfig
+
         config = _from_folder_or_hub(
-            name, "config", lambda local_only: AutoConfig.from_pretrained(name, local_files_only=local_only).to_dict())
+            name, "config", lambda local_only: AutoConfig.from_pretrained(name, local_files_only=local_only).to_dict()
+        )
     for key in ("d_model", "hidden_size", "dim"):
         if isinstance(config.get(key), int):
             return config[key]
@@ -424,32 +416,43 @@ class TextEncoder:
     def tokenizer(self):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
+
             self._tokenizer = _from_folder_or_hub(
-                self.name, "tokenizer",
-                lambda local_only: AutoTokenizer.from_pretrained(self.name, local_files_only=local_only,
-                                                                 trust_remote_code=False))
+                self.name,
+                "tokenizer",
+                lambda local_only: AutoTokenizer.from_pretrained(
+                    self.name, local_files_only=local_only, trust_remote_code=False
+                ),
+            )
         return self._tokenizer
 
     def _load_model(self) -> nn.Module:
         import transformers
 
         config = _from_folder_or_hub(
-            self.name, "weights",
+            self.name,
+            "weights",
             lambda local_only: transformers.AutoConfig.from_pretrained(self.name, local_files_only=local_only),
-            errors=(OSError,))
+            errors=(OSError,),
+        )
         if config.model_type in T5_MODEL_TYPES:
             model_class = getattr(transformers, f"{config.model_type.upper()}EncoderModel")
         elif getattr(config, "is_encoder_decoder", False):
-            raise ValueError(f"name: {self.name!r} is an encoder-decoder {config.model_type!r} model; "
-                             "only T5-family encoders and encoder-only models (BERT) are supported")
+            raise ValueError(
+                f"name: {self.name!r} is an encoder-decoder {config.model_type!r} model; "
+                "only T5-family encoders and encoder-only models (BERT) are supported"
+            )
         else:
             model_class = transformers.AutoModel
         model = _from_folder_or_hub(
-            self.name, "weights",
+            self.name,
+            "weights",
             # safetensors only: a pickled .bin from a stranger's folder or repo could run code when unpickled
-            lambda local_only: model_class.from_pretrained(self.name, config=config, local_files_only=local_only,
-                                                           use_safetensors=True, trust_remote_code=False),
-            errors=(OSError,))
+            lambda local_only: model_class.from_pretrained(
+                self.name, config=config, local_files_only=local_only, use_safetensors=True, trust_remote_code=False
+            ),
+            errors=(OSError,),
+        )
         if self._dim is None:
             self._dim = getattr(config, "d_model", None) or getattr(config, "hidden_size", None)
         model = model.float().eval()
@@ -466,6 +469,7 @@ class TextEncoder:
             model = source if source is not None else self._load_model()
             if source is not None:  # another device already has it: copy rather than read the files again
                 import copy
+
                 model = copy.deepcopy(source)
             self._models[key] = model.to(device)
         return self._models[key]
@@ -475,14 +479,16 @@ class TextEncoder:
     def tokenize(self, texts: Sequence[str], device: str | torch.device | None = None) -> tuple[Tensor, Tensor]:
         """`(input_ids (b, n) long, mask (b, n) bool)`, padded to the longest text, truncated to max_length."""
         texts = _check_texts(texts)
-        batch = self.tokenizer(list(texts), return_tensors="pt", padding="longest", truncation=True,
-                               max_length=self.max_length)
+        batch = self.tokenizer(
+            list(texts), return_tensors="pt", padding="longest", truncation=True, max_length=self.max_length
+        )
         device = _resolve_device(device)
         return batch.input_ids.to(device), batch.attention_mask.bool().to(device)
 
     @torch.no_grad()
-    def encode(self, texts: Sequence[str], device: str | torch.device | None = None,
-               batch_size: int | None = None) -> tuple[Tensor, Tensor]:
+    def encode(
+        self, texts: Sequence[str], device: str | torch.device | None = None, batch_size: int | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Encodes `texts`: `(embeds float32 (b, n, dim) zero at padding, mask bool (b, n))` on `device`."""
         device = _resolve_device(device)
         input_ids, mask = self.tokenize(texts, device)
@@ -491,7 +497,7 @@ class TextEncoder:
         chunks = []
         with torch.autocast(device_type=device.type, enabled=False):
             for start in range(0, input_ids.shape[0], batch_size):
-                ids, m = input_ids[start:start + batch_size], mask[start:start + batch_size]
+                ids, m = input_ids[start : start + batch_size], mask[start : start + batch_size]
                 chunks.append(model(input_ids=ids, attention_mask=m.long()).last_hidden_state.float())
         embeds = torch.cat(chunks, dim=0)
         embeds = embeds.masked_fill(~rearrange(mask, "b n -> b n 1"), 0.0)
@@ -545,13 +551,22 @@ class SimpleTextEncoder(PretrainedMixin, nn.Module):
     ```
     """
 
-    def __init__(self, vocab: Sequence[str], dim: int = 64, depth: int = 2, max_length: int = 32, heads: int = 4,
-                 dim_head: int = 16):
+    def __init__(
+        self,
+        vocab: Sequence[str],
+        dim: int = 64,
+        depth: int = 2,
+        max_length: int = 32,
+        heads: int = 4,
+        dim_head: int = 16,
+    ):
         super().__init__()
         vocab = list(vocab)
         if len(vocab) < 2 or vocab[0] != PAD_TOKEN or vocab[1] != UNK_TOKEN:
-            raise ValueError(f"vocab: expected a list starting with {PAD_TOKEN!r}, {UNK_TOKEN!r} (see build_vocab), "
-                             f"got {vocab[:3]!r}...")
+            raise ValueError(
+                f"vocab: expected a list starting with {PAD_TOKEN!r}, {UNK_TOKEN!r} (see build_vocab), "
+                f"got {vocab[:3]!r}..."
+            )
         if len(set(vocab)) != len(vocab):
             raise ValueError("vocab: contains duplicate words")
         check_positive_int("dim", dim)
@@ -565,10 +580,19 @@ class SimpleTextEncoder(PretrainedMixin, nn.Module):
         self.transformer = Transformer(dim, depth, dim_head=dim_head, heads=heads, ff_mult=2)
 
     @classmethod
-    def from_captions(cls, captions: Iterable[str], dim: int = 64, depth: int = 2, max_length: int = 32,
-                      min_count: int = 1, max_vocab_size: int | None = None, **kwargs: Any) -> SimpleTextEncoder:
-        return cls(build_vocab(captions, min_count, max_vocab_size), dim=dim, depth=depth, max_length=max_length,
-                   **kwargs)
+    def from_captions(
+        cls,
+        captions: Iterable[str],
+        dim: int = 64,
+        depth: int = 2,
+        max_length: int = 32,
+        min_count: int = 1,
+        max_vocab_size: int | None = None,
+        **kwargs: Any,
+    ) -> SimpleTextEncoder:
+        return cls(
+            build_vocab(captions, min_count, max_vocab_size), dim=dim, depth=depth, max_length=max_length, **kwargs
+        )
 
     def tokenize(self, texts: Sequence[str], device: str | torch.device | None = None) -> tuple[Tensor, Tensor]:
         """`(ids (b, n) long, mask (b, n) bool)`: unknown words map to `<unk>`, padded to the longest text."""
@@ -621,9 +645,15 @@ def _token_length(encoder: Any, texts: list[str]) -> int | None:
 
 
 @torch.no_grad()
-def precompute_text_embeddings(captions: Sequence[str], out_folder: str | os.PathLike, encoder: Any,
-                               batch_size: int = 32, device: str | torch.device | None = None,
-                               dtype: str = "float32", progress: bool = True) -> Path:
+def precompute_text_embeddings(
+    captions: Sequence[str],
+    out_folder: str | os.PathLike,
+    encoder: Any,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    dtype: str = "float32",
+    progress: bool = True,
+) -> Path:
     """Encodes `captions` once into `out_folder/{embeds.npy, masks.npy, captions.json}` (read them back with
     `PrecomputedTextEmbeddings`). `encoder` is anything with `encode(texts, device) -> (embeds, mask)`, e.g. a
     `TextEncoder`. Embeddings are padded to the longest caption; `dtype='float16'` halves the disk space.
@@ -640,34 +670,45 @@ def precompute_text_embeddings(captions: Sequence[str], out_folder: str | os.Pat
     out = Path(out_folder)
     out.mkdir(parents=True, exist_ok=True)
 
-    batches = [captions[i:i + batch_size] for i in range(0, len(captions), batch_size)]
+    batches = [captions[i : i + batch_size] for i in range(0, len(captions), batch_size)]
     # the width of the arrays: the longest tokenised caption (one cheap tokenizer pass), else the encoder's cap
     length = max((_token_length(encoder, b) or 0) for b in batches) or getattr(encoder, "max_length", None)
 
     tmp_embeds, tmp_masks = out / f".{EMBEDS_FILE}.tmp", out / f".{MASKS_FILE}.tmp"
-    embeds_arr = masks_arr = None
+    embeds_arr: np.memmap | None = None
+    masks_arr: np.memmap | None = None
     row = 0
     for batch in tqdm(batches, desc="encoding captions", disable=not progress):
         embeds, mask = encoder.encode(batch, device)
-        if embeds_arr is None:
+        if embeds_arr is None or masks_arr is None:
             length = length or embeds.shape[1]
-            embeds_arr = open_memmap(tmp_embeds, mode="w+", dtype=dtype, shape=(len(captions), length,
-                                                                                 embeds.shape[-1]))
+            embeds_arr = open_memmap(
+                tmp_embeds, mode="w+", dtype=dtype, shape=(len(captions), length, embeds.shape[-1])
+            )
             masks_arr = open_memmap(tmp_masks, mode="w+", dtype=np.bool_, shape=(len(captions), length))
         n = min(embeds.shape[1], length)
-        embeds_arr[row:row + len(batch)] = 0
-        masks_arr[row:row + len(batch)] = False
-        embeds_arr[row:row + len(batch), :n] = embeds[:, :n].detach().float().cpu().numpy().astype(dtype)
-        masks_arr[row:row + len(batch), :n] = mask[:, :n].cpu().numpy()
+        embeds_arr[row : row + len(batch)] = 0
+        masks_arr[row : row + len(batch)] = False
+        embeds_arr[row : row + len(batch), :n] = embeds[:, :n].detach().float().cpu().numpy().astype(dtype)
+        masks_arr[row : row + len(batch), :n] = mask[:, :n].cpu().numpy()
         row += len(batch)
+    if embeds_arr is None or masks_arr is None:  # not reached: _check_texts refuses an empty list
+        raise ValueError("captions: expected at least one caption, got an empty list")
     embeds_arr.flush()
     masks_arr.flush()
     del embeds_arr, masks_arr
     os.replace(tmp_embeds, out / EMBEDS_FILE)
     os.replace(tmp_masks, out / MASKS_FILE)
     atomic_write_json(out / CAPTIONS_FILE, captions)
-    atomic_write_json(out / INFO_FILE, {"encoder": getattr(encoder, "name", type(encoder).__name__),
-                                        "num_captions": len(captions), "max_tokens": length, "dtype": dtype})
+    atomic_write_json(
+        out / INFO_FILE,
+        {
+            "encoder": getattr(encoder, "name", type(encoder).__name__),
+            "num_captions": len(captions),
+            "max_tokens": length,
+            "dtype": dtype,
+        },
+    )
     return out
 
 
@@ -682,15 +723,18 @@ class PrecomputedTextEmbeddings:
         self.folder = Path(folder)
         for file in (EMBEDS_FILE, MASKS_FILE, CAPTIONS_FILE):
             if not (self.folder / file).is_file():
-                raise FileNotFoundError(f"folder: {self.folder} has no {file} (write it with "
-                                        "precompute_text_embeddings)")
+                raise FileNotFoundError(
+                    f"folder: {self.folder} has no {file} (write it with precompute_text_embeddings)"
+                )
         self.embeds = np.load(self.folder / EMBEDS_FILE, mmap_mode="r")
         self.masks = np.load(self.folder / MASKS_FILE, mmap_mode="r")
         with open(self.folder / CAPTIONS_FILE, encoding="utf-8") as f:
             self.captions: list[str] = json.load(f)
         if not (len(self.captions) == self.embeds.shape[0] == self.masks.shape[0]):
-            raise ValueError(f"folder: {self.folder} is inconsistent: {len(self.captions)} captions, "
-                             f"{self.embeds.shape[0]} embeddings, {self.masks.shape[0]} masks")
+            raise ValueError(
+                f"folder: {self.folder} is inconsistent: {len(self.captions)} captions, "
+                f"{self.embeds.shape[0]} embeddings, {self.masks.shape[0]} masks"
+            )
         self._index: dict[str, int] = {}
         for i, caption in enumerate(self.captions):
             self._index.setdefault(caption, i)

@@ -1,10 +1,11 @@
 """Small helpers used everywhere in the project (the x-transformers idioms)."""
+
 from __future__ import annotations
 
 import contextlib
 import functools
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -17,25 +18,22 @@ __all__ = [
     "default",
     "identity",
     "cast_tuple",
-    "divisible_by",
     "prob_mask_like",
     "l2norm",
     "once",
     "eval_decorator",
-    "maybe",
-    "pad_at_dim",
     "frozen",
 ]
 
 
-def exists(x: Any) -> bool:
-    """True when `x` is not None."""
+def exists(x: T | None) -> TypeGuard[T]:
+    """True when `x` is not None (a type guard, so `if exists(x):` narrows `x` the way `x is not None` does)."""
     return x is not None
 
 
 def default(x: T | None, d: T | Callable[[], T]) -> T:
     """`x` if it exists, else `d` (called first when it is a callable, so defaults can be lazy)."""
-    if exists(x):
+    if x is not None:
         return x
     return d() if callable(d) else d
 
@@ -51,10 +49,6 @@ def cast_tuple(x: Any, length: int = 1) -> tuple:
     if isinstance(x, list):
         return tuple(x)
     return (x,) * length
-
-
-def divisible_by(n: int, d: int) -> bool:
-    return (n % d) == 0
 
 
 def prob_mask_like(shape: int | Sequence[int], prob: float, device: torch.device | str | None = None) -> Tensor:
@@ -100,25 +94,6 @@ def eval_decorator(fn: Callable[..., T]) -> Callable[..., T]:
             model.train(was_training)
 
     return inner
-
-
-def maybe(fn: Callable[..., T]) -> Callable[..., T | None]:
-    """Wrap `fn` so that it returns None (without calling `fn`) when its first argument is None."""
-
-    @functools.wraps(fn)
-    def inner(x: Any, *args: Any, **kwargs: Any) -> T | None:
-        if not exists(x):
-            return x
-        return fn(x, *args, **kwargs)
-
-    return inner
-
-
-def pad_at_dim(t: Tensor, pad: tuple[int, int], dim: int = -1, value: float = 0.0) -> Tensor:
-    """Pad `t` by `pad = (left, right)` along a single dimension `dim`."""
-    dims_from_right = (-dim - 1) if dim < 0 else (t.ndim - dim - 1)
-    zeros = (0, 0) * dims_from_right
-    return F.pad(t, (*zeros, *pad), value=value)
 
 
 @contextlib.contextmanager

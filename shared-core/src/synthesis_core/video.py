@@ -12,6 +12,7 @@ One layout everywhere: a video is `(channels, frames, height, width)` (a batch a
 - no suffix: a folder of numbered png frames.
 A batch of videos is tiled into a grid (`make_grid`) for gif, mp4 and frame folders.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,6 +42,7 @@ _COMMENT_PREFIX = "synthesis-video"
 # ----------------------------------------------------------------------------------------------------------------
 # tensors <-> PIL
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def to_uint8(x: Tensor) -> Tensor:
     """Floats in [0, 1] -> uint8 in [0, 255] (clamped, rounded)."""
@@ -81,6 +83,7 @@ def video_to_pil_frames(video: Tensor) -> list[Image.Image]:
 # ----------------------------------------------------------------------------------------------------------------
 # grids
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def make_grid(videos: Tensor, nrow: int | None = None, padding: int = 0, pad_value: float = 0.0) -> Tensor:
     """Tiles a batch into one: `(b, c, t, h, w) -> (c, t, H, W)` or images `(b, c, h, w) -> (c, H, W)`.
@@ -131,6 +134,7 @@ def _as_single_video(video: Tensor, nrow: int | None) -> Tensor:
 # gif
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def _exact_palette_frame(rgb: np.ndarray) -> Image.Image | None:
     """A 'P' image holding exactly the colours of `rgb` (h, w, 3), or None when it has more than 256."""
     flat = rgb.reshape(-1, 3)
@@ -156,15 +160,24 @@ def _write_gif(video: Tensor, path: Path, fps: float, loop: int) -> None:
         exact = _exact_palette_frame(rgb)
         if exact is None:
             lossy += 1
-            exact = Image.fromarray(rgb, mode="RGB").quantize(256, method=Image.Quantize.MEDIANCUT,
-                                                               dither=Image.Dither.NONE)
+            exact = Image.fromarray(rgb, mode="RGB").quantize(
+                256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
+            )
         frames.append(exact)
     if lossy:
         logger.debug("%s: %d frame(s) have more than 256 colours and were quantised", path, lossy)
     duration_ms = max(int(round(1000.0 / fps / 10.0)) * 10, 20)  # gif stores centiseconds; viewers clamp < 20 ms
     comment = f"{_COMMENT_PREFIX} frames={len(frames)} frame_ms={duration_ms}"
-    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:], duration=duration_ms, loop=loop,
-                   comment=comment, disposal=1)
+    frames[0].save(
+        path,
+        format="GIF",
+        save_all=True,
+        append_images=frames[1:],
+        duration=duration_ms,
+        loop=loop,
+        comment=comment,
+        disposal=1,
+    )
 
 
 def _read_gif(path: Path, mode: str) -> Tensor:
@@ -213,7 +226,7 @@ def _yuv420_to_rgb(i420: np.ndarray) -> Tensor:
     h = rows * 2 // 3
     flat = torch.from_numpy(np.ascontiguousarray(i420)).float().reshape(-1)
     y = (flat[: h * w].reshape(h, w) - 16.0) / 219.0
-    chroma = rearrange(flat[h * w:], "(c h w) -> 1 c h w", c=2, h=h // 2, w=w // 2)
+    chroma = rearrange(flat[h * w :], "(c h w) -> 1 c h w", c=2, h=h // 2, w=w // 2)
     chroma = F.interpolate((chroma - 128.0) / 224.0, size=(h, w), mode="bilinear", align_corners=False)[0]
     cb, cr = chroma.unbind(0)
     r = y + 2 * (1 - _KR) * cr
@@ -232,8 +245,10 @@ def _write_mp4(video: Tensor, path: Path, fps: float, crf: int) -> None:
     t, h, w, _ = rgb.shape
     pad_h, pad_w = h % 2, w % 2
     if pad_h or pad_w:  # yuv420p needs even sizes: replicate the last row/column, cropped again by read_video
-        rgb = rearrange(F.pad(rearrange(rgb, "t h w c -> t c h w").float(), (0, pad_w, 0, pad_h), mode="replicate"),
-                        "t c h w -> t h w c").to(torch.uint8)
+        rgb = rearrange(
+            F.pad(rearrange(rgb, "t h w c -> t c h w").float(), (0, pad_w, 0, pad_h), mode="replicate"),
+            "t c h w -> t h w c",
+        ).to(torch.uint8)
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     with av.open(str(path), mode="w", format="mp4") as container:
         container.metadata["comment"] = f"{_COMMENT_PREFIX} width={w} height={h}"
@@ -289,14 +304,16 @@ def _convert_mode(video: Tensor, mode: str) -> Tensor:
 # public entry points
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def _frame_files(folder: Path) -> list[Path]:
     files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
     # natural order: frame2 before frame10
     return sorted(files, key=lambda p: [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", p.name)])
 
 
-def save_video(video: Tensor, path: str | os.PathLike, fps: float = 8, nrow: int | None = None, loop: int = 0,
-               crf: int = 12) -> Path:
+def save_video(
+    video: Tensor, path: str | os.PathLike, fps: float = 8, nrow: int | None = None, loop: int = 0, crf: int = 12
+) -> Path:
     """Writes `video` `(c, t, h, w)` or a batch `(b, c, t, h, w)` (floats in [0, 1]) to `path`.
 
     The format follows the suffix: `.gif`, `.mp4`, an image suffix (`.png`, ... : contact sheet, one video per
@@ -373,12 +390,6 @@ def read_image(path: str | os.PathLike, mode: str = "RGB") -> Tensor:
         return pil_to_tensor(image, mode)
 
 
-def psnr(a: Tensor, b: Tensor) -> float:
-    """Peak signal-to-noise ratio in dB of two tensors in [0, 1]."""
-    mse = F.mse_loss(a.float(), b.float()).item()
-    return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
-
-
 def video_files(folder: str | os.PathLike, exts: Sequence[str] = ("gif", "mp4")) -> list[Path]:
     folder = Path(folder)
     wanted = {f".{e.lower().lstrip('.')}" for e in exts}
@@ -396,5 +407,4 @@ __all__ = [
     "tensor_to_pil",
     "pil_to_tensor",
     "to_uint8",
-    "psnr",
 ]

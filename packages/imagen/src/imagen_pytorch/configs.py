@@ -6,7 +6,14 @@ config.save('imagen.json')
 imagen = ImagenConfig.load('imagen.json').create()
 ```
 U-Nets are given as dicts of their keyword arguments; an optional `unet_type` key picks the class ('Unet' by
-default, or 'Unet3D', 'NullUnet', 'BaseUnet64', 'SRUnet256', 'SRUnet1024').
+default, 'Unet3D' with `video=True`, or 'Unet3D', 'NullUnet', 'BaseUnet64', 'SRUnet256', 'SRUnet1024'), or as
+`UnetConfig` / `Unet3DConfig` / `NullUnetConfig` objects (the published package's names).
+
+One config system, derived from the constructors: the fields of every config class here are read from the
+signature of the constructor it builds (`ImagenConfig` from `Imagen.__init__` plus the `CascadeBase.__init__`
+arguments its `**cascade_kwargs` reach, `UnetConfig` from `Unet.__init__`, ...), so an argument is written once,
+in the model's constructor, and its config follows it. Only fields that belong to the config alone (`video`) are
+written here.
 
 Config files and checkpoint metadata are untrusted data: `from_dict`/`load` check that every unet key is a real
 constructor parameter and every value plain JSON data (`synthesis_core.checkpoint.check_config`), raising
@@ -14,17 +21,21 @@ constructor parameter and every value plain JSON data (`synthesis_core.checkpoin
 
 `load_imagen_from_checkpoint(path)` rebuilds the cascade recorded in a checkpoint written by `ImagenTrainer.save`.
 """
+
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from torch import nn
 
+from imagen_pytorch.cascade import CascadeBase
 from imagen_pytorch.elucidated import ElucidatedImagen
 from imagen_pytorch.imagen import Imagen
 from imagen_pytorch.unet import BaseUnet64, NullUnet, SRUnet256, SRUnet1024, Unet
@@ -33,17 +44,22 @@ from synthesis_core.checkpoint import (
     CheckpointError,
     atomic_write_json,
     check_config,
+    constructor_parameters,
     load_checkpoint,
     load_state_dict_checked,
+    register_loadable,
 )
 from synthesis_core.checks import check_choice
-from synthesis_core.text import DEFAULT_T5_NAME
 from synthesis_core.training import extract_model_state
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "UNET_TYPES",
+    "UnetConfig",
+    "Unet3DConfig",
+    "NullUnetConfig",
+    "cascade_parameters",
     "check_unet_spec",
     "build_unet",
     "unet_to_dict",
@@ -54,6 +70,18 @@ __all__ = [
     "imagen_from_checkpoint_data",
     "load_imagen_from_checkpoint",
 ]
+
+# The classes a saved config.json may name (`from_pretrained`, `load_model_from_folder`): nothing else is ever
+# built from a file. Registered here, before the config classes below read the constructors' parameters: the
+# presets and Unet3D pass their **kwargs on to Unet, the cascades theirs to CascadeBase.
+register_loadable(Unet)
+register_loadable(NullUnet)
+register_loadable(BaseUnet64, forwards_kwargs_to=Unet)
+register_loadable(SRUnet256, forwards_kwargs_to=Unet)
+register_loadable(SRUnet1024, forwards_kwargs_to=Unet)
+register_loadable(Unet3D, forwards_kwargs_to=Unet)
+register_loadable(Imagen, forwards_kwargs_to=CascadeBase)
+register_loadable(ElucidatedImagen, forwards_kwargs_to=CascadeBase)
 
 UNET_TYPES: dict[str, type[nn.Module]] = {
     "Unet": Unet,
@@ -83,15 +111,19 @@ def _to_tuples(value: Any) -> Any:
     return value
 
 
-def check_unet_spec(spec: Any, *, source: str = "config", where: str = "unets") -> type[nn.Module]:
-    """The class a unet dict describes, after checking it names a known `unet_type`, gives only real
-    constructor parameters and holds plain JSON data; a `CheckpointError` naming `where` and `source` otherwise."""
+def check_unet_spec(
+    spec: Any, *, source: str = "config", where: str = "unets", default_type: str = "Unet"
+) -> type[nn.Module]:
+    """The class a unet dict describes, after checking it names a known `unet_type` (`default_type` when it names
+    none), gives only real constructor parameters and holds plain JSON data; a `CheckpointError` naming `where`
+    and `source` otherwise."""
     if not isinstance(spec, dict):
         raise TypeError(f"{where}: expected a dict of unet keyword arguments, got {type(spec).__name__}")
-    unet_type = spec.get("unet_type", "Unet")
+    unet_type = spec.get("unet_type", default_type)
     if not isinstance(unet_type, str) or unet_type not in UNET_TYPES:
-        raise CheckpointError(f"{where}['unet_type'] in {source}: expected one of {list(UNET_TYPES)}, "
-                              f"got {unet_type!r}")
+        raise CheckpointError(
+            f"{where}['unet_type'] in {source}: expected one of {list(UNET_TYPES)}, got {unet_type!r}"
+        )
     cls = UNET_TYPES[unet_type]
     kwargs = {k: v for k, v in spec.items() if k != "unet_type"}
     # unet arguments are numbers, strings and lists of them: a class named in here is refused, not built
@@ -99,14 +131,18 @@ def check_unet_spec(spec: Any, *, source: str = "config", where: str = "unets") 
     return cls
 
 
-def build_unet(spec: dict | nn.Module, *, source: str = "config", where: str = "unets") -> nn.Module:
-    """A U-Net from a dict of its keyword arguments (`unet_type` picks the class); modules pass through.
+def build_unet(spec: Any, *, source: str = "config", where: str = "unets", video: bool = False) -> nn.Module:
+    """A U-Net from a dict of its keyword arguments (`unet_type` picks the class; without one, `Unet`, or
+    `Unet3D` when `video`) or from a `UnetConfig` / `Unet3DConfig` / `NullUnetConfig` (a `UnetConfig` builds a
+    `Unet3D` when `video`, as in the published package); modules pass through.
 
     The dict is checked first (`check_unet_spec`); `source` and `where` name it in the error.
     """
     if isinstance(spec, nn.Module):
         return spec
-    cls = check_unet_spec(spec, source=source, where=where)
+    if isinstance(spec, _UnetConfigBase):
+        spec = spec.to_spec(video=video)
+    cls = check_unet_spec(spec, source=source, where=where, default_type="Unet3D" if video else "Unet")
     return cls(**_to_tuples({k: v for k, v in spec.items() if k != "unet_type"}))
 
 
@@ -118,8 +154,65 @@ def unet_to_dict(unet: nn.Module) -> dict:
     return {"unet_type": unet_type, **_to_json(dict(getattr(unet, "config", None) or {}))}
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# config classes derived from the constructors
+
+
+def cascade_parameters(model_class: type) -> dict[str, inspect.Parameter]:
+    """Every keyword a cascade class takes, by name: its own (`Imagen.__init__`: `timesteps`, ...), then the
+    arguments every cascade takes, which its `**cascade_kwargs` pass on to `CascadeBase.__init__`."""
+    if not (isinstance(model_class, type) and issubclass(model_class, CascadeBase)):
+        raise TypeError(f"model_class: expected Imagen, ElucidatedImagen or another CascadeBase, got {model_class!r}")
+    return constructor_parameters(model_class)
+
+
+# the config classes `_fields_from` decorates (they declare the ClassVars it sets)
+_ConfigT = TypeVar("_ConfigT", bound="_UnetConfigBase | _CascadeConfig")
+
+
+def _fields_from(
+    parameters: Callable[[], Mapping[str, inspect.Parameter]],
+    *,
+    annotations: Mapping[str, str] | None = None,
+    extra: Mapping[str, tuple[str, Any]] | None = None,
+):
+    """Class decorator (applied before `@dataclass`): one field per constructor parameter, with its annotation
+    and default (required ones first, in their order), then the config-only `extra` fields `{name: (annotation,
+    default)}`. `annotations` replaces a parameter's annotation (e.g. `unets` as dicts)."""
+
+    def decorate(cls: type[_ConfigT]) -> type[_ConfigT]:
+        params = [
+            p
+            for p in parameters().values()
+            if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        ]
+        own = dict(cls.__dict__.get("__annotations__", {}))  # the ClassVars the class declares itself
+        derived: dict[str, Any] = {}
+        for param in sorted(params, key=lambda p: p.default is not inspect.Parameter.empty):
+            annotation = (annotations or {}).get(param.name, param.annotation)
+            derived[param.name] = "Any" if annotation is inspect.Parameter.empty else annotation
+            if param.default is not inspect.Parameter.empty:
+                setattr(cls, param.name, param.default)
+        for name, (annotation, default) in (extra or {}).items():
+            derived[name] = annotation
+            setattr(cls, name, default)
+        cls.__annotations__ = {**own, **derived}
+        cls.constructor_fields = tuple(p.name for p in params)
+        cls.config_only_fields = tuple(extra or ())
+        return cls
+
+    return decorate
+
+
+def _model_kwargs(config: _CascadeConfig) -> dict:
+    return {name: _to_tuples(getattr(config, name)) for name in config.constructor_fields if name != "unets"}
+
+
 class _JsonConfig:
     """to_dict / from_dict / save / load shared by the config dataclasses."""
+
+    # set by `@dataclass` on every subclass (declared so that `dataclasses.fields(self)` type-checks)
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def to_dict(self) -> dict:
         return _to_json({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
@@ -162,118 +255,137 @@ class _JsonConfig:
         return cls.from_json(path.read_text(), source=str(path))
 
 
-def _model_kwargs(config: _JsonConfig) -> dict:
-    return {f.name: _to_tuples(getattr(config, f.name)) for f in dataclasses.fields(config) if f.name != "unets"}
+class _UnetConfigBase(_JsonConfig):
+    """A U-Net's keyword arguments as a config (`create()` builds it); the fields are its constructor's."""
+
+    unet_class: ClassVar[type[nn.Module]]
+    constructor_fields: ClassVar[tuple[str, ...]]
+    config_only_fields: ClassVar[tuple[str, ...]]
+
+    def to_spec(self, video: bool = False) -> dict:
+        """The unet dict of this config (`unet_type` + arguments); a `UnetConfig` is a `Unet3D` when `video`."""
+        cls = Unet3D if video and self.unet_class is Unet else self.unet_class
+        unet_type = next(name for name, known in UNET_TYPES.items() if known is cls)
+        return {"unet_type": unet_type, **self.to_dict()}
+
+    def create(self) -> nn.Module:
+        return build_unet(self.to_spec(), where=type(self).__name__)
+
+
+@dataclass
+@_fields_from(lambda: constructor_parameters(Unet))
+class UnetConfig(_UnetConfigBase):
+    """The arguments of `Unet` (every one of its constructor's, with its defaults)."""
+
+    unet_class: ClassVar[type[nn.Module]] = Unet
+
+
+@dataclass
+@_fields_from(lambda: constructor_parameters(Unet3D))
+class Unet3DConfig(_UnetConfigBase):
+    """The arguments of `Unet3D` (its own and the `Unet` ones it passes on)."""
+
+    unet_class: ClassVar[type[nn.Module]] = Unet3D
+
+
+@dataclass
+@_fields_from(lambda: constructor_parameters(NullUnet))
+class NullUnetConfig(_UnetConfigBase):
+    """A `NullUnet` placeholder (a stage trained or sampled elsewhere)."""
+
+    unet_class: ClassVar[type[nn.Module]] = NullUnet
 
 
 class _CascadeConfig(_JsonConfig):
     """What the two cascade configs share: `create()` and the checks of data read from a file."""
 
     model_class: ClassVar[type]
+    constructor_fields: ClassVar[tuple[str, ...]]
+    config_only_fields: ClassVar[tuple[str, ...]]
+    # fields every cascade config has (`_fields_from` adds them to the subclasses, unseen by the type checker)
+    unets: list[Any]
+    video: bool
 
     @classmethod
     def _check_data(cls, data: dict, *, source: str, where: str) -> None:
         unets = data.get("unets", [])
         if not isinstance(unets, list | tuple):
-            raise CheckpointError(f"{where}['unets'] in {source}: expected a list of unet dicts, "
-                                  f"got {type(unets).__name__}")
+            raise CheckpointError(
+                f"{where}['unets'] in {source}: expected a list of unet dicts, got {type(unets).__name__}"
+            )
+        video = data.get("video", False)
+        if not isinstance(video, bool):
+            raise CheckpointError(f"{where}['video'] in {source}: expected true or false, got {video!r}")
         for index, unet in enumerate(unets):
-            if not isinstance(unet, nn.Module):
-                check_unet_spec(unet, source=source, where=f"{where}['unets'][{index}]")
+            if not isinstance(unet, nn.Module | _UnetConfigBase):
+                check_unet_spec(
+                    unet, source=source, where=f"{where}['unets'][{index}]", default_type="Unet3D" if video else "Unet"
+                )
         # the cascade's own arguments: real constructor parameters holding plain JSON data (unets checked above)
-        check_config(cls.model_class, {k: v for k, v in data.items() if k != "unets"} | {"unets": []},
-                     source=source, where=where, allow_classes=False)
+        arguments = {k: v for k, v in data.items() if k not in ("unets", *cls.config_only_fields)}
+        check_config(cls.model_class, arguments | {"unets": []}, source=source, where=where, allow_classes=False)
+
+    def __post_init__(self) -> None:
+        self.check_image_sizes()
+
+    def check_image_sizes(self):
+        """`self` if `image_sizes` is one size, or one size per unet; a ValueError otherwise (checked at
+        construction, as the published config did)."""
+        sizes, unets = self.image_sizes, self.unets
+        if isinstance(sizes, list | tuple) and isinstance(unets, list | tuple) and len(sizes) != len(unets):
+            raise ValueError(f"image_sizes: expected one size per unet ({len(unets)}), got {len(sizes)}: {list(sizes)}")
+        return self
+
+    def to_dict(self) -> dict:
+        data = super().to_dict()
+        data["unets"] = [
+            unet.to_spec(video=self.video) if isinstance(unet, _UnetConfigBase) else _to_json(unet)
+            for unet in self.unets
+        ]
+        return data
 
     def create(self):
-        unets = [build_unet(unet, where=f"unets[{index}]") for index, unet in enumerate(self.unets)]
-        return self.model_class(unets, **_model_kwargs(self))
+        unets = [build_unet(unet, where=f"unets[{index}]", video=self.video) for index, unet in enumerate(self.unets)]
+        model = self.model_class(unets, **_model_kwargs(self))
+        return model
+
+
+_UNETS_ANNOTATION = {"unets": "list[dict | UnetConfig | Unet3DConfig | NullUnetConfig]"}
+# `video`: unets given without a `unet_type` (and `UnetConfig`s) are built as `Unet3D` (the published keyword)
+_CASCADE_CONFIG_ONLY = {"video": ("bool", False)}
 
 
 @dataclass
+@_fields_from(lambda: cascade_parameters(Imagen), annotations=_UNETS_ANNOTATION, extra=_CASCADE_CONFIG_ONLY)
 class ImagenConfig(_CascadeConfig):
-    """The arguments of `Imagen`, with `unets` as dicts (see the module docstring)."""
+    """The arguments of `Imagen` (its constructor's and the cascade's), with `unets` as dicts or `UnetConfig`s
+    (see the module docstring), plus `video`."""
 
     model_type: ClassVar[str] = "original"
     model_class: ClassVar[type] = Imagen
-
-    unets: list[dict]
-    image_sizes: int | list[int]
-    text_encoder_name: str = DEFAULT_T5_NAME
-    text_embed_dim: int | None = None
-    channels: int = 3
-    timesteps: int | list[int] = 1000
-    cond_drop_prob: float = 0.1
-    loss_type: str = "l2"
-    noise_schedules: str | list[str] = "cosine"
-    pred_objectives: str | list[str] = "noise"
-    random_crop_sizes: int | list[int | None] | None = None
-    lowres_noise_schedule: str = "linear"
-    lowres_sample_noise_level: float = 0.2
-    per_sample_random_aug_noise_level: bool = False
-    condition_on_text: bool = True
-    auto_normalize_img: bool = True
-    dynamic_thresholding: bool | list[bool] = True
-    dynamic_thresholding_percentile: float = 0.95
-    only_train_unet_number: int | None = None
-    temporal_downsample_factor: int | list[int] = 1
-    resize_cond_video_frames: bool = True
-    resize_mode: str = "nearest"
-    min_snr_loss_weight: bool = True
-    min_snr_gamma: float = 5
-    p2_loss_weight_gamma: float = 0.0
-    sampler: str = "dpmpp_2m"
-    sample_steps: int | list[int | None] | None = None
-    karras_sampling_times: bool = True
 
     def create(self) -> Imagen:
         return super().create()
 
 
 @dataclass
+@_fields_from(lambda: cascade_parameters(ElucidatedImagen), annotations=_UNETS_ANNOTATION, extra=_CASCADE_CONFIG_ONLY)
 class ElucidatedImagenConfig(_CascadeConfig):
-    """The arguments of `ElucidatedImagen`, with `unets` as dicts (see the module docstring)."""
+    """The arguments of `ElucidatedImagen` (its constructor's and the cascade's), with `unets` as dicts or
+    `UnetConfig`s (see the module docstring), plus `video`."""
 
     model_type: ClassVar[str] = "elucidated"
     model_class: ClassVar[type] = ElucidatedImagen
-
-    unets: list[dict]
-    image_sizes: int | list[int]
-    text_encoder_name: str = DEFAULT_T5_NAME
-    text_embed_dim: int | None = None
-    channels: int = 3
-    cond_drop_prob: float = 0.1
-    loss_type: str = "l2"
-    random_crop_sizes: int | list[int | None] | None = None
-    lowres_noise_schedule: str = "linear"
-    lowres_sample_noise_level: float = 0.2
-    per_sample_random_aug_noise_level: bool = False
-    condition_on_text: bool = True
-    auto_normalize_img: bool = True
-    dynamic_thresholding: bool | list[bool] = True
-    dynamic_thresholding_percentile: float = 0.95
-    only_train_unet_number: int | None = None
-    temporal_downsample_factor: int | list[int] = 1
-    resize_cond_video_frames: bool = True
-    resize_mode: str = "nearest"
-    num_sample_steps: int | list[int] = 32
-    sigma_min: float | list[float] = 0.002
-    sigma_max: float | list[float] = 80
-    sigma_data: float | list[float] = 0.5
-    rho: float | list[float] = 7
-    P_mean: float | list[float] = -1.2  # noqa: N815 (the paper's names)
-    P_std: float | list[float] = 1.2  # noqa: N815
-    S_churn: float | list[float] = 80  # noqa: N815
-    S_tmin: float | list[float] = 0.05  # noqa: N815
-    S_tmax: float | list[float] = 50  # noqa: N815
-    S_noise: float | list[float] = 1.003  # noqa: N815
-    sampler: str = "heun"
 
     def create(self) -> ElucidatedImagen:
         return super().create()
 
 
 IMAGEN_CONFIG_TYPES: dict[str, type[_JsonConfig]] = {"original": ImagenConfig, "elucidated": ElucidatedImagenConfig}
-_CONFIG_OF_MODEL = {Imagen: ImagenConfig, ElucidatedImagen: ElucidatedImagenConfig}
+_CONFIG_OF_MODEL: dict[type, type[ImagenConfig] | type[ElucidatedImagenConfig]] = {
+    Imagen: ImagenConfig,
+    ElucidatedImagen: ElucidatedImagenConfig,
+}
 
 
 def imagen_config_from_model(imagen: Imagen | ElucidatedImagen) -> ImagenConfig | ElucidatedImagenConfig:
@@ -283,10 +395,12 @@ def imagen_config_from_model(imagen: Imagen | ElucidatedImagen) -> ImagenConfig 
         raise TypeError(f"imagen: expected an Imagen or ElucidatedImagen, got {type(imagen).__name__}")
     recorded = dict(imagen.pretrained_config)
     recorded.pop("unets", None)
-    known = {f.name for f in dataclasses.fields(config_cls)}
+    known = set(config_cls.constructor_fields)
     kwargs = {name: value for name, value in recorded.items() if name in known}
     # the cascade's unets as they are now (after casting), so the rebuilt model has the same parameters
-    return config_cls(unets=[unet_to_dict(unet) for unet in imagen.unets], **kwargs)
+    # cast: the dataclass fields come from the constructor's signature at import time, which mypy does not see
+    build = cast(Callable[..., ImagenConfig | ElucidatedImagenConfig], config_cls)
+    return build(unets=[unet_to_dict(unet) for unet in imagen.unets], **kwargs)
 
 
 @dataclass
@@ -328,8 +442,10 @@ class ImagenTrainerConfig(_JsonConfig):
             kind = check_choice("imagen type", data.pop("type", "original"), IMAGEN_CONFIG_TYPES)
             self.imagen = IMAGEN_CONFIG_TYPES[kind].from_dict(data)
         if not isinstance(self.imagen, ImagenConfig | ElucidatedImagenConfig):
-            raise TypeError("imagen: expected an ImagenConfig, ElucidatedImagenConfig or a dict of one, got "
-                            f"{type(self.imagen).__name__}")
+            raise TypeError(
+                "imagen: expected an ImagenConfig, ElucidatedImagenConfig or a dict of one, got "
+                f"{type(self.imagen).__name__}"
+            )
 
     @classmethod
     def from_dict(cls, data: dict, *, source: str = "config", where: str = "config"):
@@ -363,7 +479,11 @@ class ImagenTrainerConfig(_JsonConfig):
 
 
 def imagen_from_checkpoint_data(
-    tensors: dict, metadata: dict, *, source: str = "checkpoint", load_weights: bool = True,
+    tensors: dict,
+    metadata: dict,
+    *,
+    source: str = "checkpoint",
+    load_weights: bool = True,
     load_ema_if_available: bool = False,
 ) -> Imagen | ElucidatedImagen:
     """The cascade described by a trainer checkpoint's metadata, with its unets' weights from `tensors`."""
@@ -386,8 +506,11 @@ def imagen_from_checkpoint_data(
                 logger.warning("%s has no weights for unet %d; it stays untrained", source, index + 1)
             continue
         use_ema = load_ema_if_available and saved_models[name].get("ema", False)
-        load_state_dict_checked(unet, extract_model_state(tensors, name, ema=use_ema),
-                                source=f"{source} ({'EMA of ' if use_ema else ''}unet {index + 1})")
+        load_state_dict_checked(
+            unet,
+            extract_model_state(tensors, name, ema=use_ema),
+            source=f"{source} ({'EMA of ' if use_ema else ''}unet {index + 1})",
+        )
     return imagen
 
 
@@ -403,5 +526,6 @@ def load_imagen_from_checkpoint(
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     tensors, metadata = load_checkpoint(path)
-    return imagen_from_checkpoint_data(tensors, metadata, source=str(path), load_weights=load_weights,
-                                       load_ema_if_available=load_ema_if_available)
+    return imagen_from_checkpoint_data(
+        tensors, metadata, source=str(path), load_weights=load_weights, load_ema_if_available=load_ema_if_available
+    )

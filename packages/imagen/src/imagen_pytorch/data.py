@@ -1,4 +1,4 @@
-"""Image datasets for training Imagen (thin wrappers over `synthesis_core.data`).
+"""Image datasets for training Imagen (thin wrappers over `synthesis_core.folders`).
 
 ```
 dataset = Dataset('/path/to/images', image_size=128)                       # -> (3, 128, 128) in [0, 1]
@@ -6,12 +6,13 @@ dataset = Dataset('/path/to/images', image_size=128, with_captions=True)   # -> 
 trainer.add_train_dataset(dataset, batch_size=16)
 ```
 """
+
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 
-from synthesis_core.data import ImageFolderDataset
+from synthesis_core.folders import ImageFolderDataset
 
 __all__ = ["Dataset", "IMAGE_EXTS"]
 
@@ -34,8 +35,14 @@ class Dataset(ImageFolderDataset):
         augment_horizontal_flip: bool = False,
         channels: int = 3,
     ):
-        super().__init__(folder, image_size, exts=exts, with_captions=with_captions, channels=channels,
-                         augment_horizontal_flip=augment_horizontal_flip)
+        super().__init__(
+            folder,
+            image_size,
+            exts=exts,
+            with_captions=with_captions,
+            channels=channels,
+            augment_horizontal_flip=augment_horizontal_flip,
+        )
         if len(self) == 0:
             what = "captioned images (with a name.txt caption file)" if with_captions else "images"
             raise ValueError(f"folder: found no usable {what} with extensions {tuple(exts)} in {folder}")

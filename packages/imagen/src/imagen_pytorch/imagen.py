@@ -1,42 +1,57 @@
 """Imagen (Saharia et al. 2022): a cascade of U-Nets, each a continuous-time Gaussian diffusion model.
 
 Every stage has its own log-SNR schedule over t in [0, 1] (`synthesis_core.diffusion.ContinuousSchedule`); the
-U-Net receives t itself as its time input. Training draws t uniformly; sampling runs one of the core's VP samplers
-(DPM-Solver++ 2M with 25 steps by default, DDIM or ancestral DDPM) through `sample_vp`, with classifier-free
-guidance, dynamic thresholding and self-conditioning done in the denoiser closure below.
+U-Net receives t itself as its time input. Each stage is the core's diffusion wrapper (`GaussianStage`, a
+`synthesis_core.diffusion.DiffusionWrapper` around the stage's U-Net): training draws t uniformly; sampling runs one
+of the core's VP samplers (DPM-Solver++ 2M with 25 steps by default, DDIM or ancestral DDPM) through `sample_vp`,
+with classifier-free guidance, dynamic thresholding and self-conditioning done in the wrapper's denoiser closure.
+The published imagen-pytorch internals (`p_losses`, `p_mean_variance`, `p_sample`, `p_sample_loop`, taking the
+`unet`) run the wrapper's DDPM step on the stage's continuous-time schedule, from t to t_next.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from imagen_pytorch.cascade import CascadeBase, per_unet
-from synthesis_core.checkpoint import PretrainedMixin
+from imagen_pytorch.cascade import CascadeBase, StageSampling, per_unet
 from synthesis_core.checks import check_choice, check_in_range, check_positive_int
 from synthesis_core.diffusion import (
     ContinuousSchedule,
-    min_snr_weight,
+    DiffusionWrapper,
+    DiscreteSchedule,
     normalize_objective,
-    p2_weight,
-    pred_to_x0,
     right_pad_dims_to,
     sample_vp,
     sampling_times,
-    x0_to_target,
 )
-from synthesis_core.text import DEFAULT_T5_NAME
 from synthesis_core.utils import default, exists
 
-__all__ = ["Imagen", "SAMPLERS", "DEFAULT_SAMPLE_STEPS"]
+__all__ = ["Imagen", "GaussianStage", "SAMPLERS", "DEFAULT_SAMPLE_STEPS"]
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 # DPM-Solver++ (2M) converges in about 25 model calls; ancestral DDPM needs the full `timesteps`
 DEFAULT_SAMPLE_STEPS = 25
 
 
-class Imagen(PretrainedMixin, CascadeBase):
+class GaussianStage(DiffusionWrapper):
+    """One stage of the cascade as the core's diffusion wrapper: the stage's U-Net (or the trainer's distributed
+    wrapper of it) with its schedule, objective, loss weighting and thresholding. Built per call by
+    `Imagen.gaussian_stage`; holds no parameters (the U-Nets stay in `Imagen.unets`)."""
+
+    def __init__(self, unet: nn.Module, *, timesteps: int, **diffusion_config: Any):
+        self.unet = unet
+        self.configure_diffusion(continuous_steps=timesteps, **diffusion_config)
+
+    @property
+    def network(self) -> nn.Module:
+        return self.unet
+
+
+class Imagen(CascadeBase):
     """Cascading text-to-image (or, with `Unet3D`s, text-to-video) diffusion.
 
     ```
@@ -50,59 +65,38 @@ class Imagen(PretrainedMixin, CascadeBase):
     (all of them for 'ddpm', at most 25 for 'dpmpp_2m' and 'ddim'); training time is continuous.
     `karras_sampling_times` spaces the sampling times so their noise levels follow Karras et al. (finer steps
     at low noise), which makes few-step sampling noticeably more accurate than evenly spaced times.
+    The arguments every cascade takes (`image_sizes`, `text_encoder_name`, `cond_drop_prob`, ...) are those of
+    `CascadeBase.__init__`; `imagen_pytorch.configs.cascade_parameters(Imagen)` lists them all.
     """
 
     def __init__(
         self,
         unets: nn.Module | Sequence[nn.Module],
         *,
-        image_sizes: int | Sequence[int],
-        text_encoder_name: str = DEFAULT_T5_NAME,
-        text_embed_dim: int | None = None,
-        channels: int = 3,
         timesteps: int | Sequence[int] = 1000,
-        cond_drop_prob: float = 0.1,
-        loss_type: str = "l2",
         noise_schedules: str | Sequence[str] = "cosine",
         pred_objectives: str | Sequence[str] = "noise",
-        random_crop_sizes: int | Sequence[int | None] | None = None,
-        lowres_noise_schedule: str = "linear",
-        lowres_sample_noise_level: float = 0.2,
-        per_sample_random_aug_noise_level: bool = False,
-        condition_on_text: bool = True,
-        auto_normalize_img: bool = True,
-        dynamic_thresholding: bool | Sequence[bool] = True,
-        dynamic_thresholding_percentile: float = 0.95,
-        only_train_unet_number: int | None = None,
-        temporal_downsample_factor: int | Sequence[int] = 1,
-        resize_cond_video_frames: bool = True,
-        resize_mode: str = "nearest",
         min_snr_loss_weight: bool = True,
         min_snr_gamma: float = 5,
         p2_loss_weight_gamma: float = 0.0,
         sampler: str = "dpmpp_2m",
         sample_steps: int | Sequence[int | None] | None = None,
         karras_sampling_times: bool = True,
+        **cascade_kwargs: Any,
     ):
-        super().__init__(
-            unets, image_sizes=image_sizes, text_encoder_name=text_encoder_name, text_embed_dim=text_embed_dim,
-            channels=channels, cond_drop_prob=cond_drop_prob, loss_type=loss_type,
-            random_crop_sizes=random_crop_sizes, lowres_noise_schedule=lowres_noise_schedule,
-            lowres_sample_noise_level=lowres_sample_noise_level,
-            per_sample_random_aug_noise_level=per_sample_random_aug_noise_level,
-            condition_on_text=condition_on_text, auto_normalize_img=auto_normalize_img,
-            dynamic_thresholding=dynamic_thresholding, dynamic_thresholding_percentile=dynamic_thresholding_percentile,
-            only_train_unet_number=only_train_unet_number, temporal_downsample_factor=temporal_downsample_factor,
-            resize_cond_video_frames=resize_cond_video_frames, resize_mode=resize_mode,
-        )
+        # the arguments every cascade takes (image_sizes, text_encoder_name, cond_drop_prob, ...) are written once,
+        # in CascadeBase.__init__
+        super().__init__(unets, **cascade_kwargs)
         num_unets = self.num_unets
         self.timesteps = per_unet("timesteps", timesteps, num_unets)
         for index, steps in enumerate(self.timesteps):
             check_positive_int(f"timesteps[{index}]", steps)
-        self.noise_schedules = tuple(ContinuousSchedule(kind)
-                                     for kind in per_unet("noise_schedules", noise_schedules, num_unets))
-        self.pred_objectives = tuple(normalize_objective(objective)
-                                     for objective in per_unet("pred_objectives", pred_objectives, num_unets))
+        self.noise_schedules = tuple(
+            ContinuousSchedule(kind) for kind in per_unet("noise_schedules", noise_schedules, num_unets)
+        )
+        self.pred_objectives = tuple(
+            normalize_objective(objective) for objective in per_unet("pred_objectives", pred_objectives, num_unets)
+        )
         self.min_snr_loss_weight = min_snr_loss_weight
         self.min_snr_gamma = check_in_range("min_snr_gamma", min_snr_gamma, 0.0, None)
         self.p2_loss_weight_gamma = check_in_range("p2_loss_weight_gamma", p2_loss_weight_gamma, 0.0, None)
@@ -113,31 +107,41 @@ class Imagen(PretrainedMixin, CascadeBase):
             if exists(steps):
                 check_positive_int(f"sample_steps[{index}]", steps)
 
+    @property
+    def noise_schedulers(self) -> tuple[ContinuousSchedule, ...]:
+        """The published imagen-pytorch name of `noise_schedules` (one schedule per unet)."""
+        return self.noise_schedules
+
+    def gaussian_stage(self, index: int, unet: nn.Module | None = None) -> GaussianStage:
+        """Stage `index` (0-based) as the core's diffusion wrapper around `unet` (default: the stage's U-Net)."""
+        return GaussianStage(
+            unet if exists(unet) else self.unets[index],
+            timesteps=self.timesteps[index],
+            schedule=self.noise_schedules[index],
+            objective=self.pred_objectives[index],
+            loss_type=self.loss_type,
+            min_snr_gamma=self.min_snr_gamma if self.min_snr_loss_weight else 0.0,
+            p2_loss_weight_gamma=self.p2_loss_weight_gamma,
+            dynamic_thresholding=self.dynamic_thresholding[index],
+            dynamic_thresholding_percentile=self.dynamic_thresholding_percentile,
+        )
+
     # -- training ------------------------------------------------------------------------------------------
 
-    def stage_loss(self, unet: nn.Module, index: int, x_start: Tensor, unet_kwargs: dict) -> Tensor:
-        schedule, objective = self.noise_schedules[index], self.pred_objectives[index]
-        batch = x_start.shape[0]
-        times = schedule.sample_training_times(batch, device=x_start.device)
-        alpha, sigma = schedule.alpha_sigma(times)
-        noise = torch.randn_like(x_start)
-        x_noisy = right_pad_dims_to(x_start, alpha) * x_start + right_pad_dims_to(x_start, sigma) * noise
+    def stage_loss(
+        self, unet: nn.Module, index: int, x_start: Tensor, unet_kwargs: dict, cond_drop_prob: float | None = None
+    ) -> Tensor:
+        stage = self.gaussian_stage(index, unet)
+        cond_drop_prob = default(cond_drop_prob, self.cond_drop_prob)
 
-        def predict(self_cond: Tensor | None) -> Tensor:
-            return unet(x_noisy, times, **unet_kwargs, self_cond=self_cond, cond_drop_prob=self.cond_drop_prob)
+        def predict(x_noisy: Tensor, times: Tensor) -> Tensor:
+            def forward(self_cond: Tensor | None) -> Tensor:
+                return unet(x_noisy, times, **unet_kwargs, self_cond=self_cond, cond_drop_prob=cond_drop_prob)
 
-        self_cond = self.self_cond_estimate(
-            index, lambda: pred_to_x0(predict(None), x_noisy, alpha, sigma, objective))
-        pred = predict(self_cond)
+            self_cond = self.self_cond_estimate(index, lambda: stage.predict_start(forward(None), x_noisy, times))
+            return forward(self_cond)
 
-        target = x0_to_target(x_start, noise, alpha, sigma, objective)
-        losses = self.reduce_loss(pred, target)
-        snr = (alpha / sigma.clamp(min=1e-8)) ** 2
-        if self.min_snr_loss_weight:
-            losses = losses * min_snr_weight(snr, self.min_snr_gamma, objective)
-        if self.p2_loss_weight_gamma > 0:
-            losses = losses * p2_weight(snr, gamma=self.p2_loss_weight_gamma)
-        return losses.mean()
+        return stage.diffusion_loss(x_start, predict=predict)
 
     # -- sampling ------------------------------------------------------------------------------------------
 
@@ -150,55 +154,158 @@ class Imagen(PretrainedMixin, CascadeBase):
             return self.timesteps[index]
         return min(self.timesteps[index], DEFAULT_SAMPLE_STEPS)
 
-    def sample_stage(
-        self,
-        unet: nn.Module,
-        index: int,
-        shape: tuple[int, ...],
-        *,
-        unet_kwargs: dict,
-        cond_scale: float,
-        inpaint: tuple[Tensor, Tensor] | None,
-        inpaint_resample_times: int,
-        init_images: Tensor | None,
-        skip_steps: int | None,
-        sampler: str | None,
-        steps: int | None,
-        use_tqdm: bool,
-        device: torch.device,
-    ) -> Tensor:
-        schedule, objective = self.noise_schedules[index], self.pred_objectives[index]
-        sampler = check_choice("sampler", default(sampler, self.sampler), SAMPLERS)
-        steps = check_positive_int("steps", default(steps, lambda: self.default_sample_steps(index, sampler)))
-        times = sampling_times(schedule, steps, karras=self.karras_sampling_times, device=device)
+    def sample_stage(self, unet: nn.Module, index: int, shape: tuple[int, ...], call: StageSampling) -> Tensor:
+        stage = self.gaussian_stage(index, unet)
+        schedule = stage.schedule
+        sampler = check_choice("sampler", default(call.sampler, self.sampler), SAMPLERS)
+        steps = check_positive_int("steps", default(call.steps, lambda: self.default_sample_steps(index, sampler)))
+        times = sampling_times(schedule, steps, karras=self.karras_sampling_times, device=call.device)
 
-        x = torch.randn(shape, device=device)
-        if exists(init_images):
-            skip_steps = default(skip_steps, 0)
-            if not 0 <= skip_steps < steps:
-                raise ValueError(f"skip_steps: expected an int in [0, {steps}) for unet {index + 1}, got {skip_steps}")
-            times = times[skip_steps:]
+        x = stage.initial_noise(shape, call.generator, call.device)
+        if exists(call.init_images):
+            # start from the init images noised to the first kept time
+            times = times[call.first_step(steps, index) :]
             alpha, sigma = schedule.alpha_sigma(times[:1].expand(shape[0]))
-            x = right_pad_dims_to(x, alpha) * init_images + right_pad_dims_to(x, sigma) * x
+            x = right_pad_dims_to(x, alpha) * call.init_images + right_pad_dims_to(x, sigma) * x
 
-        denoise = self._denoiser(unet, index, unet_kwargs, cond_scale, schedule, objective)
+        denoise = stage.denoiser(call.cond_scale, self_condition=getattr(unet, "self_cond", False), **call.unet_kwargs)
         return sample_vp(
-            denoise, x, times, schedule, sampler=sampler, progress=use_tqdm, inpaint=inpaint,
-            resample_times=inpaint_resample_times if exists(inpaint) else 1,
+            denoise,
+            x,
+            times,
+            schedule,
+            sampler=sampler,
+            generator=call.generator,
+            progress=call.use_tqdm,
+            inpaint=call.inpaint,
+            resample_times=call.resample_times,
         )
 
-    def _denoiser(self, unet, index, unet_kwargs, cond_scale, schedule, objective):
-        """x_t, t -> x0 estimate: guided prediction, converted to x0, thresholded; remembers it for self-conditioning."""
-        last_x0: list[Tensor | None] = [None]
-        self_cond = getattr(unet, "self_cond", False)
+    # -- the published imagen-pytorch internals ------------------------------------------------------------------
 
-        def denoise(x_t: Tensor, time: Tensor) -> Tensor:
-            time = time.expand(x_t.shape[0]) if time.ndim == 0 else time
-            pred = unet.forward_with_cond_scale(
-                x_t, time.float(), **unet_kwargs, self_cond=last_x0[0] if self_cond else None, cond_scale=cond_scale)
-            alpha, sigma = schedule.alpha_sigma(time)
-            x0 = self.threshold(pred_to_x0(pred.float(), x_t, alpha, sigma, objective), index)
-            last_x0[0] = x0
-            return x0
+    def _published_stage(
+        self,
+        unet: nn.Module,
+        unet_number: int | None,
+        noise_scheduler: Any,
+        pred_objective: str | None,
+        dynamic_threshold: bool | None,
+    ) -> GaussianStage:
+        """The stage of `unet` (found in the cascade, or named by `unet_number`), with the published call's
+        overrides of its schedule, objective and thresholding."""
+        if exists(unet_number):
+            index = self.check_unet_number("unet_number", unet_number) - 1
+        else:
+            matches = [
+                i
+                for i, stage_unet in enumerate(self.unets)
+                if unet is stage_unet or getattr(unet, "module", None) is stage_unet
+            ]
+            if not matches:
+                raise ValueError("unet: not one of this cascade's unets; pass unet_number= to say which stage it is")
+            index = matches[0]
+        stage = self.gaussian_stage(index, unet)
+        if exists(noise_scheduler):
+            if not isinstance(noise_scheduler, (ContinuousSchedule, DiscreteSchedule)):
+                raise TypeError(
+                    "noise_scheduler: expected a synthesis_core.diffusion ContinuousSchedule or "
+                    f"DiscreteSchedule (e.g. imagen.noise_schedulers[0]), got {type(noise_scheduler).__name__}"
+                )
+            stage.schedule = noise_scheduler
+        if exists(pred_objective):
+            stage.objective = normalize_objective(pred_objective)
+        if exists(dynamic_threshold):
+            stage.dynamic_thresholding = bool(dynamic_threshold)
+        return stage
 
-        return denoise
+    def p_losses(
+        self,
+        unet: nn.Module,
+        x_start: Tensor,
+        times: Tensor,
+        *,
+        noise_scheduler: Any = None,
+        noise: Tensor | None = None,
+        pred_objective: str | None = None,
+        unet_number: int | None = None,
+        **unet_kwargs: Any,
+    ) -> Tensor:
+        """The stage's training loss of `x_start` in [-1, 1] (already at the stage's size) at float `times` in
+        [0, 1] with `noise` (default: drawn); `unet_kwargs` (`text_embeds`, `text_mask`, `lowres_cond_img`,
+        `lowres_noise_times`, `cond_images`, `cond_drop_prob`, ...) go to the U-Net. No self-conditioning pass."""
+        stage = self._published_stage(unet, unet_number, noise_scheduler, pred_objective, None)
+        return stage.p_losses(x_start, times, noise=noise, **unet_kwargs)
+
+    def p_mean_variance(
+        self,
+        unet: nn.Module,
+        x: Tensor,
+        t: Tensor,
+        *,
+        noise_scheduler: Any = None,
+        t_next: Tensor | None = None,
+        cond_scale: float = 1.0,
+        pred_objective: str | None = None,
+        dynamic_threshold: bool | None = None,
+        unet_number: int | None = None,
+        **unet_kwargs: Any,
+    ) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
+        """`((mean, variance, log_variance), x0)`: the reverse step x_t -> x_{t_next} (default t - 1 / timesteps)
+        at the guided, thresholded x0 estimate, as the published imagen returns it."""
+        stage = self._published_stage(unet, unet_number, noise_scheduler, pred_objective, dynamic_threshold)
+        mean, variance, log_variance, x0 = stage.p_mean_variance(
+            x, t, cond_scale=cond_scale, t_next=t_next, return_x_start=True, **unet_kwargs
+        )
+        return (mean, variance, log_variance), x0
+
+    @torch.no_grad()
+    def p_sample(
+        self,
+        unet: nn.Module,
+        x: Tensor,
+        t: Tensor,
+        *,
+        noise_scheduler: Any = None,
+        t_next: Tensor | None = None,
+        cond_scale: float = 1.0,
+        pred_objective: str | None = None,
+        dynamic_threshold: bool | None = None,
+        unet_number: int | None = None,
+        generator: torch.Generator | None = None,
+        **unet_kwargs: Any,
+    ) -> tuple[Tensor, Tensor]:
+        """`(x_{t_next}, x0)`: one ancestral step of the stage (no noise on the step to t_next = 0)."""
+        stage = self._published_stage(unet, unet_number, noise_scheduler, pred_objective, dynamic_threshold)
+        # return_x_start=True: always the pair (x_{t_next}, x0)
+        return cast(
+            tuple[Tensor, Tensor],
+            stage.p_sample(
+                x, t, cond_scale=cond_scale, t_next=t_next, generator=generator, return_x_start=True, **unet_kwargs
+            ),
+        )
+
+    @torch.no_grad()
+    def p_sample_loop(
+        self,
+        unet: nn.Module,
+        shape: tuple[int, ...],
+        *,
+        noise_scheduler: Any = None,
+        cond_scale: float = 1.0,
+        pred_objective: str | None = None,
+        dynamic_threshold: bool | None = None,
+        unet_number: int | None = None,
+        generator: torch.Generator | None = None,
+        use_tqdm: bool = True,
+        **unet_kwargs: Any,
+    ) -> Tensor:
+        """Ancestral sampling of one stage over `timesteps` evenly spaced steps from t = 1 to 0; returns images
+        (or videos) of `shape` in [0, 1]. `sample` is the cascade's entry point (fast samplers, every stage)."""
+        stage = self._published_stage(unet, unet_number, noise_scheduler, pred_objective, dynamic_threshold)
+        was_training = unet.training
+        unet.eval()
+        try:
+            x = stage.p_sample_loop(shape, cond_scale=cond_scale, generator=generator, progress=use_tqdm, **unet_kwargs)
+        finally:
+            unet.train(was_training)
+        return self.unnormalize_img(x * 2 - 1)

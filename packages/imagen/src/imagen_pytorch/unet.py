@@ -12,12 +12,15 @@ through the builder methods of `Unet` (`_make_resnet_block`, `_make_attention_st
 Generic pieces (resnet blocks, attention, feed-forwards, resampling, time embeddings, perceiver resampler) come from
 synthesis_core; everything attention-like goes through `F.scaled_dot_product_attention` there.
 """
+
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from os import PathLike
+from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +28,19 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from synthesis_core.attention import Attention, LinearAttention, PerceiverResampler, TransformerBlock
-from synthesis_core.checkpoint import PretrainedMixin
-from synthesis_core.checks import check_in_range, check_positive_int, check_tensor
+from synthesis_core.checkpoint import (
+    CheckpointError,
+    PretrainedMixin,
+    instantiate_from_config,
+    load_checkpoint,
+    load_state_dict_checked,
+    resolve_loadable,
+    save_checkpoint,
+)
+from synthesis_core.checks import check_choice, check_in_range, check_positive_int, check_tensor
 from synthesis_core.diffusion import cfg_combine
 from synthesis_core.layers import (
-        Downsample,
+    Downsample,
     LayerNorm,
     PixelShuffleUpsample,
     ResnetBlock,
@@ -41,6 +52,9 @@ from synthesis_core.utils import default, exists, prob_mask_like
 __all__ = ["Unet", "BaseUnet64", "SRUnet256", "SRUnet1024", "NullUnet", "FrameLayout"]
 
 logger = logging.getLogger(__name__)
+
+# the header tag of a file written by `Unet.persist_to_file`
+UNET_FILE_FORMAT = "imagen_pytorch.unet"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -72,12 +86,30 @@ class FrameLayout:
 IMAGE_LAYOUT = FrameLayout()
 
 
+# how conditioning images are resized to the size of the noisy input (the Unet's and the cascade's `resize_mode`)
+RESIZE_MODES = ("nearest", "bilinear", "bicubic")
+
+
+def resize_spatial(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
+    """The last two dims of images (b, c, h, w) or videos (b, c, t, h, w) resized to `size` with `mode`."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    frames = x.shape[2] if x.ndim == 5 else None
+    if exists(frames):
+        x = rearrange(x, "b c t h w -> (b t) c h w")
+    align = {} if mode == "nearest" else {"align_corners": False}
+    # float32: interpolation kernels for bf16 are missing on some backends
+    x = F.interpolate(x.float(), size=size, mode=mode, **align).to(x.dtype)
+    return rearrange(x, "(b t) c h w -> b c t h w", t=frames) if exists(frames) else x
+
+
 def _per_level(name: str, value: Any, levels: int) -> tuple:
     """A per-level setting given as one value (broadcast) or a tuple/list with one entry per level."""
     values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * levels
     if len(values) != levels:
-        raise ValueError(f"{name}: expected one value or {levels} values (one per entry of dim_mults), "
-                         f"got {len(values)}: {value!r}")
+        raise ValueError(
+            f"{name}: expected one value or {levels} values (one per entry of dim_mults), got {len(values)}: {value!r}"
+        )
     return values
 
 
@@ -90,20 +122,35 @@ class CrossEmbedLayer(nn.Module):
     """Stem convolution mixing several kernel sizes (CrossFormer's cross-scale embedding).
 
     Each kernel size gets a share of the output channels (half for the smallest, a quarter for the next, ...),
-    so the large kernels that see far cost little.
+    so the large kernels that see far cost little. With `stride` 2 it is a downsampling layer
+    (`cross_embed_downsample`): every kernel size k then needs k - stride even, so that all outputs have the size
+    h / stride. `name` is the constructor argument the kernel sizes came from (for errors).
     """
 
-    def __init__(self, dim_in: int, dim_out: int, kernel_sizes: Sequence[int] = (3, 7, 15)):
+    def __init__(
+        self,
+        dim_in: int,
+        dim_out: int,
+        kernel_sizes: Sequence[int] = (3, 7, 15),
+        *,
+        stride: int = 1,
+        name: str = "init_cross_embed_kernel_sizes",
+    ):
         super().__init__()
         kernel_sizes = sorted(kernel_sizes)
-        if any(k % 2 == 0 for k in kernel_sizes):
-            raise ValueError(f"init_cross_embed_kernel_sizes: expected odd kernel sizes, got {tuple(kernel_sizes)}")
+        if not kernel_sizes or any(k < stride or (k - stride) % 2 for k in kernel_sizes):
+            parity = "odd" if stride % 2 else "even"
+            raise ValueError(
+                f"{name}: expected {parity} kernel sizes of at least {stride} (stride {stride}), "
+                f"got {tuple(kernel_sizes)}"
+            )
         shares = [dim_out // 2 ** (i + 1) for i in range(len(kernel_sizes) - 1)]
         shares.append(dim_out - sum(shares))
         if min(shares) < 1:
-            raise ValueError(f"init_dim: {dim_out} channels are too few for {len(kernel_sizes)} kernel sizes")
+            raise ValueError(f"{name}: {dim_out} output channels are too few for {len(kernel_sizes)} kernel sizes")
         self.convs = nn.ModuleList(
-            nn.Conv2d(dim_in, share, kernel, padding=kernel // 2) for kernel, share in zip(kernel_sizes, shares)
+            nn.Conv2d(dim_in, share, kernel, stride=stride, padding=(kernel - stride) // 2)
+            for kernel, share in zip(kernel_sizes, shares)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -119,9 +166,10 @@ class GlobalContext(nn.Module):
         super().__init__()
         hidden = max(dim // reduction, 8)
         self.to_logits = nn.Conv2d(dim, 1, 1)
-        self.net = nn.Sequential(nn.Linear(dim, hidden), LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        to_out = nn.Linear(hidden, dim)
+        self.net = nn.Sequential(nn.Linear(dim, hidden), LayerNorm(hidden), nn.SiLU(), to_out)
+        nn.init.zeros_(to_out.weight)
+        nn.init.zeros_(to_out.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         weights = rearrange(self.to_logits(x), "b 1 h w -> b (h w) 1").float().softmax(dim=1).to(x.dtype)
@@ -168,6 +216,8 @@ class AttentionStage(nn.Module):
     conditioning tokens inside each block when `cross_attn='full'`), 'linear' (linear attention) or None.
     `cross_attn`: 'full', 'linear' (linear cross-attention, cheap at high resolution) or None.
     `global_context`: a global context block, added where there is no full self-attention.
+    `text_in_self_attn=False` (the Unet's `layer_attns_add_text_cond=False`) keeps the conditioning tokens out of
+    the full self-attention blocks: the full cross-attention then runs as its own layer after them.
     """
 
     def __init__(
@@ -183,28 +233,39 @@ class AttentionStage(nn.Module):
         heads: int = 8,
         ff_mult: float = 2.0,
         dropout: float = 0.0,
+        text_in_self_attn: bool = True,
     ):
         super().__init__()
         full_self, full_cross = self_attn == "full", cross_attn == "full"
+        cross_in_transformer = full_self and full_cross and text_in_self_attn
         self.global_context = GlobalContext(dim) if global_context and not full_self else None
         self.linear_attn = LinearAttention(dim) if self_attn == "linear" else None  # pre-norm built in
         # residual pre-norm blocks without a final norm: the U-Net's features keep their scale through the stage
         self.transformer = (
             nn.ModuleList(
-                TransformerBlock(dim, dim_head=dim_head, heads=heads, dim_context=cond_dim if full_cross else None,
-                                 ff_mult=ff_mult, attn_dropout=dropout, ff_dropout=dropout)
+                TransformerBlock(
+                    dim,
+                    dim_head=dim_head,
+                    heads=heads,
+                    dim_context=cond_dim if cross_in_transformer else None,
+                    ff_mult=ff_mult,
+                    attn_dropout=dropout,
+                    ff_dropout=dropout,
+                )
                 for _ in range(depth)
             )
-            if full_self else None
+            if full_self
+            else None
         )
         # cross-attention that is not inside the transformer blocks
-        self.cross_attn = None
+        self.cross_attn: nn.Module | None = None
         if cross_attn == "linear":
             self.cross_attn = LinearCrossAttention(dim, cond_dim, heads=heads, dropout=dropout)
-        elif full_cross and not full_self:
-            self.cross_attn = Attention(dim, dim_head=dim_head, heads=heads, dim_context=cond_dim, dropout=dropout,
-                                        pre_norm=True)
-        self.cross_in_transformer = full_self and full_cross
+        elif full_cross and not cross_in_transformer:
+            self.cross_attn = Attention(
+                dim, dim_head=dim_head, heads=heads, dim_context=cond_dim, dropout=dropout, pre_norm=True
+            )
+        self.cross_in_transformer = cross_in_transformer
 
     @property
     def is_identity(self) -> bool:
@@ -313,9 +374,16 @@ class ConditionEncoder(nn.Module):
         if cond_on_text:
             self.text_to_cond = nn.Linear(text_embed_dim, cond_dim)
             self.attn_pool = (
-                PerceiverResampler(cond_dim, depth=2, dim_head=attn_dim_head, heads=attn_heads,
-                                   num_latents=attn_pool_num_latents, max_seq_len=max_text_len)
-                if attn_pool_text else None
+                PerceiverResampler(
+                    cond_dim,
+                    depth=2,
+                    dim_head=attn_dim_head,
+                    heads=attn_heads,
+                    num_latents=attn_pool_num_latents,
+                    max_seq_len=max_text_len,
+                )
+                if attn_pool_text
+                else None
             )
             self.to_text_hidden = nn.Sequential(
                 LayerNorm(cond_dim),
@@ -337,7 +405,7 @@ class ConditionEncoder(nn.Module):
     ) -> Conditioning:
         time_emb = self.to_time_hidden(time)
         tokens = [rearrange(self.to_time_tokens(time_emb), "b (n d) -> b n d", n=self.num_time_tokens)]
-        if exists(self.to_lowres_time_hidden):
+        if exists(self.to_lowres_time_hidden) and exists(self.to_lowres_time_tokens):  # both or neither exist
             lowres_emb = self.to_lowres_time_hidden(lowres_noise_times)
             tokens.append(rearrange(self.to_lowres_time_tokens(lowres_emb), "b (n d) -> b n d", n=self.num_time_tokens))
             time_emb = time_emb + lowres_emb
@@ -345,6 +413,8 @@ class ConditionEncoder(nn.Module):
 
         context_mask = None
         if self.cond_on_text:
+            if not exists(text_embeds):
+                raise ValueError("text_embeds: required, this encoder is conditioned on text (cond_on_text=True)")
             text_tokens, text_mask, text_hidden = self._encode_text(text_embeds, text_mask, drop_text)
             tokens.append(text_tokens)
             time_emb = time_emb + text_hidden
@@ -422,9 +492,19 @@ class Unet(PretrainedMixin, nn.Module):
     `memory_efficient=True` downsamples before the first level so no resnet block runs at full resolution (the
     Efficient U-Net of the SR stages); heights and widths must then be divisible by 2**levels instead of
     2**(levels - 1). Per-level arguments take one value or one entry per `dim_mults` entry.
+
+    Also: `layer_mid_attns_depth` (transformer blocks in the middle; default `layer_attns_depth`),
+    `layer_attns_add_text_cond=False` (the full self-attention blocks do not see the text; the cross-attention
+    of `layer_cross_attns` then runs as its own layer), `cross_embed_downsample=True` (level transitions
+    downsample with strided convolutions of the `cross_embed_downsample_kernel_sizes`),
+    `init_conv_to_final_conv_residual` (default True: the stem's output joins the decoder's before the final
+    block), `resize_mode` (how `cond_images` are resized to the input). `to_config_and_state_dict` /
+    `from_config_and_state_dict` and `persist_to_file` / `hydrate_from_file` save and load one unet (config and
+    weights; the file is safetensors with the config as JSON in its header).
     """
 
     is_video = False
+    config: dict[str, Any]  # the recorded constructor arguments (set by PretrainedMixin at construction)
 
     def __init__(
         self,
@@ -468,11 +548,29 @@ class Unet(PretrainedMixin, nn.Module):
         combine_upsample_fmaps: bool = False,
         pixel_shuffle_upsample: bool = True,
         resnet_groups: int = 8,
+        layer_mid_attns_depth: int | None = None,
+        layer_attns_add_text_cond: bool = True,
+        cross_embed_downsample: bool = False,
+        cross_embed_downsample_kernel_sizes: Sequence[int] = (2, 4),
+        init_conv_to_final_conv_residual: bool = True,
+        resize_mode: str = "nearest",
+        num_image_tokens: int = 4,
         **kwargs: Any,
     ):
         super().__init__()
         if kwargs:
             raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s): {sorted(kwargs)}")
+        if num_image_tokens != 4:
+            # imagen-pytorch 2.1 took this keyword and never used it: a value that seems to choose something is
+            # refused rather than ignored
+            raise ValueError(
+                f"num_image_tokens: has no effect (the published Unet never used it either), got "
+                f"{num_image_tokens!r}; leave it out. The conditioning tokens per noise level are "
+                "num_time_tokens="
+            )
+        check_choice("resize_mode", resize_mode, RESIZE_MODES)
+        layer_mid_attns_depth = default(layer_mid_attns_depth, layer_attns_depth)
+        check_positive_int("layer_mid_attns_depth", layer_mid_attns_depth)
 
         # -- validate and record the settings the cascade reads ---------------------------------------------
         check_positive_int("dim", dim)
@@ -488,8 +586,10 @@ class Unet(PretrainedMixin, nn.Module):
             raise ValueError(f"out_dim ({out_dim}) and channels_out ({channels_out}) disagree; pass channels_out only")
         if cond_on_text:
             check_positive_int("text_embed_dim", text_embed_dim)
-        for kernel_name, kernel in (("init_conv_kernel_size", init_conv_kernel_size),
-                                    ("final_conv_kernel_size", final_conv_kernel_size)):
+        for kernel_name, kernel in (
+            ("init_conv_kernel_size", init_conv_kernel_size),
+            ("final_conv_kernel_size", final_conv_kernel_size),
+        ):
             if kernel % 2 == 0:
                 raise ValueError(f"{kernel_name}: expected an odd kernel size, got {kernel}")
 
@@ -502,6 +602,8 @@ class Unet(PretrainedMixin, nn.Module):
         self.text_embed_dim = text_embed_dim
         self.memory_efficient = memory_efficient
         self.skip_scale = 2**-0.5 if scale_skip_connection else 1.0
+        self.resize_mode = resize_mode
+        self.init_conv_to_final_conv_residual = init_conv_to_final_conv_residual
 
         levels = len(dim_mults)
         self.num_levels = levels
@@ -517,17 +619,35 @@ class Unet(PretrainedMixin, nn.Module):
             check_positive_int("num_resnet_blocks", count)
 
         # what the builder methods (overridden by Unet3D) read
-        self._block_kwargs = dict(time_emb_dim=time_cond_dim, groups=resnet_groups, dropout=dropout)
-        self._attn_kwargs = dict(cond_dim=cond_dim, depth=layer_attns_depth, dim_head=attn_dim_head,
-                                 heads=attn_heads, ff_mult=ff_mult, dropout=dropout)
+        self._block_kwargs: dict[str, Any] = dict(time_emb_dim=time_cond_dim, groups=resnet_groups, dropout=dropout)
+        self._attn_kwargs: dict[str, Any] = dict(
+            cond_dim=cond_dim,
+            depth=layer_attns_depth,
+            dim_head=attn_dim_head,
+            heads=attn_heads,
+            ff_mult=ff_mult,
+            dropout=dropout,
+            text_in_self_attn=layer_attns_add_text_cond,
+        )
         self._pixel_shuffle = pixel_shuffle_upsample
+        self._cross_embed_downsample_kernel_sizes = (
+            tuple(cross_embed_downsample_kernel_sizes) if cross_embed_downsample else None
+        )
 
         # -- conditioning -------------------------------------------------------------------------------------
         self.condition = ConditionEncoder(
-            cond_dim=cond_dim, time_cond_dim=time_cond_dim, learned_sinu_pos_emb_dim=learned_sinu_pos_emb_dim,
-            num_time_tokens=num_time_tokens, lowres_cond=lowres_cond, cond_on_text=cond_on_text,
-            text_embed_dim=text_embed_dim, max_text_len=max_text_len, attn_pool_text=attn_pool_text,
-            attn_pool_num_latents=attn_pool_num_latents, attn_dim_head=attn_dim_head, attn_heads=attn_heads,
+            cond_dim=cond_dim,
+            time_cond_dim=time_cond_dim,
+            learned_sinu_pos_emb_dim=learned_sinu_pos_emb_dim,
+            num_time_tokens=num_time_tokens,
+            lowres_cond=lowres_cond,
+            cond_on_text=cond_on_text,
+            text_embed_dim=text_embed_dim,
+            max_text_len=max_text_len,
+            attn_pool_text=attn_pool_text,
+            attn_pool_num_latents=attn_pool_num_latents,
+            attn_dim_head=attn_dim_head,
+            attn_heads=attn_heads,
         )
 
         # -- stem: noisy image + low-res image + self-conditioning + conditioning images --------------------
@@ -560,8 +680,11 @@ class Unet(PretrainedMixin, nn.Module):
         mid_dim = dims[-1]
         self.mid_block1 = self._make_resnet_block(mid_dim, mid_dim)
         self.mid_attention = (
-            self._make_attention_stage(mid_dim, "full", "full" if layer_cross_attns[-1] else None, False)
-            if attend_at_middle else None
+            self._make_attention_stage(
+                mid_dim, "full", "full" if layer_cross_attns[-1] else None, False, depth=layer_mid_attns_depth
+            )
+            if attend_at_middle
+            else None
         )
         self.mid_block2 = self._make_resnet_block(mid_dim, mid_dim)
 
@@ -581,28 +704,52 @@ class Unet(PretrainedMixin, nn.Module):
         # -- multi-scale decoder outputs, final block and conv ---------------------------------------------------
         self.upsample_combiner = (
             nn.ModuleList(nn.Conv2d(dims[level], dim, 3, padding=1) for level in reversed(range(1, levels)))
-            if combine_upsample_fmaps else None
+            if combine_upsample_fmaps
+            else None
         )
-        final_in = dims[0] + init_dim + (dim * (levels - 1) if combine_upsample_fmaps else 0)
+        # the stem's output joins the decoder's before the final block (init_conv_to_final_conv_residual)
+        final_in = (
+            dims[0]
+            + (init_dim if init_conv_to_final_conv_residual else 0)
+            + (dim * (levels - 1) if combine_upsample_fmaps else 0)
+        )
         self.final_block = self._make_resnet_block(final_in, dim) if final_resnet_block else None
-        self.final_conv = nn.Conv2d(dim if final_resnet_block else final_in, self.channels_out,
-                                    final_conv_kernel_size, padding=final_conv_kernel_size // 2)
+        self.final_conv = nn.Conv2d(
+            dim if final_resnet_block else final_in,
+            self.channels_out,
+            final_conv_kernel_size,
+            padding=final_conv_kernel_size // 2,
+        )
         # the network starts by predicting zeros: a well-scaled start for noise / x0 / v targets alike
         nn.init.zeros_(self.final_conv.weight)
-        nn.init.zeros_(self.final_conv.bias)
+        if exists(self.final_conv.bias):  # always (bias=True); narrows the Optional
+            nn.init.zeros_(self.final_conv.bias)
 
     # -- builders (Unet3D overrides these to add temporal layers) ------------------------------------------------
 
     def _make_resnet_block(self, dim_in: int, dim_out: int) -> nn.Module:
         return Block(dim_in, dim_out, **self._block_kwargs)
 
-    def _make_attention_stage(self, dim: int, self_attn: str | None, cross_attn: str | None,
-                              global_context: bool) -> nn.Module | None:
-        stage = AttentionStage(dim, self_attn=self_attn, cross_attn=cross_attn, global_context=global_context,
-                               **self._attn_kwargs)
+    def _make_attention_stage(
+        self, dim: int, self_attn: str | None, cross_attn: str | None, global_context: bool, *, depth: int | None = None
+    ) -> nn.Module | None:
+        attn_kwargs = dict(self._attn_kwargs, **({"depth": depth} if exists(depth) else {}))
+        stage = AttentionStage(
+            dim, self_attn=self_attn, cross_attn=cross_attn, global_context=global_context, **attn_kwargs
+        )
         return None if stage.is_identity else stage
 
     def _make_downsample(self, dim_in: int, dim_out: int, *, level: int) -> nn.Module:
+        if exists(self._cross_embed_downsample_kernel_sizes):  # cross_embed_downsample=True
+            return Resample(
+                CrossEmbedLayer(
+                    dim_in,
+                    dim_out,
+                    self._cross_embed_downsample_kernel_sizes,
+                    stride=2,
+                    name="cross_embed_downsample_kernel_sizes",
+                )
+            )
         return Resample(Downsample(dim_in, dim_out))
 
     def _make_upsample(self, dim_in: int, dim_out: int, *, level: int) -> nn.Module:
@@ -620,7 +767,8 @@ class Unet(PretrainedMixin, nn.Module):
             x, layout = self.pre_downsample(x, layout)
 
         skips = []
-        for level in self.downs:
+        # cast: a ModuleList yields nn.Module; these hold `Level`s
+        for level in cast("Iterable[Level]", self.downs):
             for block in level.blocks:
                 x = block(x, time_emb, layout)
                 skips.append(x)
@@ -636,7 +784,7 @@ class Unet(PretrainedMixin, nn.Module):
         x = self.mid_block2(x, time_emb, layout)
 
         level_outputs = []
-        for level in self.ups:
+        for level in cast("Iterable[Level]", self.ups):
             for block in level.blocks:
                 x = block(torch.cat((x, skips.pop() * self.skip_scale), dim=1), time_emb, layout)
             if exists(level.attention):
@@ -645,7 +793,7 @@ class Unet(PretrainedMixin, nn.Module):
             if exists(level.resample):
                 x, layout = level.resample(x, layout)
 
-        features = [x, stem]
+        features = [x, stem] if self.init_conv_to_final_conv_residual else [x]
         if exists(self.upsample_combiner):
             size = stem.shape[-2:]
             for project, fmap in zip(self.upsample_combiner, level_outputs[:-1]):
@@ -678,13 +826,18 @@ class Unet(PretrainedMixin, nn.Module):
                 raise ValueError("text_embeds: this unet was built with cond_on_text=False and takes no text")
             return
         if not exists(text_embeds):
-            raise ValueError("text_embeds: this unet is conditioned on text (cond_on_text=True); "
-                             f"pass text_embeds of shape (batch, tokens, {self.text_embed_dim})")
-        check_tensor("text_embeds", text_embeds, ndim=3, names=("batch", "tokens", "text_embed_dim"),
-                     dtype_floating=True)
+            raise ValueError(
+                "text_embeds: this unet is conditioned on text (cond_on_text=True); "
+                f"pass text_embeds of shape (batch, tokens, {self.text_embed_dim})"
+            )
+        check_tensor(
+            "text_embeds", text_embeds, ndim=3, names=("batch", "tokens", "text_embed_dim"), dtype_floating=True
+        )
         if text_embeds.shape[0] != batch or text_embeds.shape[-1] != self.text_embed_dim:
-            raise ValueError(f"text_embeds: expected shape ({batch}, tokens, {self.text_embed_dim}) "
-                             f"(batch, tokens, text_embed_dim), got {tuple(text_embeds.shape)}")
+            raise ValueError(
+                f"text_embeds: expected shape ({batch}, tokens, {self.text_embed_dim}) "
+                f"(batch, tokens, text_embed_dim), got {tuple(text_embeds.shape)}"
+            )
         if exists(text_mask):
             check_tensor("text_mask", text_mask, shape=(batch, text_embeds.shape[1]), names=("batch", "tokens"))
             if text_mask.dtype != torch.bool:
@@ -708,14 +861,18 @@ class Unet(PretrainedMixin, nn.Module):
         inputs = [x]
         if self.lowres_cond:
             if not exists(lowres_cond_img) or lowres_noise_times is None:
-                raise ValueError("lowres_cond_img, lowres_noise_times: this unet was built with lowres_cond=True "
-                                 "and needs the upsampled low-resolution image and its noise level")
+                raise ValueError(
+                    "lowres_cond_img, lowres_noise_times: this unet was built with lowres_cond=True "
+                    "and needs the upsampled low-resolution image and its noise level"
+                )
             check_tensor("lowres_cond_img", lowres_cond_img, shape=expected(self.channels), names=names)
             lowres_noise_times = self._check_times("lowres_noise_times", lowres_noise_times, batch, x.device)
             inputs.append(lowres_cond_img)
         elif exists(lowres_cond_img):
-            raise ValueError("lowres_cond_img: this unet was built with lowres_cond=False; "
-                             "use cast_model_parameters(lowres_cond=True, ...) for a super-resolution stage")
+            raise ValueError(
+                "lowres_cond_img: this unet was built with lowres_cond=False; "
+                "use cast_model_parameters(lowres_cond=True, ...) for a super-resolution stage"
+            )
         if self.self_cond:
             if exists(self_cond):
                 check_tensor("self_cond", self_cond, shape=expected(self.channels), names=names)
@@ -726,18 +883,24 @@ class Unet(PretrainedMixin, nn.Module):
             raise ValueError("self_cond: this unet was built with self_cond=False")
         if self.cond_images_channels > 0:
             if not exists(cond_images):
-                raise ValueError(f"cond_images: this unet was built with cond_images_channels="
-                                 f"{self.cond_images_channels} and needs conditioning images")
+                raise ValueError(
+                    f"cond_images: this unet was built with cond_images_channels="
+                    f"{self.cond_images_channels} and needs conditioning images"
+                )
             inputs.append(self._resize_cond_images(cond_images, x))
         elif exists(cond_images):
             raise ValueError("cond_images: this unet was built with cond_images_channels=0")
         return inputs, lowres_noise_times
 
     def _resize_cond_images(self, cond_images: Tensor, x: Tensor) -> Tensor:
-        check_tensor("cond_images", cond_images, shape=(x.shape[0], self.cond_images_channels, "height", "width"),
-                     names=("batch", "cond_images_channels", "height", "width"))
+        check_tensor(
+            "cond_images",
+            cond_images,
+            shape=(x.shape[0], self.cond_images_channels, "height", "width"),
+            names=("batch", "cond_images_channels", "height", "width"),
+        )
         if cond_images.shape[-2:] != x.shape[-2:]:
-            cond_images = F.interpolate(cond_images, size=x.shape[-2:], mode="nearest")
+            cond_images = resize_spatial(cond_images, (x.shape[-2], x.shape[-1]), self.resize_mode)
         return cond_images
 
     # -- public API ------------------------------------------------------------------------------------------------
@@ -761,9 +924,17 @@ class Unet(PretrainedMixin, nn.Module):
         (classifier-free guidance training). Returns (b, channels_out, h, w).
         """
         drop_text = self._drop_mask(x, cond_drop_prob)
-        return self._forward(x, time, lowres_cond_img=lowres_cond_img, lowres_noise_times=lowres_noise_times,
-                             text_embeds=text_embeds, text_mask=text_mask, cond_images=cond_images,
-                             self_cond=self_cond, drop_text=drop_text)
+        return self._forward(
+            x,
+            time,
+            lowres_cond_img=lowres_cond_img,
+            lowres_noise_times=lowres_noise_times,
+            text_embeds=text_embeds,
+            text_mask=text_mask,
+            cond_images=cond_images,
+            self_cond=self_cond,
+            drop_text=drop_text,
+        )
 
     def _drop_mask(self, x: Tensor, cond_drop_prob: float) -> Tensor | None:
         check_in_range("cond_drop_prob", cond_drop_prob, 0.0, 1.0)
@@ -791,8 +962,13 @@ class Unet(PretrainedMixin, nn.Module):
         time = self._check_times("time", time, batch, x.device)
         self._check_text(batch, text_embeds, text_mask)
         inputs, lowres_noise_times = self._stem_inputs(
-            x, lowres_cond_img=lowres_cond_img, lowres_noise_times=lowres_noise_times, cond_images=cond_images,
-            self_cond=self_cond, names=names, batch=batch,
+            x,
+            lowres_cond_img=lowres_cond_img,
+            lowres_noise_times=lowres_noise_times,
+            cond_images=cond_images,
+            self_cond=self_cond,
+            names=names,
+            batch=batch,
         )
         cond = self.condition(time, lowres_noise_times, text_embeds, text_mask, drop_text)
         return self._run_unet(torch.cat(inputs, dim=1), cond, IMAGE_LAYOUT)
@@ -804,14 +980,23 @@ class Unet(PretrainedMixin, nn.Module):
         *,
         cond_scale: float | Tensor = 1.0,
         remove_parallel_component: bool = False,
+        keep_parallel_frac: float = 0.0,
         rescale_phi: float = 0.0,
         **kwargs: Any,
     ) -> Tensor:
         """Classifier-free guidance: `uncond + cond_scale * (cond - uncond)` (see synthesis_core cfg_combine).
 
         The conditional and the null-text passes run as one batch of twice the size. `cond_scale=1` (or a unet
-        without text) is a single conditional pass. Other keyword arguments are those of `forward`.
+        without text) is a single conditional pass. `remove_parallel_component=True` drops the part of the
+        guidance update (cond - uncond) parallel to `cond`; `keep_parallel_frac` in [0, 1] keeps that fraction
+        of it (0: removed, 1: plain guidance). Other keyword arguments are those of `forward`.
         """
+        check_in_range("keep_parallel_frac", keep_parallel_frac, 0.0, 1.0)
+        if keep_parallel_frac != 0 and not remove_parallel_component:
+            raise ValueError(
+                f"keep_parallel_frac: only used with remove_parallel_component=True (it says how much "
+                f"of the removed component to keep), got {keep_parallel_frac}"
+            )
         if "cond_drop_prob" in kwargs:
             raise TypeError("forward_with_cond_scale: cond_drop_prob is not accepted (the null pass is implied)")
         no_guidance = isinstance(cond_scale, (int, float)) and cond_scale == 1
@@ -828,11 +1013,19 @@ class Unet(PretrainedMixin, nn.Module):
         if isinstance(time, Tensor) and time.ndim == 0:
             time = time.expand(batch)
         drop_text = torch.arange(2 * batch, device=x.device) >= batch  # second half: the null condition
-        out = self._forward(doubled(x), doubled(time), drop_text=drop_text,
-                            **{key: doubled(value) for key, value in kwargs.items()})
+        out = self._forward(
+            doubled(x), doubled(time), drop_text=drop_text, **{key: doubled(value) for key, value in kwargs.items()}
+        )
         cond, uncond = out.chunk(2, dim=0)
-        return cfg_combine(cond, uncond, cond_scale, remove_parallel_component=remove_parallel_component,
-                           rescale_phi=rescale_phi)
+        if remove_parallel_component and keep_parallel_frac > 0:
+            # the update orthogonal to cond is what guidance at scale 2 with the component removed adds to cond;
+            # the kept update (orthogonal + keep_parallel_frac * parallel) then goes through plain guidance
+            orthogonal = cfg_combine(cond, uncond, 2.0, remove_parallel_component=True) - cond
+            kept = orthogonal + keep_parallel_frac * ((cond - uncond) - orthogonal)
+            return cfg_combine(cond, cond - kept, cond_scale, rescale_phi=rescale_phi)
+        return cfg_combine(
+            cond, uncond, cond_scale, remove_parallel_component=remove_parallel_component, rescale_phi=rescale_phi
+        )
 
     def cast_model_parameters(
         self,
@@ -852,11 +1045,62 @@ class Unet(PretrainedMixin, nn.Module):
             wanted["text_embed_dim"] = text_embed_dim
         if all(getattr(self, key) == value for key, value in wanted.items()):
             return self
-        overrides = dict(wanted, text_embed_dim=text_embed_dim)
+        overrides: dict[str, Any] = dict(wanted, text_embed_dim=text_embed_dim)
         if "out_dim" in self.config:
             overrides["out_dim"] = None
         logger.debug("rebuilding %s with %s", type(self).__name__, overrides)
         return type(self).from_config(self.config, **overrides)
+
+    def force_unconditional_(self) -> Unet:
+        """From now on the unet takes no text (`cond_on_text=False` behaviour; its text layers stay, unused).
+        In place, in memory: the recorded config keeps `cond_on_text`, so a saved copy loads conditional again."""
+        self.cond_on_text = False
+        self.condition.cond_on_text = False
+        return self
+
+    # -- one-file persistence (the published imagen-pytorch 2.1 names) -------------------------------------------
+
+    def to_config_and_state_dict(self) -> tuple[dict, dict[str, Tensor]]:
+        """`(config, state_dict)`: the recorded constructor arguments (JSON-able) and the weights;
+        `from_config_and_state_dict` rebuilds the unet from them."""
+        return self.pretrained_config, self.state_dict()
+
+    @classmethod
+    def from_config_and_state_dict(cls, config: dict, state_dict: dict[str, Tensor], *, strict: bool = True) -> Unet:
+        """The unet of class `cls` built from `config` (validated first: only constructor parameters, nothing
+        built from a name) with the weights `state_dict` (keys and shapes checked; a CheckpointError otherwise)."""
+        if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
+            raise TypeError(f"state_dict: expected a dict of tensors, got {type(state_dict).__name__}")
+        unet = instantiate_from_config(cls, config, source="config")
+        load_state_dict_checked(unet, state_dict, strict=strict, source="state_dict")
+        return unet
+
+    def persist_to_file(self, path: str | PathLike) -> Path:
+        """Writes the unet to one safetensors file: the weights, with the class name, package, version and
+        constructor arguments as JSON in its header (never a pickle). `hydrate_from_file` reads it back."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return save_checkpoint(path, self.state_dict(), {"format": UNET_FILE_FORMAT, **self.config_document()})
+
+    @classmethod
+    def hydrate_from_file(
+        cls, path: str | PathLike, map_location: str | torch.device = "cpu", *, strict: bool = True
+    ) -> Unet:
+        """The unet written by `persist_to_file`. The file's class must be `cls` or a registered subclass (e.g.
+        `Unet.hydrate_from_file` of a `BaseUnet64` file gives a `BaseUnet64`); its config is checked before
+        anything is built, and only safetensors is read."""
+        tensors, metadata = load_checkpoint(path, map_location="cpu")
+        if metadata.get("format") != UNET_FILE_FORMAT or not isinstance(metadata.get("config"), dict):
+            raise CheckpointError(f"{path} was not written by Unet.persist_to_file (no unet config in its header)")
+        target = resolve_loadable(metadata.get("class"), source=str(path), where="['class']")
+        if not issubclass(target, cls):
+            raise TypeError(
+                f"{path} holds a {target.__qualname__}, which is not a {cls.__qualname__}; use "
+                f"{target.__qualname__}.hydrate_from_file"
+            )
+        unet = instantiate_from_config(target, metadata["config"], source=str(path))
+        load_state_dict_checked(unet, tensors, strict=strict, source=str(path))
+        return unet.to(map_location)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -883,8 +1127,16 @@ class BaseUnet64(Unet):
     """The Imagen paper's 64x64 base U-Net: dim 512, multipliers (1, 2, 3, 4), 3 resnet blocks per level,
     self- and cross-attention on the three lowest resolutions. Every argument can be overridden."""
 
-    preset = dict(dim=512, dim_mults=(1, 2, 3, 4), num_resnet_blocks=3, layer_attns=(False, True, True, True),
-                  layer_cross_attns=(False, True, True, True), attn_heads=8, ff_mult=2.0, memory_efficient=False)
+    preset = dict(
+        dim=512,
+        dim_mults=(1, 2, 3, 4),
+        num_resnet_blocks=3,
+        layer_attns=(False, True, True, True),
+        layer_cross_attns=(False, True, True, True),
+        attn_heads=8,
+        ff_mult=2.0,
+        memory_efficient=False,
+    )
 
     def __init__(self, **kwargs: Any):
         super().__init__(**_preset_kwargs(self.preset, kwargs))
@@ -894,9 +1146,16 @@ class SRUnet256(Unet):
     """The Imagen paper's 64->256 super-resolution Efficient U-Net: dim 128, multipliers (1, 2, 4, 8), resnet
     blocks (2, 4, 8, 8), self- and cross-attention only at the lowest resolution, memory efficient."""
 
-    preset = dict(dim=128, dim_mults=(1, 2, 4, 8), num_resnet_blocks=(2, 4, 8, 8),
-                  layer_attns=(False, False, False, True), layer_cross_attns=(False, False, False, True),
-                  attn_heads=8, ff_mult=2.0, memory_efficient=True)
+    preset = dict(
+        dim=128,
+        dim_mults=(1, 2, 4, 8),
+        num_resnet_blocks=(2, 4, 8, 8),
+        layer_attns=(False, False, False, True),
+        layer_cross_attns=(False, False, False, True),
+        attn_heads=8,
+        ff_mult=2.0,
+        memory_efficient=True,
+    )
 
     def __init__(self, **kwargs: Any):
         super().__init__(**_preset_kwargs(self.preset, kwargs))
@@ -906,8 +1165,16 @@ class SRUnet1024(Unet):
     """The Imagen paper's 256->1024 super-resolution Efficient U-Net: like `SRUnet256` without self-attention
     (cross-attention to the text at the lowest resolution only)."""
 
-    preset = dict(dim=128, dim_mults=(1, 2, 4, 8), num_resnet_blocks=(2, 4, 8, 8), layer_attns=False,
-                  layer_cross_attns=(False, False, False, True), attn_heads=8, ff_mult=2.0, memory_efficient=True)
+    preset = dict(
+        dim=128,
+        dim_mults=(1, 2, 4, 8),
+        num_resnet_blocks=(2, 4, 8, 8),
+        layer_attns=False,
+        layer_cross_attns=(False, False, False, True),
+        attn_heads=8,
+        ff_mult=2.0,
+        memory_efficient=True,
+    )
 
     def __init__(self, **kwargs: Any):
         super().__init__(**_preset_kwargs(self.preset, kwargs))
@@ -924,6 +1191,7 @@ class NullUnet(PretrainedMixin, nn.Module):
     sampling. It holds one dummy parameter so optimisers and EMA wrappers accept it."""
 
     is_video = False
+    config: dict[str, Any]  # the recorded constructor arguments (set by PretrainedMixin at construction)
 
     def __init__(
         self,
@@ -947,10 +1215,22 @@ class NullUnet(PretrainedMixin, nn.Module):
         self.cond_images_channels = cond_images_channels
         self.dummy_parameter = nn.Parameter(torch.zeros(1))
 
-    def cast_model_parameters(self, *, lowres_cond: bool, text_embed_dim: int | None, channels: int,
-                              channels_out: int | None, cond_on_text: bool) -> NullUnet:
-        wanted = dict(lowres_cond=lowres_cond, text_embed_dim=default(text_embed_dim, self.text_embed_dim),
-                      channels=channels, channels_out=default(channels_out, channels), cond_on_text=cond_on_text)
+    def cast_model_parameters(
+        self,
+        *,
+        lowres_cond: bool,
+        text_embed_dim: int | None,
+        channels: int,
+        channels_out: int | None,
+        cond_on_text: bool,
+    ) -> NullUnet:
+        wanted = dict(
+            lowres_cond=lowres_cond,
+            text_embed_dim=default(text_embed_dim, self.text_embed_dim),
+            channels=channels,
+            channels_out=default(channels_out, channels),
+            cond_on_text=cond_on_text,
+        )
         if all(getattr(self, key) == value for key, value in wanted.items()):
             return self
         return type(self).from_config(self.config, **wanted)

@@ -11,6 +11,7 @@ layers are added between them:
 4D images `(b, c, h, w)` are one-frame videos with time ignored. Known frames (`cond_video_frames` before,
 `post_cond_video_frames` after) are concatenated along time with the noisy frames and dropped from the output.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from imagen_pytorch.unet import Block, FrameLayout, Resample, Unet, _per_level
+from imagen_pytorch.unet import Block, FrameLayout, Unet, _per_level, resize_spatial
 from synthesis_core.attention import ContinuousPositionBias, SpaceTimeAttention
 from synthesis_core.checks import check_positive_int, check_tensor
 from synthesis_core.utils import exists
@@ -69,7 +70,8 @@ class TemporalConv(nn.Module):
         with torch.no_grad():
             self.conv.weight.zero_()
             self.conv.weight[:, :, current, 0, 0].copy_(torch.eye(dim))
-            self.conv.bias.zero_()
+            if exists(self.conv.bias):  # always (bias=True); narrows the Optional
+                self.conv.bias.zero_()
 
     def forward(self, x: Tensor, layout: FrameLayout) -> Tensor:
         video = F.pad(unfold_frames(x, layout), (0, 0, 0, 0, *self.padding))
@@ -95,11 +97,19 @@ class SpaceTimeAttentionStage(nn.Module):
     def __init__(self, dim: int, spatial: nn.Module | None, settings: TemporalSettings):
         super().__init__()
         self.spatial = spatial
-        self.temporal = SpaceTimeAttention(dim, axis="time", dim_head=settings.dim_head, heads=settings.heads,
-                                           pos_bias="continuous", causal=settings.causal, zero_init_output=True)
+        self.temporal = SpaceTimeAttention(
+            dim,
+            axis="time",
+            dim_head=settings.dim_head,
+            heads=settings.heads,
+            pos_bias="continuous",
+            causal=settings.causal,
+            zero_init_output=True,
+        )
         # the time bias MLP with the depth asked for (SpaceTimeAttention builds a 2-layer one by default)
-        self.temporal.pos_bias = ContinuousPositionBias(max(dim // 4, 16), settings.heads, num_dims=1,
-                                                        layers=settings.rel_pos_bias_depth)
+        self.temporal.pos_bias = ContinuousPositionBias(
+            max(dim // 4, 16), settings.heads, num_dims=1, layers=settings.rel_pos_bias_depth
+        )
 
     def forward(self, x: Tensor, context: Tensor, context_mask: Tensor | None, layout: FrameLayout) -> Tensor:
         if exists(self.spatial):
@@ -119,7 +129,8 @@ class TemporalDownsample(nn.Module):
         with torch.no_grad():
             self.conv.weight.zero_()
             self.conv.weight[:, :, :, 0, 0].copy_(repeat(torch.eye(dim) / stride, "o i -> o i s", s=stride))
-            self.conv.bias.zero_()
+            if exists(self.conv.bias):  # always (bias=True); narrows the Optional
+                self.conv.bias.zero_()
 
     def forward(self, x: Tensor, layout: FrameLayout) -> tuple[Tensor, FrameLayout]:
         return fold_frames(self.conv(unfold_frames(x, layout))), layout.with_frames(layout.frames // self.stride)
@@ -140,19 +151,19 @@ class TemporalUpsample(nn.Module):
 class SpaceTimeResample(nn.Module):
     """Spatial resampling (per frame) and, for videos, temporal resampling."""
 
-    def __init__(self, spatial: Resample, temporal: nn.Module | None, temporal_first: bool):
+    def __init__(self, spatial: nn.Module, temporal: nn.Module | None, temporal_first: bool):
         super().__init__()
         self.spatial = spatial
         self.temporal = temporal
         self.temporal_first = temporal_first  # resample time where the maps are smallest
 
     def forward(self, x: Tensor, layout: FrameLayout) -> tuple[Tensor, FrameLayout]:
-        run_temporal = exists(self.temporal) and layout.temporal
-        if run_temporal and self.temporal_first:
-            x, layout = self.temporal(x, layout)
+        temporal = self.temporal if layout.temporal else None  # decided on the input's layout
+        if exists(temporal) and self.temporal_first:
+            x, layout = temporal(x, layout)
         x, layout = self.spatial(x, layout)
-        if run_temporal and not self.temporal_first:
-            x, layout = self.temporal(x, layout)
+        if exists(temporal) and not self.temporal_first:
+            x, layout = temporal(x, layout)
         return x, layout
 
 
@@ -169,7 +180,9 @@ class Unet3D(Unet):
     - `time_causal_attn`: frames only see earlier frames (temporal attention and convolutions; strictly causal
       with `temporal_strides=1`);
     - `time_rel_pos_bias_depth`: layers of the continuous time position-bias MLP;
-    - `temporal_conv_kernel_size`: taps of the identity-initialised temporal convolutions.
+    - `temporal_conv_kernel_size`: taps of the identity-initialised temporal convolutions;
+    - `ff_time_token_shift`: imagen-pytorch 2.1's time token shift inside the feed-forwards is not built here (the
+      temporal convolutions mix neighbouring frames instead); only False is accepted.
     `forward(..., ignore_time=False, cond_video_frames=None, post_cond_video_frames=None)`: the known frames are
     `(b, channels, n, h, w)` clean frames before / after the noisy ones. `lowres_cond_img` and `self_cond` are
     `(b, channels, frames, h, w)`; `cond_images` is `(b, c, h, w)` (every frame) or `(b, c, frames, h, w)`.
@@ -188,8 +201,15 @@ class Unet3D(Unet):
         temporal_conv_kernel_size: int = 3,
         attn_heads: int = 8,
         attn_dim_head: int = 64,
+        ff_time_token_shift: bool = False,
         **kwargs: Any,
     ):
+        if ff_time_token_shift is not False:
+            raise ValueError(
+                f"ff_time_token_shift: the time token shift inside the feed-forwards is not available, got "
+                f"{ff_time_token_shift!r}; pass False (neighbouring frames are mixed by the temporal convolutions, "
+                "temporal_conv_kernel_size=, and temporal attention)"
+            )
         if not isinstance(dim_mults, (tuple, list)) or len(dim_mults) == 0:
             raise ValueError(f"dim_mults: expected a non-empty tuple of channel multipliers, got {dim_mults!r}")
         strides = _per_level("temporal_strides", temporal_strides, len(dim_mults))
@@ -198,14 +218,19 @@ class Unet3D(Unet):
         for stride in strides:
             check_positive_int("temporal_strides", stride)
         if strides[-1] != 1:
-            raise ValueError(f"temporal_strides: the last level has no transition after it, its stride must be 1, "
-                             f"got {tuple(temporal_strides)}")
+            raise ValueError(
+                f"temporal_strides: the last level has no transition after it, its stride must be 1, got {strides}"
+            )
         check_positive_int("time_rel_pos_bias_depth", time_rel_pos_bias_depth)
         check_positive_int("temporal_conv_kernel_size", temporal_conv_kernel_size)
         # read by the builder methods while Unet.__init__ runs, so it is set first (a plain attribute)
         self.temporal_settings = TemporalSettings(
-            strides=strides, causal=time_causal_attn, rel_pos_bias_depth=time_rel_pos_bias_depth,
-            conv_kernel_size=temporal_conv_kernel_size, heads=attn_heads, dim_head=attn_dim_head,
+            strides=strides,
+            causal=time_causal_attn,
+            rel_pos_bias_depth=time_rel_pos_bias_depth,
+            conv_kernel_size=temporal_conv_kernel_size,
+            heads=attn_heads,
+            dim_head=attn_dim_head,
         )
         self.frames_divisor = math.prod(strides)
         super().__init__(dim=dim, dim_mults=dim_mults, attn_heads=attn_heads, attn_dim_head=attn_dim_head, **kwargs)
@@ -214,12 +239,14 @@ class Unet3D(Unet):
 
     def _make_resnet_block(self, dim_in: int, dim_out: int) -> nn.Module:
         settings = self.temporal_settings
-        return SpaceTimeBlock(dim_in, dim_out, kernel_size=settings.conv_kernel_size, causal=settings.causal,
-                              **self._block_kwargs)
+        return SpaceTimeBlock(
+            dim_in, dim_out, kernel_size=settings.conv_kernel_size, causal=settings.causal, **self._block_kwargs
+        )
 
-    def _make_attention_stage(self, dim: int, self_attn: str | None, cross_attn: str | None,
-                              global_context: bool) -> nn.Module:
-        spatial = super()._make_attention_stage(dim, self_attn, cross_attn, global_context)
+    def _make_attention_stage(
+        self, dim: int, self_attn: str | None, cross_attn: str | None, global_context: bool, *, depth: int | None = None
+    ) -> nn.Module:
+        spatial = super()._make_attention_stage(dim, self_attn, cross_attn, global_context, depth=depth)
         return SpaceTimeAttentionStage(dim, spatial, self.temporal_settings)
 
     def _make_downsample(self, dim_in: int, dim_out: int, *, level: int) -> nn.Module:
@@ -247,14 +274,19 @@ class Unet3D(Unet):
         if cond_images.ndim == 4:
             cond_images = repeat(cond_images, "b c h w -> b c f h w", f=frames)
         if cond_images.shape[-2:] != (height, width):
-            cond_images = F.interpolate(cond_images, size=(frames, height, width), mode="nearest")
+            cond_images = resize_spatial(cond_images, (height, width), self.resize_mode)
         return cond_images
 
     def _check_cond_frames(self, name: str, frames: Tensor | None, x: Tensor) -> None:
         if exists(frames):
             batch, channels, _, height, width = x.shape
-            check_tensor(name, frames, shape=(batch, channels, "frames", height, width),
-                         names=("batch", "channels", "frames", "height", "width"), dtype_floating=True)
+            check_tensor(
+                name,
+                frames,
+                shape=(batch, channels, "frames", height, width),
+                names=("batch", "channels", "frames", "height", "width"),
+                dtype_floating=True,
+            )
 
     # -- public API ------------------------------------------------------------------------------------------------
 
@@ -277,10 +309,20 @@ class Unet3D(Unet):
         """Model output for noisy videos `x` (b, channels, frames, h, w) or images (b, channels, h, w) at noise
         levels `time` (b,); same shape as `x` with `channels_out` channels. See the class docstring."""
         drop_text = self._drop_mask(x, cond_drop_prob)
-        return self._forward(x, time, lowres_cond_img=lowres_cond_img, lowres_noise_times=lowres_noise_times,
-                             text_embeds=text_embeds, text_mask=text_mask, cond_images=cond_images,
-                             self_cond=self_cond, drop_text=drop_text, ignore_time=ignore_time,
-                             cond_video_frames=cond_video_frames, post_cond_video_frames=post_cond_video_frames)
+        return self._forward(
+            x,
+            time,
+            lowres_cond_img=lowres_cond_img,
+            lowres_noise_times=lowres_noise_times,
+            text_embeds=text_embeds,
+            text_mask=text_mask,
+            cond_images=cond_images,
+            self_cond=self_cond,
+            drop_text=drop_text,
+            ignore_time=ignore_time,
+            cond_video_frames=cond_video_frames,
+            post_cond_video_frames=post_cond_video_frames,
+        )
 
     def _forward(
         self,
@@ -298,8 +340,7 @@ class Unet3D(Unet):
         cond_video_frames: Tensor | None = None,
         post_cond_video_frames: Tensor | None = None,
     ) -> Tensor:
-        check_tensor("x", x, ndim=(4, 5), names=("batch", "channels", "frames", "height", "width"),
-                     dtype_floating=True)
+        check_tensor("x", x, ndim=(4, 5), names=("batch", "channels", "frames", "height", "width"), dtype_floating=True)
         is_image = x.ndim == 4
         if is_image:
             # a batch of images is a batch of one-frame videos whose frames never interact
@@ -317,8 +358,13 @@ class Unet3D(Unet):
         time = self._check_times("time", time, batch, x.device)
         self._check_text(batch, text_embeds, text_mask)
         inputs, lowres_noise_times = self._stem_inputs(
-            x, lowres_cond_img=lowres_cond_img, lowres_noise_times=lowres_noise_times, cond_images=cond_images,
-            self_cond=self_cond, names=names, batch=batch,
+            x,
+            lowres_cond_img=lowres_cond_img,
+            lowres_noise_times=lowres_noise_times,
+            cond_images=cond_images,
+            self_cond=self_cond,
+            names=names,
+            batch=batch,
         )
 
         # known frames join the noisy ones along time; the other stem inputs are zero there
@@ -333,9 +379,9 @@ class Unet3D(Unet):
             return F.pad(frames_.to(stem.dtype), (0, 0, 0, 0, 0, 0, 0, extra_channels))
 
         if num_pre or num_post:
-            parts = [known(cond_video_frames)] if num_pre else []
+            parts = [known(cond_video_frames)] if exists(cond_video_frames) and num_pre else []
             parts.append(stem)
-            parts += [known(post_cond_video_frames)] if num_post else []
+            parts += [known(post_cond_video_frames)] if exists(post_cond_video_frames) and num_post else []
             stem = torch.cat(parts, dim=2)
         total_frames = frames + num_pre + num_post
 
@@ -348,5 +394,5 @@ class Unet3D(Unet):
         cond = self.condition(time, lowres_noise_times, text_embeds, text_mask, drop_text)
         layout = FrameLayout(frames=total_frames, temporal=not ignore_time)
         out = self._run_unet(fold_frames(stem), cond, layout)
-        out = rearrange(out, "(b f) c h w -> b c f h w", f=total_frames)[:, :, num_pre: num_pre + frames]
+        out = rearrange(out, "(b f) c h w -> b c f h w", f=total_frames)[:, :, num_pre : num_pre + frames]
         return rearrange(out, "b c 1 h w -> b c h w") if is_image else out

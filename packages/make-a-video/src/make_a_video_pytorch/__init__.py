@@ -1,14 +1,15 @@
 """Make-A-Video: pseudo-3D convolutions and spatio-temporal attention for text-to-video.
 
-The README's building blocks (`Pseudo3DConv`, `SpatioTemporalAttention`), the U-Net made of them
-(`SpaceTimeUnet`), the diffusion model around it (`MakeAVideo`), frame interpolation (`FrameInterpolator`) and
+The README's building blocks (`Pseudo3DConv`, `SpatioTemporalAttention`; the published package's names
+`PseudoConv3d`, `ResnetBlock`, `Downsample`, `Upsample` too), the U-Net made of them (`SpaceTimeUnet`), the diffusion model around it (`MakeAVideo`), frame interpolation (`FrameInterpolator`) and
 the trainer (`MakeAVideoTrainer`, also behind the `make-a-video` command).
 """
+
 from make_a_video_pytorch.__about__ import __version__
-from make_a_video_pytorch.blocks import Pseudo3DConv, SpatioTemporalAttention
+from make_a_video_pytorch.blocks import Downsample, Pseudo3DConv, PseudoConv3d, SpatioTemporalAttention, Upsample
 from make_a_video_pytorch.make_a_video import FrameInterpolator, MakeAVideo
 from make_a_video_pytorch.trainer import MakeAVideoTrainer
-from make_a_video_pytorch.unet import SpaceTimeUnet
+from make_a_video_pytorch.unet import ResnetBlock, SpaceTimeResnetBlock, SpaceTimeUnet
 from synthesis_core.checkpoint import register_loadable
 
 # The classes a saved config.json may name (`from_pretrained`, `load_model_from_folder`): nothing else is ever
@@ -19,7 +20,12 @@ register_loadable(FrameInterpolator, forwards_kwargs_to=MakeAVideo)
 
 __all__ = [
     "Pseudo3DConv",
+    "PseudoConv3d",
     "SpatioTemporalAttention",
+    "SpaceTimeResnetBlock",
+    "ResnetBlock",
+    "Downsample",
+    "Upsample",
     "SpaceTimeUnet",
     "MakeAVideo",
     "FrameInterpolator",

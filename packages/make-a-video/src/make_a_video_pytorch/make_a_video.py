@@ -1,7 +1,8 @@
 """Text-to-video diffusion around a `SpaceTimeUnet`, and the frame interpolator that raises its frame rate.
 
-The schedule, parameterisations, loss weighting, guidance and samplers are the core's (`synthesis_core.diffusion`);
-this module wires them to the U-Net and implements the paper's recipe as API:
+A configuration of the core's diffusion wrapper (`synthesis_core.diffusion.DiffusionWrapper`: loss and its min-SNR
+weighting, guidance closure, thresholding, the published DDPM internals `q_sample` ... `p_losses`); this module
+adds the text encoder, the U-Net's inputs and the paper's recipe as API:
 
 1. train on images: `model(images, ...)` with `(b, c, h, w)` batches trains the spatial layers only;
 2. `MakeAVideo.from_image_model(image_model, num_frames=16)` builds the video model: the image weights plus
@@ -15,13 +16,14 @@ Pixels are floats in [0, 1] at the API and [-1, 1] inside; `synthesis_core.check
 rule every package shares ([-1, 1] batches with a warning when clamped, uint8 divided by 255, other float dtypes
 cast to the model's; NaN / inf, 0-255 floats, another device or an empty batch refused).
 """
+
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 
 import torch
-from einops import rearrange, reduce
+from einops import rearrange
 from torch import Tensor, nn
 
 from make_a_video_pytorch.unet import SpaceTimeUnet
@@ -30,7 +32,6 @@ from synthesis_core.checks import (
     check_batch_match,
     check_choice,
     check_embeddings,
-    check_guidance_scale,
     check_image_size,
     check_in_range,
     check_pixel_batch,
@@ -42,16 +43,12 @@ from synthesis_core.checks import (
 from synthesis_core.diffusion import (
     BETA_SCHEDULES,
     VP_SAMPLERS,
+    DiffusionWrapper,
     DiscreteSchedule,
-    dynamic_threshold,
-    min_snr_weight,
-    normalize_objective,
-    pred_to_x0,
     sample_vp,
     sampling_times,
-    static_threshold,
-    x0_to_target,
 )
+from synthesis_core.protocol import resolve_text
 from synthesis_core.text import DEFAULT_T5_NAME, TextEncoder
 from synthesis_core.utils import default, eval_decorator, exists
 
@@ -60,7 +57,7 @@ __all__ = ["MakeAVideo", "FrameInterpolator"]
 logger = logging.getLogger(__name__)
 
 
-class MakeAVideo(PretrainedMixin, nn.Module):
+class MakeAVideo(PretrainedMixin, DiffusionWrapper, nn.Module):
     """Text-to-video (and text-to-image) denoising diffusion with a `SpaceTimeUnet`.
 
     ```
@@ -78,7 +75,8 @@ class MakeAVideo(PretrainedMixin, nn.Module):
         channels: image channels (must match the U-Net).
         timesteps: steps of the discrete diffusion schedule (`beta_schedule`).
         text_encoder_name: T5/BERT hub name or local folder used to encode `texts` (loaded on first use, never
-            part of the state dict); `text_embeds` can always be given instead.
+            part of the state dict); `text_embeds` can always be given instead. None: no text encoder, for a
+            model fed precomputed `text_embeds` only (`texts=` then raises a ValueError).
         text_embed_dim: width of the text embeddings; must match the U-Net's (default: the U-Net's).
         cond_drop_prob: probability of dropping the text of a training item (trains the unconditional branch for
             classifier-free guidance).
@@ -90,6 +88,8 @@ class MakeAVideo(PretrainedMixin, nn.Module):
         dynamic_thresholding: Imagen's dynamic thresholding of x0 when sampling (else clamped to [-1, 1]).
     """
 
+    sample_steps: int  # the wrapper's is optional; this model always sets it (configure_diffusion in __init__)
+
     def __init__(
         self,
         unet: SpaceTimeUnet,
@@ -98,7 +98,7 @@ class MakeAVideo(PretrainedMixin, nn.Module):
         num_frames: int,
         channels: int = 3,
         timesteps: int = 1000,
-        text_encoder_name: str = DEFAULT_T5_NAME,
+        text_encoder_name: str | None = DEFAULT_T5_NAME,
         text_embed_dim: int | None = None,
         cond_drop_prob: float = 0.1,
         objective: str = "v",
@@ -117,9 +117,6 @@ class MakeAVideo(PretrainedMixin, nn.Module):
         check_positive_int("channels", channels)
         check_positive_int("timesteps", timesteps)
         check_positive_int("sample_steps", sample_steps)
-        check_in_range("cond_drop_prob", cond_drop_prob, 0.0, 1.0)
-        check_in_range("min_snr_gamma", min_snr_gamma, 0.0, None)
-        check_choice("sampler", sampler, VP_SAMPLERS)
         check_choice("beta_schedule", beta_schedule, tuple(BETA_SCHEDULES))
         if sample_steps > timesteps:
             logger.info("sample_steps=%d exceeds timesteps=%d: sampling uses every timestep", sample_steps, timesteps)
@@ -129,39 +126,45 @@ class MakeAVideo(PretrainedMixin, nn.Module):
         self.image_size = check_image_size("image_size", image_size)
         for name, size in zip(("height", "width"), self.image_size):
             if size % unet.spatial_factor:
-                raise ValueError(f"image_size: the {name} {size} must be divisible by {unet.spatial_factor}, the "
-                                 "spatial downsampling of the unet (2 ** (len(dim_mults) - 1))")
+                raise ValueError(
+                    f"image_size: the {name} {size} must be divisible by {unet.spatial_factor}, the "
+                    "spatial downsampling of the unet (2 ** (len(dim_mults) - 1))"
+                )
         if num_frames % unet.temporal_factor:
-            raise ValueError(f"num_frames: expected a multiple of {unet.temporal_factor}, the temporal compression "
-                             f"of the unet (temporal_compression={unet.temporal_compression}), got {num_frames}")
+            raise ValueError(
+                f"num_frames: expected a multiple of {unet.temporal_factor}, the temporal compression "
+                f"of the unet (temporal_compression={unet.temporal_compression}), got {num_frames}"
+            )
         if exists(text_embed_dim) and text_embed_dim != unet.text_embed_dim:
-            raise ValueError(f"text_embed_dim: the unet was built with text_embed_dim={unet.text_embed_dim}, "
-                             f"got text_embed_dim={text_embed_dim}")
+            raise ValueError(
+                f"text_embed_dim: the unet was built with text_embed_dim={unet.text_embed_dim}, "
+                f"got text_embed_dim={text_embed_dim}"
+            )
 
         self.unet = unet
         self.num_frames = num_frames
         self.channels = channels
-        self.cond_drop_prob = cond_drop_prob
-        self.objective = normalize_objective(objective)
-        self.sampler = sampler
-        self.sample_steps = sample_steps
-        self.min_snr_gamma = min_snr_gamma
-        self.dynamic_thresholding = dynamic_thresholding
-        self.schedule = DiscreteSchedule.from_name(beta_schedule, timesteps)
-        # a plain attribute (not a submodule): its frozen weights never enter the state dict, and load lazily
-        self.text_encoder = TextEncoder(text_encoder_name, max_length=text_max_length) \
-            if exists(unet.text_embed_dim) else None
+        self.configure_diffusion(
+            schedule=DiscreteSchedule.from_name(beta_schedule, timesteps),
+            objective=objective,
+            loss_type="l2",
+            min_snr_gamma=min_snr_gamma,
+            dynamic_thresholding=dynamic_thresholding,
+            cond_drop_prob=cond_drop_prob,
+            sampler=sampler,
+            sample_steps=sample_steps,
+        )
+        # a plain attribute (not a submodule): its frozen weights never enter the state dict, and load lazily;
+        # none for an unconditional unet or text_encoder_name=None (precomputed text_embeds only)
+        self.text_encoder: TextEncoder | None = None
+        if exists(unet.text_embed_dim) and exists(text_encoder_name):
+            self.text_encoder = TextEncoder(text_encoder_name, max_length=text_max_length)
         if freeze_spatial:
             unet.freeze_spatial()
 
     @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The U-Net's parameter dtype: inputs in another float dtype are cast to it."""
-        return next(self.unet.parameters()).dtype
+    def network(self) -> nn.Module:
+        return self.unet
 
     @property
     def conditions_on_text(self) -> bool:
@@ -207,8 +210,9 @@ class MakeAVideo(PretrainedMixin, nn.Module):
 
     # -- inputs ----------------------------------------------------------------------------------------------
 
-    def _check_pixels(self, name: str, x: Tensor, *, allow_images: bool = True, output_range: str = "symmetric"
-                      ) -> Tensor:
+    def _check_pixels(
+        self, name: str, x: Tensor, *, allow_images: bool = True, output_range: str = "symmetric"
+    ) -> Tensor:
         """Validate a batch of videos (or images) at the API (`check_pixels`: [0, 1], or [-1, 1] read as such);
         return it in [-1, 1] (or [0, 1] with `output_range='unit'`) in the model's dtype."""
         check_pixel_batch(name, x, channels=self.channels, image_size=self.image_size, allow_images=allow_images)
@@ -224,22 +228,35 @@ class MakeAVideo(PretrainedMixin, nn.Module):
         """`texts` (encoded by the text encoder) or `text_embeds`/`text_mask` -> `(embeds, mask)` on `device`."""
         if not self.conditions_on_text:
             if exists(texts) or exists(text_embeds):
-                raise ValueError("texts: this model's unet was built without text_embed_dim, so it is unconditional; "
-                                 "build SpaceTimeUnet(text_embed_dim=...) to condition on text")
+                raise ValueError(
+                    "texts: this model's unet was built without text_embed_dim, so it is unconditional; "
+                    "build SpaceTimeUnet(text_embed_dim=...) to condition on text"
+                )
             return None, None
-        if exists(texts) and exists(text_embeds):
-            raise ValueError("texts: pass either texts or text_embeds, not both")
+        text = resolve_text(texts, text_embeds, text_mask)  # one caption, both given, a stray mask: clear errors
+        texts, text_embeds, text_mask = text.texts, text.text_embeds, text.text_mask
         device = default(device, self.device)
         if exists(texts):
-            if exists(text_mask):
-                raise ValueError("text_mask: only used with text_embeds (texts are masked by the tokenizer)")
+            if self.text_encoder is None:
+                raise ValueError(
+                    "texts: this model has no text encoder (built with text_encoder_name=None); pass "
+                    "precomputed text_embeds= (and text_mask=) instead"
+                )
             text_embeds, text_mask = self.text_encoder.encode(texts, device=device)
             if text_embeds.shape[-1] != self.unet.text_embed_dim:
-                raise ValueError(f"text_encoder_name: {self.text_encoder.name!r} gives {text_embeds.shape[-1]}-wide "
-                                 f"embeddings, the unet expects text_embed_dim={self.unet.text_embed_dim}")
+                raise ValueError(
+                    f"text_encoder_name: {self.text_encoder.name!r} gives {text_embeds.shape[-1]}-wide "
+                    f"embeddings, the unet expects text_embed_dim={self.unet.text_embed_dim}"
+                )
         if exists(text_embeds):
-            check_tensor("text_embeds", text_embeds, ndim=3, shape=("batch", None, self.unet.text_embed_dim),
-                         names=("batch", "tokens", "text_embed_dim"), dtype_floating=True)
+            check_tensor(
+                "text_embeds",
+                text_embeds,
+                ndim=3,
+                shape=("batch", None, self.unet.text_embed_dim),
+                names=("batch", "tokens", "text_embed_dim"),
+                dtype_floating=True,
+            )
             text_embeds = check_embeddings("text_embeds", text_embeds, device=device, dtype=self.dtype)
             if exists(text_mask):
                 check_tensor("text_mask", text_mask, shape=tuple(text_embeds.shape[:2]), names=("batch", "tokens"))
@@ -257,6 +274,7 @@ class MakeAVideo(PretrainedMixin, nn.Module):
         text_embeds: Tensor | None = None,
         text_mask: Tensor | None = None,
         *,
+        cond_drop_prob: float | None = None,
         enable_time: bool = True,
         noise: Tensor | None = None,
         times: Tensor | None = None,
@@ -264,14 +282,23 @@ class MakeAVideo(PretrainedMixin, nn.Module):
         """The diffusion loss of a batch of videos `(b, c, t, h, w)` or images `(b, c, h, w)` in [0, 1].
 
         Images train the spatial layers only (time is skipped); so do videos with `enable_time=False` (every frame
-        as an image). `texts` or `text_embeds` (+ `text_mask`) condition a text model. `noise` and `times` may be
-        given for reproducibility.
+        as an image). `texts` or `text_embeds` (+ `text_mask`) condition a text model; the text of each sample is
+        dropped with `cond_drop_prob` (default: the constructor's). `noise` and `times` may be given for
+        reproducibility.
         """
         x0 = self._check_pixels("videos_or_images", videos_or_images)
-        return self.diffusion_loss(x0, texts=texts, text_embeds=text_embeds, text_mask=text_mask,
-                                   enable_time=enable_time, noise=noise, times=times)
+        return self.diffusion_loss(
+            x0,
+            texts=texts,
+            text_embeds=text_embeds,
+            text_mask=text_mask,
+            cond_drop_prob=cond_drop_prob,
+            enable_time=enable_time,
+            noise=noise,
+            times=times,
+        )
 
-    def diffusion_loss(
+    def diffusion_loss(  # type: ignore[override]  # this model's own inputs instead of predict= / **model_kwargs
         self,
         x0: Tensor,
         *,
@@ -280,56 +307,31 @@ class MakeAVideo(PretrainedMixin, nn.Module):
         text_mask: Tensor | None = None,
         cond: Tensor | None = None,
         loss_mask: Tensor | None = None,
+        cond_drop_prob: float | None = None,
         enable_time: bool = True,
         noise: Tensor | None = None,
         times: Tensor | None = None,
     ) -> Tensor:
-        """The loss for `x0` already in [-1, 1]; `cond` goes to the U-Net's conditioning channels and `loss_mask`
-        (broadcastable to `x0`, 1 = counted) restricts the loss to part of each sample."""
-        batch = x0.shape[0]
+        """The wrapper's loss (min-SNR weighted l2) for `x0` already in [-1, 1], with this model's inputs: the text
+        (encoded here, dropped with `cond_drop_prob`), `cond` for the U-Net's conditioning channels and `loss_mask`
+        (broadcastable to `x0`, 1 = counted) restricting the loss to part of each sample. The published internal
+        `p_losses(x_start, t, noise=..., texts=...)` comes here too."""
+        cond_drop_prob = check_in_range("cond_drop_prob", default(cond_drop_prob, self.cond_drop_prob), 0.0, 1.0)
         text_embeds, text_mask = self.encode_text(texts, text_embeds, text_mask, device=x0.device)
         check_batch_match(videos_or_images=x0, text_embeds=text_embeds)
-        schedule = self.schedule.to(x0.device)
-        if times is None:
-            times = schedule.sample_training_times(batch, device=x0.device)
-        else:
-            check_tensor("times", times, shape=(batch,), names=("batch",))
-        if noise is None:
-            noise = torch.randn_like(x0)
-        else:
-            check_tensor("noise", noise, shape=tuple(x0.shape))
-
-        x_t = schedule.add_noise(x0, times, noise)
-        pred = self.unet(x_t, times, text_embeds=text_embeds, text_mask=text_mask, cond=cond,
-                         cond_drop_prob=self.cond_drop_prob, enable_time=enable_time)
-        alpha, sigma = schedule.alpha_sigma(times)
-        target = x0_to_target(x0, noise, alpha, sigma, self.objective)
-
-        squared_error = (pred.float() - target.float()).pow(2)
-        if exists(loss_mask):
-            loss_mask = loss_mask.to(squared_error.dtype).expand_as(squared_error)
-            losses = reduce(squared_error * loss_mask, "b ... -> b", "sum") / \
-                reduce(loss_mask, "b ... -> b", "sum").clamp(min=1.0)
-        else:
-            losses = reduce(squared_error, "b ... -> b", "mean")
-        if self.min_snr_gamma > 0:
-            losses = losses * min_snr_weight(schedule.snr(times), gamma=self.min_snr_gamma, objective=self.objective)
-        return losses.mean()
+        return super().diffusion_loss(
+            x0,
+            times=times,
+            noise=noise,
+            loss_mask=loss_mask,
+            text_embeds=text_embeds,
+            text_mask=text_mask,
+            cond=cond,
+            cond_drop_prob=cond_drop_prob,
+            enable_time=enable_time,
+        )
 
     # -- sampling -------------------------------------------------------------------------------------------
-
-    def _denoiser(self, text_embeds, text_mask, cond, cond_scale: float, rescale_phi: float,
-                  schedule: DiscreteSchedule):
-        """The closure the core's samplers call: guided U-Net prediction -> thresholded x0 estimate."""
-
-        def denoise(x_t: Tensor, time_batch: Tensor) -> Tensor:
-            pred = self.unet.forward_with_cond_scale(x_t, time_batch, cond_scale=cond_scale, rescale_phi=rescale_phi,
-                                                     text_embeds=text_embeds, text_mask=text_mask, cond=cond)
-            alpha, sigma = schedule.alpha_sigma(time_batch)
-            x0 = pred_to_x0(pred.float(), x_t, alpha, sigma, self.objective)
-            return dynamic_threshold(x0) if self.dynamic_thresholding else static_threshold(x0)
-
-        return denoise
 
     def _run_sampler(
         self,
@@ -347,17 +349,18 @@ class MakeAVideo(PretrainedMixin, nn.Module):
         inpaint: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         sampler = check_choice("sampler", default(sampler, self.sampler), VP_SAMPLERS)
-        steps = check_steps("steps", default(steps, self.sample_steps), maximum=self.schedule.num_timesteps)
-        check_guidance_scale("cond_scale", cond_scale)
+        steps = check_steps("steps", default(steps, self.sample_steps), maximum=self.num_timesteps)
         device = self.device
         schedule = self.schedule.to(device)
         times = sampling_times(schedule, steps, device=device)
-        noise_device = generator.device if exists(generator) else device
-        x_T = torch.randn(shape, generator=generator, device=noise_device).to(device)
-        denoise = self._denoiser(text_embeds, text_mask, cond, cond_scale, rescale_phi, schedule)
-        x0 = sample_vp(denoise, x_T, times, schedule, sampler=sampler, generator=generator, progress=progress,
-                       inpaint=inpaint)
-        return ((x0 + 1) / 2).clamp(0.0, 1.0)
+        x_T = self.initial_noise(shape, generator, device)
+        denoise = self.denoiser(
+            cond_scale, rescale_phi=rescale_phi, text_embeds=text_embeds, text_mask=text_mask, cond=cond
+        )
+        x0 = sample_vp(
+            denoise, x_T, times, schedule, sampler=sampler, generator=generator, progress=progress, inpaint=inpaint
+        )
+        return self.to_pixels(x0)
 
     @torch.no_grad()
     @eval_decorator
@@ -365,9 +368,9 @@ class MakeAVideo(PretrainedMixin, nn.Module):
         self,
         texts: Sequence[str] | None = None,
         text_embeds: Tensor | None = None,
-        batch_size: int = 1,
+        batch_size: int | None = None,
         num_frames: int | None = None,
-        cond_scale: float = 3.0,
+        cond_scale: float | None = None,
         sampler: str | None = None,
         steps: int | None = None,
         *,
@@ -378,26 +381,38 @@ class MakeAVideo(PretrainedMixin, nn.Module):
     ) -> Tensor:
         """Generate videos `(batch, channels, num_frames, h, w)` in [0, 1].
 
-        `texts` or `text_embeds` set the batch size (else `batch_size`); `cond_scale` is the classifier-free
-        guidance scale (1 = the plain conditional prediction). `sampler` / `steps` default to the constructor's.
-        `generator` makes the noise deterministic.
+        `texts` or `text_embeds` set the batch size (else `batch_size`, default 1; a single text is repeated to
+        `batch_size`); `cond_scale` (default 3) is the classifier-free guidance scale (1 = the plain conditional
+        prediction). `sampler` / `steps` default to the constructor's. `generator` makes the noise deterministic.
         """
         text_embeds, text_mask = self.encode_text(texts, text_embeds, text_mask)
-        if exists(text_embeds):
-            batch_size = text_embeds.shape[0]
-        check_positive_int("batch_size", batch_size)
+        cond_scale = default(cond_scale, 3.0)
+        batch_size, (text_embeds, text_mask) = self.sampling_batch(batch_size, 1, text_embeds, text_mask)
         num_frames = check_positive_int("num_frames", default(num_frames, self.num_frames))
         if num_frames % self.unet.temporal_factor:
-            raise ValueError(f"num_frames: expected a multiple of {self.unet.temporal_factor}, the temporal "
-                             f"compression of the unet, got {num_frames}")
+            raise ValueError(
+                f"num_frames: expected a multiple of {self.unet.temporal_factor}, the temporal "
+                f"compression of the unet, got {num_frames}"
+            )
         if self.unet.cond_channels:
-            raise ValueError("unet: this model's unet takes conditioning channels (a FrameInterpolator?); "
-                             "use interpolate(video, factor) on a FrameInterpolator")
+            raise ValueError(
+                "unet: this model's unet takes conditioning channels (a FrameInterpolator?); "
+                "use interpolate(video, factor) on a FrameInterpolator"
+            )
         height, width = self.image_size
         shape = (batch_size, self.channels, num_frames, height, width)
-        return self._run_sampler(shape, text_embeds=text_embeds, text_mask=text_mask, cond=None,
-                                 cond_scale=cond_scale, rescale_phi=rescale_phi, sampler=sampler, steps=steps,
-                                 generator=generator, progress=progress)
+        return self._run_sampler(
+            shape,
+            text_embeds=text_embeds,
+            text_mask=text_mask,
+            cond=None,
+            cond_scale=cond_scale,
+            rescale_phi=rescale_phi,
+            sampler=sampler,
+            steps=steps,
+            generator=generator,
+            progress=progress,
+        )
 
 
 class FrameInterpolator(MakeAVideo):
@@ -420,17 +435,19 @@ class FrameInterpolator(MakeAVideo):
 
     def __init__(self, unet: SpaceTimeUnet, *, factors: int | Sequence[int] = (2,), **kwargs):
         super().__init__(unet, **kwargs)
-        factors = tuple(factors) if isinstance(factors, (tuple, list)) else (factors,)
-        if not factors:
+        factor_tuple = tuple(factors) if isinstance(factors, (tuple, list)) else (factors,)
+        if not factor_tuple:
             raise ValueError("factors: expected at least one interpolation factor, got an empty sequence")
-        for factor in factors:
+        for factor in factor_tuple:
             check_positive_int("factors", factor)
             if factor < 2:
-                raise ValueError(f"factors: an interpolation factor must be at least 2, got {factors!r}")
+                raise ValueError(f"factors: an interpolation factor must be at least 2, got {factor_tuple!r}")
         if unet.cond_channels != self.channels + 1:
-            raise ValueError(f"unet: a FrameInterpolator's unet needs cond_channels={self.channels + 1} (the known "
-                             f"frames and a mask channel), got cond_channels={unet.cond_channels}")
-        self.factors = factors
+            raise ValueError(
+                f"unet: a FrameInterpolator's unet needs cond_channels={self.channels + 1} (the known "
+                f"frames and a mask channel), got cond_channels={unet.cond_channels}"
+            )
+        self.factors: tuple[int, ...] = factor_tuple
 
     @staticmethod
     def keyframe_mask(batch: int, frames: int, factor: int, device: torch.device | None = None) -> Tensor:
@@ -444,7 +461,7 @@ class FrameInterpolator(MakeAVideo):
         keep = keep.to(x0.dtype)
         return torch.cat((x0 * keep, keep.expand(-1, 1, *x0.shape[2:])), dim=1)
 
-    def forward(
+    def forward(  # type: ignore[override]  # keyframe inputs instead of cond_drop_prob= / enable_time=
         self,
         videos: Tensor,
         texts: Sequence[str] | None = None,
@@ -474,9 +491,16 @@ class FrameInterpolator(MakeAVideo):
                 factor = self.factors[int(torch.randint(len(self.factors), ()))]
             check_positive_int("factor", factor)
             keep = self.keyframe_mask(batch, frames, factor, device=x0.device)
-        return self.diffusion_loss(x0, texts=texts, text_embeds=text_embeds, text_mask=text_mask,
-                                   cond=self.keyframe_condition(x0, keep), loss_mask=1 - keep, noise=noise,
-                                   times=times)
+        return self.diffusion_loss(
+            x0,
+            texts=texts,
+            text_embeds=text_embeds,
+            text_mask=text_mask,
+            cond=self.keyframe_condition(x0, keep),
+            loss_mask=1 - keep,
+            noise=noise,
+            times=times,
+        )
 
     @torch.no_grad()
     @eval_decorator
@@ -497,9 +521,8 @@ class FrameInterpolator(MakeAVideo):
     ) -> Tensor:
         """Raise the frame rate of `video (b, c, t, h, w)` in [0, 1] by `factor`: returns `(b, c, t * factor, h, w)`
         whose frames `0, factor, 2 factor, ...` are exactly the given frames and the others are generated."""
-        check_guidance_scale("cond_scale", cond_scale)
         if exists(steps):
-            check_steps("steps", steps, maximum=self.schedule.num_timesteps)
+            check_steps("steps", steps, maximum=self.num_timesteps)
         known_unit = self._check_pixels("video", video, allow_images=False, output_range="unit")
         x_known = known_unit * 2 - 1
         check_positive_int("factor", factor)
@@ -508,8 +531,10 @@ class FrameInterpolator(MakeAVideo):
         batch, channels, frames, height, width = x_known.shape
         out_frames = frames * factor
         if out_frames % self.unet.temporal_factor:
-            raise ValueError(f"factor: the interpolated video has {frames} * {factor} = {out_frames} frames, which "
-                             f"must be a multiple of {self.unet.temporal_factor} (the unet's temporal compression)")
+            raise ValueError(
+                f"factor: the interpolated video has {frames} * {factor} = {out_frames} frames, which "
+                f"must be a multiple of {self.unet.temporal_factor} (the unet's temporal compression)"
+            )
         text_embeds, text_mask = self.encode_text(texts, text_embeds, text_mask)
         check_batch_match(video=x_known, text_embeds=text_embeds)
 
@@ -517,10 +542,19 @@ class FrameInterpolator(MakeAVideo):
         known = torch.zeros(batch, channels, out_frames, height, width, device=x_known.device, dtype=x_known.dtype)
         known[:, :, ::factor] = x_known
         # the keyframes condition the U-Net and are re-imposed (noised to the current time) at every step
-        out = self._run_sampler(tuple(known.shape), text_embeds=text_embeds, text_mask=text_mask,
-                                cond=self.keyframe_condition(known, keep), cond_scale=cond_scale,
-                                rescale_phi=rescale_phi, sampler=sampler, steps=steps, generator=generator,
-                                progress=progress, inpaint=(known, keep))
+        out = self._run_sampler(
+            tuple(known.shape),
+            text_embeds=text_embeds,
+            text_mask=text_mask,
+            cond=self.keyframe_condition(known, keep),
+            cond_scale=cond_scale,
+            rescale_phi=rescale_phi,
+            sampler=sampler,
+            steps=steps,
+            generator=generator,
+            progress=progress,
+            inpaint=(known, keep),
+        )
         # exactly the given pixels (the [0, 1] -> [-1, 1] -> [0, 1] round trip may round the last bit), as read
         # by the pixel rule (a uint8 or [-1, 1] video comes back in [0, 1] like the generated frames)
         out[:, :, ::factor] = known_unit.to(out)
@@ -528,5 +562,7 @@ class FrameInterpolator(MakeAVideo):
 
     def sample(self, *args, **kwargs) -> Tensor:
         """A FrameInterpolator fills in frames between keyframes; it does not sample videos from scratch."""
-        raise TypeError("FrameInterpolator.sample: an interpolator needs keyframes, use interpolate(video, factor) "
-                        "on a video sampled by a MakeAVideo")
+        raise TypeError(
+            "FrameInterpolator.sample: an interpolator needs keyframes, use interpolate(video, factor) "
+            "on a video sampled by a MakeAVideo"
+        )

@@ -11,9 +11,11 @@ so the per-frame convolutions see NHWC frames without any copy (the fast layout 
 spatial attention reads its tokens as a view, and the temporal convolutions are 3D convolutions on the same
 tensor.
 """
+
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -25,16 +27,19 @@ from make_a_video_pytorch.blocks import (
     SpatioTemporalAttention,
     TemporalDownsample,
     TemporalUpsample,
+    _check_features,
+    check_attention_kernel_flag,
     is_temporal_parameter,
     video_conv2d,
 )
 from synthesis_core.checkpoint import CheckpointError, PretrainedMixin
 from synthesis_core.checks import check_in_range, check_positive_int, check_tensor
-from synthesis_core.diffusion import cfg_combine
+from synthesis_core.diffusion import batched_cond_uncond, cfg_combine
 from synthesis_core.layers import Downsample, LayerNorm, RMSNorm, TimestepEmbedding, Upsample
+from synthesis_core.protocol import resolve_alias
 from synthesis_core.utils import cast_tuple, exists, prob_mask_like
 
-__all__ = ["SpaceTimeUnet", "SpaceTimeResnetBlock"]
+__all__ = ["SpaceTimeUnet", "SpaceTimeResnetBlock", "ResnetBlock"]
 
 
 def channel_rms_norm(norm: RMSNorm, x: Tensor) -> Tensor:
@@ -67,25 +72,55 @@ class _Block(nn.Module):
 class SpaceTimeResnetBlock(nn.Module):
     """Two norm-SiLU-pseudo-3D-conv layers with a residual; FiLM from the conditioning vector (time + text).
 
-    On `(b, c, t, h, w)`; with `enable_time=False` it is a 2D resnet block applied to every frame.
+    On videos `(b, c, t, h, w)` and images `(b, c, h, w)` (time skipped); with `enable_time=False` a video goes
+    through it frame by frame. Also importable as `ResnetBlock`, the published make-a-video name, whose
+    spellings `timestep_cond_dim=` (for `cond_dim`) and `forward(x, timestep_emb=...)` (for `cond`) it accepts.
     """
 
-    def __init__(self, dim: int, dim_out: int, cond_dim: int | None = None):
+    def __init__(self, dim: int, dim_out: int, cond_dim: int | None = None, *, timestep_cond_dim: int | None = None):
         super().__init__()
+        cond_dim = resolve_alias("cond_dim", cond_dim, "timestep_cond_dim", timestep_cond_dim)
+        check_positive_int("dim", dim)
+        check_positive_int("dim_out", dim_out)
+        if exists(cond_dim):
+            check_positive_int("cond_dim", cond_dim)
+        self.dim = dim
+        self.cond_dim = cond_dim
         self.to_scale_shift = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, dim_out * 2)) if exists(cond_dim) else None
         self.block1 = _Block(dim, dim_out)
         self.block2 = _Block(dim_out, dim_out)
         self.res_conv = nn.Conv1d(dim, dim_out, 1) if dim != dim_out else None
 
-    def forward(self, x: Tensor, cond: Tensor | None = None, enable_time: bool = True) -> Tensor:
+    def forward(
+        self, x: Tensor, cond: Tensor | None = None, enable_time: bool = True, *, timestep_emb: Tensor | None = None
+    ) -> Tensor:
+        """`cond (b, cond_dim)`: the conditioning vector (time embedding, pooled text) that FiLMs the block."""
+        cond = resolve_alias("cond", cond, "timestep_emb", timestep_emb)
+        _check_features("x", x, self.dim)
+        if exists(cond):
+            if not exists(self.to_scale_shift):
+                raise ValueError(
+                    "cond: this block was built without cond_dim (timestep_cond_dim) and takes no conditioning vector"
+                )
+            check_tensor("cond", cond, shape=(x.shape[0], self.cond_dim), names=("batch", "cond_dim"))
+        is_image = x.ndim == 4
+        if is_image:
+            x = rearrange(x, "b c h w -> b c 1 h w")
+            enable_time = False
+
         scale_shift = None
-        if exists(self.to_scale_shift) and exists(cond):
+        if exists(cond) and self.to_scale_shift is not None:  # (checked above: cond needs to_scale_shift)
             film = rearrange(self.to_scale_shift(cond), "b c -> b c 1 1 1").to(x.dtype)
             scale_shift = film.chunk(2, dim=1)
         h = self.block1(x, enable_time=enable_time)
         h = self.block2(h, scale_shift=scale_shift, enable_time=enable_time)
         residual = video_conv2d(x, self.res_conv.weight, self.res_conv.bias) if exists(self.res_conv) else x
-        return h + residual
+        out = h + residual
+        return rearrange(out, "b c 1 h w -> b c h w") if is_image else out
+
+
+# the published make-a-video-pytorch 0.4 name of the same block
+ResnetBlock = SpaceTimeResnetBlock
 
 
 def _per_level(name: str, value, num_levels: int) -> tuple:
@@ -108,11 +143,14 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
         dim: channels of the first level; level i has `dim * dim_mults[i]`.
         channels: channels of the images/videos (the output has as many).
         dim_mults: width multiplier per level; the frame size must be divisible by `2 ** (len(dim_mults) - 1)`.
-        self_attns: per level, whether to add spatio-temporal attention (with cross-attention to the text).
+        self_attns: per level, whether to add spatio-temporal attention (with cross-attention to the text);
+            default: on the last level only.
         temporal_compression: per level, whether the downsampling into it also halves the frames (and the
             upsampling out of it doubles them); the first level's entry must be False. Videos need a frame count
-            divisible by `2 ** sum(temporal_compression)`.
-        resnet_block_depths: resnet blocks per level (down path; the up path mirrors it).
+            divisible by `2 ** sum(temporal_compression)`. Default: every level but the first.
+        resnet_block_depths: resnet blocks per level (down path; the up path mirrors it); default: 2 per level.
+        (These three defaults follow `len(dim_mults)`; with the default four levels they are the published
+        `(False, False, False, True)`, `(False, True, True, True)` and `(2, 2, 2, 2)`.)
         attn_dim_head, attn_heads: attention head size and count.
         condition_on_timestep: embed the diffusion time (int or float) and FiLM every resnet block with it.
         text_embed_dim: width of the text embeddings to condition on (None: unconditional). The pooled text is
@@ -125,16 +163,20 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
         attn_pos_bias: continuous relative position bias in the attention layers.
         causal_time_attn: frames attend to earlier frames only.
         channels_last: run activations in the channels-last-3d memory format (same results, faster convolutions).
+        dim_mult: the published make-a-video spelling of `dim_mults` (give one of them).
+        flash_attn: the published package's choice of attention kernel. Attention here always runs on
+            `F.scaled_dot_product_attention`, which picks the flash / memory-efficient / math kernel itself, so
+            both values compute the same thing; only a bool is accepted.
     """
 
     def __init__(
         self,
         dim: int,
         channels: int = 3,
-        dim_mults: Sequence[int] = (1, 2, 4, 8),
-        self_attns: bool | Sequence[bool] = (False, False, False, True),
-        temporal_compression: bool | Sequence[bool] = (False, True, True, True),
-        resnet_block_depths: int | Sequence[int] = (2, 2, 2, 2),
+        dim_mults: Sequence[int] | None = None,
+        self_attns: bool | Sequence[bool] | None = None,
+        temporal_compression: bool | Sequence[bool] | None = None,
+        resnet_block_depths: int | Sequence[int] | None = None,
         attn_dim_head: int = 64,
         attn_heads: int = 8,
         condition_on_timestep: bool = True,
@@ -146,25 +188,36 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
         attn_pos_bias: bool = True,
         causal_time_attn: bool = False,
         channels_last: bool = True,
+        dim_mult: Sequence[int] | None = None,
+        flash_attn: bool = False,
     ):
         super().__init__()
         check_positive_int("dim", dim)
         check_positive_int("channels", channels)
         check_positive_int("cond_channels", cond_channels, allow_zero=True)
-        dim_mults = tuple(dim_mults)
+        dim_mults = tuple(resolve_alias("dim_mults", dim_mults, "dim_mult", dim_mult, (1, 2, 4, 8)))
+        check_attention_kernel_flag("flash_attn", flash_attn)
         if not dim_mults:
             raise ValueError("dim_mults: expected at least one level, got an empty sequence")
         for mult in dim_mults:
             check_positive_int("dim_mults", mult)
         num_levels = len(dim_mults)
+        if self_attns is None:
+            self_attns = (False,) * (num_levels - 1) + (True,)
+        if temporal_compression is None:
+            temporal_compression = (False,) + (True,) * (num_levels - 1)
+        if resnet_block_depths is None:
+            resnet_block_depths = 2
         self_attns = _per_level("self_attns", self_attns, num_levels)
         temporal_compression = _per_level("temporal_compression", temporal_compression, num_levels)
         resnet_block_depths = _per_level("resnet_block_depths", resnet_block_depths, num_levels)
         for depth in resnet_block_depths:
             check_positive_int("resnet_block_depths", depth)
         if temporal_compression[0]:
-            raise ValueError("temporal_compression: the first level has no downsampling into it, its entry must be "
-                             f"False, got {temporal_compression!r}")
+            raise ValueError(
+                "temporal_compression: the first level has no downsampling into it, its entry must be "
+                f"False, got {temporal_compression!r}"
+            )
         if exists(text_embed_dim):
             check_positive_int("text_embed_dim", text_embed_dim)
 
@@ -182,17 +235,24 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
         cond_dim = dim * 4 if (condition_on_timestep or exists(text_embed_dim)) else None
         self.time_embedding = TimestepEmbedding(dim, time_dim=cond_dim) if condition_on_timestep else None
         self.text_norm = None
-        if exists(text_embed_dim):
+        if exists(text_embed_dim) and cond_dim is not None:  # (cond_dim is set whenever there is text)
             self.text_norm = LayerNorm(text_embed_dim)
-            self.text_to_cond = nn.Sequential(nn.Linear(text_embed_dim, cond_dim), nn.SiLU(),
-                                              nn.Linear(cond_dim, cond_dim))
+            self.text_to_cond = nn.Sequential(
+                nn.Linear(text_embed_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim)
+            )
             self.null_text_cond = nn.Parameter(torch.randn(cond_dim) * 0.02)
 
         def attention(level_dim: int) -> SpatioTemporalAttention:
             return SpatioTemporalAttention(
-                level_dim, dim_head=attn_dim_head, heads=attn_heads, ff_mult=ff_mult, pos_bias=attn_pos_bias,
-                causal_time_attn=causal_time_attn, dim_context=text_embed_dim,
+                level_dim,
+                dim_head=attn_dim_head,
+                heads=attn_heads,
+                ff_mult=ff_mult,
+                pos_bias=attn_pos_bias,
+                causal_time_attn=causal_time_attn,
+                dim_context=text_embed_dim,
                 num_null_kv=1 if exists(text_embed_dim) else 0,
+                flash=flash_attn,
             )
 
         dims = [dim * mult for mult in dim_mults]
@@ -205,8 +265,9 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
                 level["downsample"] = Downsample(dims[i - 1], level_dim)
                 if self.temporal_compression[i]:
                     level["temporal_down"] = TemporalDownsample(level_dim)
-            level["blocks"] = nn.ModuleList([SpaceTimeResnetBlock(level_dim, level_dim, cond_dim)
-                                             for _ in range(depth)])
+            level["blocks"] = nn.ModuleList(
+                [SpaceTimeResnetBlock(level_dim, level_dim, cond_dim) for _ in range(depth)]
+            )
             if self_attns[i]:
                 level["attn"] = attention(level_dim)
             self.downs.append(level)
@@ -221,8 +282,11 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
             level_dim, depth = dims[i], resnet_block_depths[i]
             level = nn.ModuleDict()
             level["blocks"] = nn.ModuleList(
-                [SpaceTimeResnetBlock(level_dim * 2 if j == 0 else level_dim, level_dim, cond_dim)
-                 for j in range(depth)])
+                [
+                    SpaceTimeResnetBlock(level_dim * 2 if j == 0 else level_dim, level_dim, cond_dim)
+                    for j in range(depth)
+                ]
+            )
             if self_attns[i]:
                 level["attn"] = attention(level_dim)
             if i > 0:
@@ -256,7 +320,7 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
         """Put every temporal part back to its identity initialisation; returns the U-Net."""
         for module in self.modules():
             if module is not self and hasattr(module, "reset_temporal_parameters"):
-                module.reset_temporal_parameters()
+                cast(Any, module).reset_temporal_parameters()
         return self
 
     def load_spatial_state_dict(self, state_dict: Mapping[str, Tensor]) -> SpaceTimeUnet:
@@ -266,13 +330,17 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
         expected = {k: v for k, v in self.state_dict().items() if not is_temporal_parameter(k)}
         missing = sorted(set(expected) - set(spatial))
         unexpected = sorted(set(spatial) - set(expected))
-        mismatched = [f"{k}: {tuple(spatial[k].shape)} vs {tuple(expected[k].shape)}"
-                      for k in expected if k in spatial and spatial[k].shape != expected[k].shape]
+        mismatched = [
+            f"{k}: {tuple(spatial[k].shape)} vs {tuple(expected[k].shape)}"
+            for k in expected
+            if k in spatial and spatial[k].shape != expected[k].shape
+        ]
         if missing or unexpected or mismatched:
             raise CheckpointError(
                 "state_dict: the spatial weights do not fit this SpaceTimeUnet (was it built with the same dim, "
                 f"dim_mults, self_attns, resnet_block_depths, text_embed_dim?): missing {missing[:5]}, unexpected "
-                f"{unexpected[:5]}, shape mismatches {mismatched[:5]}")
+                f"{unexpected[:5]}, shape mismatches {mismatched[:5]}"
+            )
         self.load_state_dict(spatial, strict=False)
         return self
 
@@ -280,24 +348,32 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
 
     def _check_input(self, x: Tensor, enable_time: bool) -> None:
         check_tensor("x", x, ndim=(4, 5), dtype_floating=True)
-        names = ("batch", "channels", "height", "width") if x.ndim == 4 else \
-            ("batch", "channels", "frames", "height", "width")
+        names = (
+            ("batch", "channels", "height", "width")
+            if x.ndim == 4
+            else ("batch", "channels", "frames", "height", "width")
+        )
         check_tensor("x", x, shape=("batch", self.channels, *(None,) * (x.ndim - 2)), names=names)
         height, width = x.shape[-2:]
         if height % self.spatial_factor or width % self.spatial_factor:
-            raise ValueError(f"x: height and width must be divisible by {self.spatial_factor} (2 ** (levels - 1)), "
-                             f"got {height}x{width} in shape {tuple(x.shape)}")
+            raise ValueError(
+                f"x: height and width must be divisible by {self.spatial_factor} (2 ** (levels - 1)), "
+                f"got {height}x{width} in shape {tuple(x.shape)}"
+            )
         if x.ndim == 5 and enable_time and x.shape[2] % self.temporal_factor:
             raise ValueError(
                 f"x: the number of frames must be divisible by {self.temporal_factor}, the temporal compression of "
                 f"this U-Net (temporal_compression={self.temporal_compression}), got {x.shape[2]} frames in shape "
-                f"{tuple(x.shape)}; use a multiple of {self.temporal_factor} or enable_time=False")
+                f"{tuple(x.shape)}; use a multiple of {self.temporal_factor} or enable_time=False"
+            )
 
     def _timestep_batch(self, timestep: Tensor | float | int | None, batch: int, device: torch.device) -> Tensor | None:
         if timestep is None:
             if self.condition_on_timestep:
-                raise ValueError("timestep: this U-Net was built with condition_on_timestep=True, pass the diffusion "
-                                 "time (an int or float, or a (batch,) tensor)")
+                raise ValueError(
+                    "timestep: this U-Net was built with condition_on_timestep=True, pass the diffusion "
+                    "time (an int or float, or a (batch,) tensor)"
+                )
             return None
         if isinstance(timestep, bool) or not isinstance(timestep, (int, float, Tensor)):
             raise TypeError(f"timestep: expected an int, a float or a tensor, got {type(timestep).__name__}")
@@ -319,16 +395,24 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
         Dropped (or absent) text masks every token, so cross-attention sees only its null key/value, and the
         pooled conditioning becomes the learned null vector: the same path in training and in sampling.
         """
+        if self.text_embed_dim is None or self.text_norm is None:
+            raise ValueError("text_embeds: this U-Net was built without text_embed_dim and cannot condition on text")
         if text_embeds is None:
             if exists(text_mask):
                 raise ValueError("text_mask: given without text_embeds")
             context = self.null_text_cond.new_zeros(batch, 1, self.text_embed_dim)
             context_mask = torch.zeros(batch, 1, dtype=torch.bool, device=context.device)
-            pooled = repeat(self.null_text_cond, "d -> b d", b=batch)
+            pooled: Tensor = repeat(self.null_text_cond, "d -> b d", b=batch)
             return pooled, context, context_mask
 
-        check_tensor("text_embeds", text_embeds, ndim=3, shape=(batch, None, self.text_embed_dim),
-                     names=("batch", "tokens", "text_embed_dim"), dtype_floating=True)
+        check_tensor(
+            "text_embeds",
+            text_embeds,
+            ndim=3,
+            shape=(batch, None, self.text_embed_dim),
+            names=("batch", "tokens", "text_embed_dim"),
+            dtype_floating=True,
+        )
         if text_mask is None:
             text_mask = torch.ones(text_embeds.shape[:2], dtype=torch.bool, device=text_embeds.device)
         check_tensor("text_mask", text_mask, shape=tuple(text_embeds.shape[:2]), names=("batch", "tokens"))
@@ -372,10 +456,15 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
         batch = x.shape[0]
         if self.cond_channels:
             if cond is None:
-                raise ValueError(f"cond: this U-Net takes {self.cond_channels} conditioning channels (cond_channels), "
-                                 "pass cond=")
-            check_tensor("cond", cond, shape=(batch, self.cond_channels, *x.shape[2:]),
-                         names=("batch", "cond_channels", *(("frames",) if not is_image else ()), "height", "width"))
+                raise ValueError(
+                    f"cond: this U-Net takes {self.cond_channels} conditioning channels (cond_channels), pass cond="
+                )
+            check_tensor(
+                "cond",
+                cond,
+                shape=(batch, self.cond_channels, *x.shape[2:]),
+                names=("batch", "cond_channels", *(("frames",) if not is_image else ()), "height", "width"),
+            )
             x = torch.cat((x, cond.to(x.dtype)), dim=1)
         elif exists(cond):
             raise ValueError("cond: this U-Net was built with cond_channels=0 and takes no conditioning channels")
@@ -411,12 +500,12 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
         init_x = x
 
         skips = []
-        for level in self.downs:
+        for level in cast(Iterable[nn.ModuleDict], self.downs):
             if "downsample" in level:
                 x = self._memory_format(level["downsample"](x))
                 if "temporal_down" in level and enable_time:
                     x = level["temporal_down"](x)
-            for block in level["blocks"]:
+            for block in cast(nn.ModuleList, level["blocks"]):
                 x = block(x, cond_vector, enable_time=enable_time)
             if "attn" in level:
                 x = attend(level["attn"], x)
@@ -427,9 +516,9 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
             x = attend(self.mid_attn, x)
         x = self.mid_block2(x, cond_vector, enable_time=enable_time)
 
-        for level in self.ups:
+        for level in cast(Iterable[nn.ModuleDict], self.ups):
             x = torch.cat((x, skips.pop()), dim=1)
-            for block in level["blocks"]:
+            for block in cast(nn.ModuleList, level["blocks"]):
                 x = block(x, cond_vector, enable_time=enable_time)
             if "attn" in level:
                 x = attend(level["attn"], x)
@@ -463,16 +552,7 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
         if cond_scale == 1 or not exists(self.text_embed_dim) or text_embeds is None:
             return self.forward(x, timestep, text_embeds=text_embeds, text_mask=text_mask, cond_drop_prob=0.0, **kwargs)
 
-        batch = x.shape[0]
-
-        def doubled(value):
-            if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == batch:
-                return torch.cat((value, value), dim=0)
-            return value
-
-        drop_text = torch.cat((torch.zeros(batch, dtype=torch.bool), torch.ones(batch, dtype=torch.bool))).to(x.device)
-        out = self.forward(doubled(x), doubled(timestep), text_embeds=doubled(text_embeds),
-                           text_mask=doubled(text_mask), drop_text=drop_text,
-                           **{k: doubled(v) for k, v in kwargs.items()})
-        cond_out, uncond_out = out.chunk(2, dim=0)
+        cond_out, uncond_out = batched_cond_uncond(
+            self.forward, x, timestep, null_keyword="drop_text", text_embeds=text_embeds, text_mask=text_mask, **kwargs
+        )
         return cfg_combine(cond_out, uncond_out, cond_scale, rescale_phi=rescale_phi)

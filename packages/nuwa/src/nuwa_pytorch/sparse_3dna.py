@@ -20,6 +20,7 @@ splits the query frames further to cap the peak memory (identical outputs and gr
 `forward_step` is the key/value-cached decoding of one new token: it gathers the (at most `kt * kh * kw`) cached
 neighbours of the position and attends to those only.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,7 @@ from synthesis_core.attention import mask_value
 from synthesis_core.checks import check_positive_int, check_tensor
 from synthesis_core.utils import exists
 
-__all__ = ["Sparse3DNA", "KVCache", "to_3d", "neighbourhood_mask"]
+__all__ = ["Sparse3DNA", "KVCache", "to_3d", "neighbourhood_mask", "bidirectional_neighbourhood_mask"]
 
 
 def to_3d(name: str, value: int | Sequence[int]) -> tuple[int, int, int]:
@@ -53,8 +54,9 @@ class KVCache:
     `k`, `v`: `(batch, heads, max_len, dim_head)`; position `p` is written once, when token `p` is decoded.
     """
 
-    def __init__(self, batch: int, heads: int, max_len: int, dim_head: int, *, device: torch.device,
-                 dtype: torch.dtype):
+    def __init__(
+        self, batch: int, heads: int, max_len: int, dim_head: int, *, device: torch.device, dtype: torch.dtype
+    ):
         self.k = torch.zeros(batch, heads, max_len, dim_head, device=device, dtype=dtype)
         self.v = torch.zeros(batch, heads, max_len, dim_head, device=device, dtype=dtype)
 
@@ -63,7 +65,7 @@ class KVCache:
         return self.k.shape[2]
 
 
-def _axis_window(size: int, kernel: int, dilation: int, device: torch.device) -> tuple[Tensor, Tensor]:
+def _axis_window(size: int, kernel: int, dilation: int, device: torch.device | None) -> tuple[Tensor, Tensor]:
     """For query and key coordinates along one axis, `(in_window (size, size) bool, offset index (size, size))`:
     whether the key is one of the `kernel` dilated positions centred on the query, and which one."""
     coords = torch.arange(size, device=device)
@@ -90,7 +92,7 @@ def neighbourhood_mask(
     """
     kt, kh, kw = kernel_size
     _, dh, dw = dilation
-    device = torch.device(device) if exists(device) else None
+    device = torch.device(device) if device is not None else None
     in_y, off_y = _axis_window(height, kh, dh, device)
     in_x, off_x = _axis_window(width, kw, dw, device)
     # (query y, query x, key y, key x)
@@ -108,8 +110,34 @@ def neighbourhood_mask(
     return rearrange(keep, "q i k -> q (i k)"), rearrange(kernel_index, "q i k -> q (i k)")
 
 
+def bidirectional_neighbourhood_mask(
+    video_shape: tuple[int, int, int],
+    kernel_size: tuple[int, int, int],
+    dilation: tuple[int, int, int],
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The non-causal pattern over a whole `(frames, height, width)` grid: every token attends to the dilated
+    window centred on it along all three axes. Returns `(keep (n, n) bool, kernel_index (n, n) long)` with
+    `n = frames * height * width` in raster order (the index is meaningless where `keep` is False)."""
+    frames, height, width = video_shape
+    kt, kh, kw = kernel_size
+    device = torch.device(device) if device is not None else None
+    in_f, off_f = _axis_window(frames, kt, dilation[0], device)
+    in_y, off_y = _axis_window(height, kh, dilation[1], device)
+    in_x, off_x = _axis_window(width, kw, dilation[2], device)
+    keep = in_f[:, None, None, :, None, None] & in_y[None, :, None, None, :, None] & in_x[None, None, :, None, None, :]
+    index = (
+        off_f[:, None, None, :, None, None] * (kh * kw)
+        + off_y[None, :, None, None, :, None] * kw
+        + off_x[None, None, :, None, None, :]
+    )
+    pattern = "qf qy qx kf ky kx -> (qf qy qx) (kf ky kx)"
+    return rearrange(keep, pattern), rearrange(index, pattern)
+
+
 class Sparse3DNA(nn.Module):
-    """Causal 3D nearby self-attention over video tokens `(batch, seq, dim)` laid out `(frames height width)`.
+    """3D nearby self-attention over video tokens `(batch, seq, dim)` laid out `(frames height width)`: causal
+    (NUWA's decoder, the default) or bidirectional (`causal=False`, e.g. an encoder).
 
     Args:
         dim: token dimension.
@@ -119,6 +147,11 @@ class Sparse3DNA(nn.Module):
         heads, dim_head: attention heads.
         dropout: attention dropout (training only).
         query_num_frames_chunk: query frames per attention call (None: as many as possible), to cap memory.
+        causal: True: the window looks back in time and not past the query in raster order. False: a window
+            centred on the query along all three axes (odd kernel sizes), computed as one masked dense attention
+            over the sequence (memory quadratic in its length) and without `forward_step`.
+        rel_pos_bias: a learned logit bias per head and kernel offset (zero at init); False: plain windowed
+            attention.
 
     `forward(x)` returns the attention output (the residual branch: the caller adds it). It equals dense causal
     attention over the whole sequence with the window mask and bias written out explicitly (see the tests), at
@@ -135,6 +168,8 @@ class Sparse3DNA(nn.Module):
         dim_head: int = 64,
         dropout: float = 0.0,
         query_num_frames_chunk: int | None = None,
+        causal: bool = True,
+        rel_pos_bias: bool = True,
     ):
         super().__init__()
         check_positive_int("dim", dim)
@@ -145,8 +180,15 @@ class Sparse3DNA(nn.Module):
         self.dilation = to_3d("dilation", dilation)
         for axis, size in zip(("height", "width"), self.kernel_size[1:]):
             if size % 2 == 0:
-                raise ValueError(f"kernel_size: the {axis} kernel must be odd (a window centred on the query), "
-                                 f"got {self.kernel_size}")
+                raise ValueError(
+                    f"kernel_size: the {axis} kernel must be odd (a window centred on the query), "
+                    f"got {self.kernel_size}"
+                )
+        if not causal and self.kernel_size[0] % 2 == 0:
+            raise ValueError(
+                f"kernel_size: with causal=False the frame kernel must be odd too (a window centred on "
+                f"the query), got {self.kernel_size}"
+            )
         if exists(query_num_frames_chunk):
             check_positive_int("query_num_frames_chunk", query_num_frames_chunk)
         self.dim = dim
@@ -154,13 +196,14 @@ class Sparse3DNA(nn.Module):
         self.dim_head = dim_head
         self.dropout = dropout
         self.query_num_frames_chunk = query_num_frames_chunk
+        self.causal = causal
 
         inner_dim = heads * dim_head
         self.to_q = nn.Linear(dim, inner_dim, bias=False)
         self.to_kv = nn.Linear(dim, inner_dim * 2, bias=False)
         self.to_out = nn.Linear(inner_dim, dim, bias=False)
         # one learned logit offset per head and kernel offset; zero init = plain windowed attention at the start
-        self.rel_pos_bias = nn.Parameter(torch.zeros(heads, math.prod(self.kernel_size)))
+        self.rel_pos_bias = nn.Parameter(torch.zeros(heads, math.prod(self.kernel_size))) if rel_pos_bias else None
 
     @property
     def max_seq_len(self) -> int:
@@ -170,16 +213,36 @@ class Sparse3DNA(nn.Module):
         check_tensor("x", x, ndim=3, shape=("batch", "seq", self.dim), names=("batch", "seq", "dim"))
         if x.shape[1] > self.max_seq_len:
             frames, height, width = self.video_shape
-            raise ValueError(f"x: {x.shape[1]} tokens exceed the {frames} x {height} x {width} = "
-                             f"{self.max_seq_len} positions of the video grid")
+            raise ValueError(
+                f"x: {x.shape[1]} tokens exceed the {frames} x {height} x {width} = "
+                f"{self.max_seq_len} positions of the video grid"
+            )
+
+    def _bias(self, kernel_index: Tensor, dtype: torch.dtype) -> Tensor:
+        """The relative position bias `(heads, *kernel_index.shape)` (zeros without `rel_pos_bias`)."""
+        if self.rel_pos_bias is None:
+            return torch.zeros((self.heads, *kernel_index.shape), dtype=dtype, device=kernel_index.device)
+        return self.rel_pos_bias.to(dtype)[:, kernel_index]
 
     def frame_mask(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         """The float mask `(heads, h*w, kt*h*w)` of one query frame against its key frames: the relative position
         bias inside the causal window, the most negative `dtype` value outside (finite: no NaN, no overflow)."""
         _, height, width = self.video_shape
         keep, kernel_index = neighbourhood_mask(height, width, self.kernel_size, self.dilation, device)
-        bias = self.rel_pos_bias.to(dtype)[:, kernel_index]
-        return torch.where(keep, bias, mask_value(dtype))
+        return torch.where(keep, self._bias(kernel_index, dtype), mask_value(dtype))
+
+    def _forward_bidirectional(self, x: Tensor) -> Tensor:
+        seq_len = x.shape[1]
+        keep, kernel_index = bidirectional_neighbourhood_mask(
+            self.video_shape, self.kernel_size, self.dilation, x.device
+        )
+        keep, kernel_index = keep[:seq_len, :seq_len], kernel_index[:seq_len, :seq_len]
+        q = self.to_q(x)
+        k, v = self.to_kv(x).chunk(2, dim=-1)
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
+        mask = torch.where(keep, self._bias(kernel_index, q.dtype), mask_value(q.dtype))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
     def _frame_groups(self, num_frames: int) -> list[tuple[int, int, int]]:
         """`(first frame, end frame, key frames)` ranges: the first frames have fewer previous frames to attend to;
@@ -196,6 +259,8 @@ class Sparse3DNA(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
+        if not self.causal:
+            return self._forward_bidirectional(x)
         seq_len = x.shape[1]
         _, height, width = self.video_shape
         frame_len = height * width
@@ -206,20 +271,23 @@ class Sparse3DNA(nn.Module):
         k, v = self.to_kv(x).chunk(2, dim=-1)
         # pad to whole frames: padded positions come after every real one, so causality already hides them
         padding = num_frames * frame_len - seq_len
-        q, k, v = (rearrange(F.pad(t, (0, 0, 0, padding)), "b (f s) (h d) -> b f h s d", s=frame_len, h=self.heads)
-                   for t in (q, k, v))
+        q, k, v = (
+            rearrange(F.pad(t, (0, 0, 0, padding)), "b (f s) (h d) -> b f h s d", s=frame_len, h=self.heads)
+            for t in (q, k, v)
+        )
 
         mask = self.frame_mask(q.dtype, q.device)
         dropout_p = self.dropout if self.training else 0.0
         outputs = []
         for start, end, slots in self._frame_groups(num_frames):
             # key frames f, f - dt, ... for every query frame f of the group, stacked along the key axis
-            keys = torch.stack([k[:, start - i * dt:end - i * dt] for i in range(slots)], dim=3)
-            values = torch.stack([v[:, start - i * dt:end - i * dt] for i in range(slots)], dim=3)
+            keys = torch.stack([k[:, start - i * dt : end - i * dt] for i in range(slots)], dim=3)
+            values = torch.stack([v[:, start - i * dt : end - i * dt] for i in range(slots)], dim=3)
             keys, values = (rearrange(t, "b c h i s d -> (b c) h (i s) d") for t in (keys, values))
             queries = rearrange(q[:, start:end], "b c h s d -> (b c) h s d")
-            out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask[:, :, :slots * frame_len],
-                                                 dropout_p=dropout_p)
+            out = F.scaled_dot_product_attention(
+                queries, keys, values, attn_mask=mask[:, :, : slots * frame_len], dropout_p=dropout_p
+            )
             outputs.append(rearrange(out, "(b c) h s d -> b c h s d", c=end - start))
 
         out = torch.cat(outputs, dim=1)
@@ -254,12 +322,17 @@ class Sparse3DNA(nn.Module):
         table = table.to(device) if exists(device) else table
         return table[0], table[1].bool(), table[2]
 
-    def forward_step(self, x: Tensor, position: int, cache: KVCache,
-                     neighbours: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+    def forward_step(
+        self, x: Tensor, position: int, cache: KVCache, neighbours: tuple[Tensor, Tensor, Tensor] | None = None
+    ) -> Tensor:
         """Attention output `(batch, 1, dim)` of one new token `x (batch, 1, dim)` at sequence `position`; writes its
         key and value into `cache` (which must hold every earlier position). `neighbours`: `self.neighbours(position)`
         when the caller already has it (layers with the same window share it)."""
         check_tensor("x", x, ndim=3, shape=("batch", 1, self.dim), names=("batch", "one token", "dim"))
+        if not self.causal:
+            raise ValueError(
+                "forward_step: token-by-token decoding needs causal=True (a bidirectional window looks at later tokens)"
+            )
         if not 0 <= position < cache.max_len:
             raise ValueError(f"position: expected a position in [0, {cache.max_len}), got {position}")
         q = rearrange(self.to_q(x), "b 1 (h d) -> b h 1 d", h=self.heads)
@@ -270,7 +343,7 @@ class Sparse3DNA(nn.Module):
         key_position, valid, kernel_index = neighbours if exists(neighbours) else self.neighbours(position, x.device)
         keys = cache.k[:, :, key_position].to(q.dtype)
         values = cache.v[:, :, key_position].to(q.dtype)
-        bias = self.rel_pos_bias.to(q.dtype)[:, kernel_index]
+        bias = self._bias(kernel_index, q.dtype)
         mask = rearrange(torch.where(valid, bias, mask_value(q.dtype)), "h k -> h 1 k")
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         return self.to_out(rearrange(out, "b h 1 d -> b 1 (h d)"))

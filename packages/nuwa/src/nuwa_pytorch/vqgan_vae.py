@@ -15,15 +15,18 @@ are floats in [0, 1] at the public boundary and [-1, 1] inside. Inputs are read 
 float dtypes cast to the model's; NaN / inf, 0-255 floats, another device or an empty batch refused), so a bad
 batch never reaches the codebook.
 
-The perceptual loss runs over `vgg`: any injected network, else torchvision's pretrained VGG16 from the local
-torch cache (`synthesis_core.gan.default_vgg`), resolved on first use, so building a model never needs it.
+The perceptual loss runs over `vgg`: any injected module returning feature maps, else torchvision's pretrained
+VGG16 from the local torch cache, resolved on first use (`synthesis_core.gan.LazyPerceptualLoss`), so building a
+model never needs it; without those weights the model trains without the perceptual term after one warning.
 """
+
 from __future__ import annotations
 
 import copy
 import logging
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -44,16 +47,16 @@ from synthesis_core.checks import (
 from synthesis_core.chunked import apply_in_slices
 from synthesis_core.gan import (
     Discriminator,
-    PerceptualLoss,
+    LazyPerceptualLoss,
     adaptive_generator_weight,
     bce_discr_loss,
     bce_gen_loss,
-    default_vgg,
     gradient_penalty,
     hinge_discr_loss,
     hinge_gen_loss,
 )
 from synthesis_core.layers import Downsample, ResnetBlock, Upsample
+from synthesis_core.protocol import resolve_alias
 from synthesis_core.quantize import VectorQuantize
 from synthesis_core.utils import default, exists, frozen
 
@@ -65,9 +68,9 @@ __all__ = ["VQGanVAE"]
 class SpatialAttention(nn.Module):
     """Residual full self-attention over the positions of a feature map `(b, c, h, w)` (pre-norm)."""
 
-    def __init__(self, dim: int, heads: int = 8, dim_head: int = 64):
+    def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, dropout: float = 0.0):
         super().__init__()
-        self.attn = Attention(dim, dim_head=dim_head, heads=heads, pre_norm=True)
+        self.attn = Attention(dim, dim_head=dim_head, heads=heads, pre_norm=True, dropout=dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         height = x.shape[-2]
@@ -102,10 +105,12 @@ class VQGanVAE(PretrainedMixin, nn.Module):
             regulariser needs a codebook learned by gradients).
         use_attn: attention per layer (a bool per layer); `True` puts it on the smallest feature map only.
         attn_heads, attn_dim_head, resnet_groups, first_conv_kernel_size: architecture details.
+        attn_dropout: dropout of the attention weights (training only).
         use_hinge_loss: hinge GAN losses (else non-saturating BCE).
         l2_recon_loss: mean squared reconstruction error (else L1).
-        vgg: the perceptual loss network (any module; see `synthesis_core.gan.PerceptualLoss`); default:
-            pretrained VGG16 from the local torch cache, looked up at the first loss.
+        vgg: the perceptual loss network (any module returning feature maps; see `synthesis_core.gan.PerceptualLoss`);
+            default: pretrained VGG16 from the local torch cache, looked up at the first loss; when it is not
+            there, training goes on without the perceptual term after one warning saying how to enable it.
         use_vgg_and_gan: perceptual and adversarial losses (False: reconstruction + quantizer losses only).
         discr_dim, discr_layers: the discriminator's base channels and number of layers.
         perceptual_loss_weight, grad_penalty_weight: loss weights (the GAN weight is adaptive).
@@ -132,6 +137,7 @@ class VQGanVAE(PretrainedMixin, nn.Module):
         use_attn: bool | Sequence[bool] = True,
         attn_heads: int = 8,
         attn_dim_head: int = 64,
+        attn_dropout: float = 0.0,
         resnet_groups: int = 16,
         first_conv_kernel_size: int = 5,
         use_hinge_loss: bool = True,
@@ -153,15 +159,21 @@ class VQGanVAE(PretrainedMixin, nn.Module):
         check_positive_int("discr_layers", discr_layers)
         check_in_range("perceptual_loss_weight", perceptual_loss_weight, 0.0, None)
         check_in_range("grad_penalty_weight", grad_penalty_weight, 0.0, None)
+        check_in_range("attn_dropout", attn_dropout, 0.0, 1.0)
         if first_conv_kernel_size % 2 == 0:
-            raise ValueError(f"first_conv_kernel_size: expected an odd size (keeps the image size), "
-                             f"got {first_conv_kernel_size}")
+            raise ValueError(
+                f"first_conv_kernel_size: expected an odd size (keeps the image size), got {first_conv_kernel_size}"
+            )
         if image_size % 2**num_layers != 0:
-            raise ValueError(f"image_size: expected a multiple of 2 ** num_layers = {2 ** num_layers} "
-                             f"(num_layers={num_layers}), got {image_size}")
+            raise ValueError(
+                f"image_size: expected a multiple of 2 ** num_layers = {2**num_layers} "
+                f"(num_layers={num_layers}), got {image_size}"
+            )
         if use_vgg_and_gan and channels not in (1, 3):
-            raise ValueError(f"channels: the perceptual loss takes 1 (grey) or 3 (RGB) channels, got {channels}; "
-                             "build with use_vgg_and_gan=False for other images (e.g. segmentation maps)")
+            raise ValueError(
+                f"channels: the perceptual loss takes 1 (grey) or 3 (RGB) channels, got {channels}; "
+                "build with use_vgg_and_gan=False for other images (e.g. segmentation maps)"
+            )
         layer_mults = tuple(default(layer_mults, lambda: tuple(2**i for i in range(num_layers))))
         if len(layer_mults) != num_layers:
             raise ValueError(f"layer_mults: expected {num_layers} multipliers (one per layer), got {layer_mults}")
@@ -187,10 +199,10 @@ class VQGanVAE(PretrainedMixin, nn.Module):
         self.encoder_in = nn.Conv2d(channels, dim, first_conv_kernel_size, padding=first_conv_kernel_size // 2)
         self.encoder_layers = nn.ModuleList([])
         for (dim_in, dim_out), with_attn in zip(zip(dims[:-1], dims[1:]), use_attn):
-            blocks = [Downsample(dim_in, dim_out)]
+            blocks: list[nn.Module] = [Downsample(dim_in, dim_out)]
             blocks += [ResnetBlock(dim_out, dim_out, groups=groups_for(dim_out)) for _ in range(num_resnet_blocks)]
             if with_attn:
-                blocks.append(SpatialAttention(dim_out, heads=attn_heads, dim_head=attn_dim_head))
+                blocks.append(SpatialAttention(dim_out, heads=attn_heads, dim_head=attn_dim_head, dropout=attn_dropout))
             self.encoder_layers.append(nn.Sequential(*blocks))
 
         # quantizer
@@ -214,42 +226,52 @@ class VQGanVAE(PretrainedMixin, nn.Module):
         # decoder: the mirror image, per layer: attention, resnet blocks, upsample
         self.decoder_layers = nn.ModuleList([])
         for (dim_in, dim_out), with_attn in reversed(list(zip(zip(dims[:-1], dims[1:]), use_attn))):
-            blocks = [SpatialAttention(dim_out, heads=attn_heads, dim_head=attn_dim_head)] if with_attn else []
+            blocks = (
+                [SpatialAttention(dim_out, heads=attn_heads, dim_head=attn_dim_head, dropout=attn_dropout)]
+                if with_attn
+                else []
+            )
             blocks += [ResnetBlock(dim_out, dim_out, groups=groups_for(dim_out)) for _ in range(num_resnet_blocks)]
             blocks.append(Upsample(dim_out, dim_in))
             self.decoder_layers.append(nn.Sequential(*blocks))
         self.decoder_out = nn.Sequential(nn.GroupNorm(groups_for(dim), dim), nn.SiLU(), nn.Conv2d(dim, channels, 1))
 
         # GAN and perceptual losses
-        self.discr = None
+        self.discr: nn.Module | None = None
         if use_vgg_and_gan:
             discr_factor = 2 ** (discr_layers - 1)
             if image_size % discr_factor != 0:
-                raise ValueError(f"image_size: the discriminator with discr_layers={discr_layers} needs a multiple of "
-                                 f"{discr_factor}, got {image_size}; lower discr_layers or use_vgg_and_gan=False")
+                raise ValueError(
+                    f"image_size: the discriminator with discr_layers={discr_layers} needs a multiple of "
+                    f"{discr_factor}, got {image_size}; lower discr_layers or use_vgg_and_gan=False"
+                )
             self.discr = Discriminator(dim=default(discr_dim, dim), channels=channels, num_layers=discr_layers)
         self.discr_loss_fn = hinge_discr_loss if use_hinge_loss else bce_discr_loss
         self.gen_loss_fn = hinge_gen_loss if use_hinge_loss else bce_gen_loss
         # The perceptual network is frozen and usually pretrained: a plain attribute (not in the state dict, not
         # moved by .to()), resolved on first use so that construction never needs its weights.
-        self.__dict__["_vgg"] = vgg
-        self.__dict__["_perceptual_loss"] = None
+        self.__dict__["_perceptual_loss"] = LazyPerceptualLoss(vgg, owner="VQGanVAE") if use_vgg_and_gan else None
         if exists(vgg) and not use_vgg_and_gan:
             logger.warning("VQGanVAE: vgg was given but use_vgg_and_gan=False, so it is not used")
 
-    def __deepcopy__(self, memo: dict) -> VQGanVAE:
-        # EMA copies share the frozen perceptual network instead of holding a second VGG
-        new = type(self).__new__(type(self))
-        memo[id(self)] = new
-        for key, value in self.__dict__.items():
-            new.__dict__[key] = value if key in ("_vgg", "_perceptual_loss") else copy.deepcopy(value, memo)
-        return new
+    def copy_for_eval(self) -> VQGanVAE:
+        """A frozen copy in eval mode (no gradients), e.g. to tokenize data beside the model being trained; it shares
+        the perceptual network and keeps the discriminator, so it saves and loads like the original."""
+        return copy.deepcopy(self).eval().requires_grad_(False)
 
     # sizes and input checks
 
     @property
     def num_tokens_per_frame(self) -> int:
         return self.fmap_size**2
+
+    @property
+    def codebook(self) -> Tensor:
+        """The code of every codebook index as a feature-map vector, `(codebook_size, codebook_dim)`:
+        `vae.codebook[indices]` (laid out `(b, d, h, w)`) decodes with `decode(..., quantize=False)`. Computed from
+        the quantizer (through its out projection when `vq_codebook_dim` is set), so it follows training."""
+        indices = torch.arange(self.codebook_size, device=self.vq.codebook.device)
+        return self.vq.get_codes_from_indices(indices)
 
     @property
     def device(self) -> torch.device:
@@ -268,8 +290,12 @@ class VQGanVAE(PretrainedMixin, nn.Module):
         if x.ndim == 4:
             check_tensor(name, x, shape=("batch", channels, size, size), names=("batch", "channels", "height", "width"))
         else:
-            check_tensor(name, x, shape=("batch", "frames", channels, size, size),
-                         names=("batch", "frames", "channels", "height", "width"))
+            check_tensor(
+                name,
+                x,
+                shape=("batch", "frames", channels, size, size),
+                names=("batch", "frames", "channels", "height", "width"),
+            )
         return check_pixels(name, x, device=self.device, dtype=self.dtype)
 
     # encoding and decoding (internal scale [-1, 1], images (b, c, h, w))
@@ -293,7 +319,7 @@ class VQGanVAE(PretrainedMixin, nn.Module):
     @property
     def last_layer(self) -> Tensor:
         """The decoder's last weight, where the adaptive GAN weight balances the losses."""
-        return self.decoder_out[-1].weight
+        return cast(Tensor, self.decoder_out[-1].weight)  # cast: the Sequential's last layer is a Conv2d
 
     def _reconstruct(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         quantized, indices, vq_loss = self._quantize(self._encode(x))
@@ -301,8 +327,14 @@ class VQGanVAE(PretrainedMixin, nn.Module):
 
     # public encoding API (pixels in [0, 1]; images (b, c, h, w) or videos (b, f, c, h, w))
 
-    def encode(self, x: Tensor) -> Tensor:
-        """Continuous (pre-quantization) feature maps: `(b, d, fmap, fmap)`, or `(b, f, d, fmap, fmap)` for videos."""
+    def encode(self, x: Tensor | None = None, *, fmap: Tensor | None = None) -> Tensor:
+        """Continuous (pre-quantization) feature maps: `(b, d, fmap, fmap)`, or `(b, f, d, fmap, fmap)` for videos.
+
+        `fmap` is nuwa-pytorch 0.7.8's name of the input images (it returned the quantized maps, indices and loss
+        instead: `get_codebook_indices` gives the indices, `decode` quantizes)."""
+        x = resolve_alias("x", x, "fmap", fmap)
+        if x is None:
+            raise TypeError("encode: missing the images x (b, c, h, w) or videos (b, f, c, h, w)")
         x = self._check_pixels("x", x)
         if x.ndim == 5:
             frames = x.shape[1]
@@ -318,8 +350,12 @@ class VQGanVAE(PretrainedMixin, nn.Module):
         if is_video:
             frames = fmap.shape[1]
             fmap = rearrange(fmap, "b f d h w -> (b f) d h w")
-        check_tensor("fmap", fmap, shape=("batch", self.codebook_dim, self.fmap_size, self.fmap_size),
-                     names=("batch", "dim", "height", "width"))
+        check_tensor(
+            "fmap",
+            fmap,
+            shape=("batch", self.codebook_dim, self.fmap_size, self.fmap_size),
+            names=("batch", "dim", "height", "width"),
+        )
         fmap = check_embeddings("fmap", fmap, device=self.device, dtype=self.dtype)
         if quantize:
             fmap, _, _ = self._quantize(fmap)
@@ -354,12 +390,18 @@ class VQGanVAE(PretrainedMixin, nn.Module):
             raise TypeError(f"indices: expected an integer tensor of codebook indices, got {indices.dtype}")
         per_frame = self.num_tokens_per_frame
         if indices.ndim == 4:
-            check_tensor("indices", indices, shape=("batch", "frames", self.fmap_size, self.fmap_size),
-                         names=("batch", "frames", "height", "width"))
+            check_tensor(
+                "indices",
+                indices,
+                shape=("batch", "frames", self.fmap_size, self.fmap_size),
+                names=("batch", "frames", "height", "width"),
+            )
             indices = rearrange(indices, "b f h w -> b (f h w)")
         if indices.shape[1] % per_frame != 0:
-            raise ValueError(f"indices: expected a whole number of frames of {self.fmap_size} x {self.fmap_size} = "
-                             f"{per_frame} tokens, got {indices.shape[1]} tokens")
+            raise ValueError(
+                f"indices: expected a whole number of frames of {self.fmap_size} x {self.fmap_size} = "
+                f"{per_frame} tokens, got {indices.shape[1]} tokens"
+            )
         check_device("indices", indices, self.device)
         check_not_empty("indices", indices)
         check_tensor("indices", indices, value_range=(0, self.codebook_size - 1))
@@ -377,40 +419,27 @@ class VQGanVAE(PretrainedMixin, nn.Module):
 
     # losses
 
-    def _perceptual(self, reference: Tensor) -> PerceptualLoss:
-        """The perceptual loss: built on first use from the injected `vgg` or the cached pretrained VGG16."""
-        perceptual = self.__dict__["_perceptual_loss"]
-        if perceptual is None:
-            network = self.__dict__["_vgg"]
-            if network is None:
-                try:
-                    network = default_vgg()
-                except ValueError as err:
-                    raise ValueError(f"VQGanVAE: the perceptual loss needs a network. Pass vgg= (e.g. "
-                                     f"torchvision.models.vgg16(weights=None), or any nn.Sequential feature "
-                                     f"extractor) or build with use_vgg_and_gan=False. Details: {err}") from err
-            perceptual = PerceptualLoss(network)
-            self.__dict__["_perceptual_loss"] = perceptual
-        first_param = next(perceptual.parameters(), None)
-        if exists(first_param) and first_param.device != reference.device:
-            perceptual.to(reference.device)
-        return perceptual
+    @property
+    def perceptual_loss(self) -> LazyPerceptualLoss | None:
+        """The perceptual loss (None with `use_vgg_and_gan=False`); `.available` is False when training without it."""
+        return self.__dict__["_perceptual_loss"]
 
     def _recon_loss(self, recon: Tensor, target: Tensor) -> Tensor:
         recon, target = recon.float(), target.float()
         return F.mse_loss(recon, target) if self.l2_recon_loss else F.l1_loss(recon, target)
 
-    def discriminator_loss(self, images: Tensor, apply_grad_penalty: bool = True,
-                           discr: nn.Module | None = None) -> Tensor:
+    def discriminator_loss(
+        self, images: Tensor, apply_grad_penalty: bool = True, discr: nn.Module | None = None
+    ) -> Tensor:
         """The discriminator's loss: real images against their reconstructions (made without gradients and without
         codebook updates), plus the gradient penalty on the real images when asked. `discr` overrides
         `self.discr` (a trainer passes its distributed wrapper of it)."""
-        if not self.use_vgg_and_gan:
+        discr = discr if exists(discr) else self.discr
+        if not self.use_vgg_and_gan or not exists(discr):  # self.discr exists exactly with use_vgg_and_gan
             raise ValueError("return_discr_loss: this VQGanVAE has no discriminator (use_vgg_and_gan=False)")
         images = self._check_pixels("img", images)
         if images.ndim == 5:
             images = rearrange(images, "b f c h w -> (b f) c h w")
-        discr = discr if exists(discr) else self.discr
         real = images * 2 - 1
         vq_training = self.vq.training
         self.vq.eval()  # a second pass over the same batch must not move the EMA codebook again
@@ -444,8 +473,10 @@ class VQGanVAE(PretrainedMixin, nn.Module):
         - `return_recons` with a loss: `(loss, reconstruction)`.
         """
         if return_loss and return_discr_loss:
-            raise ValueError("return_loss and return_discr_loss: ask for one loss at a time (they train different "
-                             "parameters in alternating steps)")
+            raise ValueError(
+                "return_loss and return_discr_loss: ask for one loss at a time (they train different "
+                "parameters in alternating steps)"
+            )
         img = self._check_pixels("img", img)
         is_video = img.ndim == 5
         images = rearrange(img, "b f c h w -> (b f) c h w") if is_video else img
@@ -464,13 +495,17 @@ class VQGanVAE(PretrainedMixin, nn.Module):
             return to_public(recon)
 
         recon_loss = self._recon_loss(recon, target)
-        if not self.use_vgg_and_gan:
+        perceptual_loss_fn, discr = self.perceptual_loss, self.discr
+        # both exist exactly with use_vgg_and_gan (the checks narrow their Optional types)
+        if not self.use_vgg_and_gan or not exists(perceptual_loss_fn) or not exists(discr):
             loss = recon_loss + vq_loss
         else:
-            perceptual_loss = self._perceptual(target)(recon, target)
+            perceptual_loss = perceptual_loss_fn(recon, target)
+            if perceptual_loss is None:  # no VGG weights here: warned once, trains without the term
+                perceptual_loss = recon_loss.new_zeros(())
             nll_loss = recon_loss + self.perceptual_loss_weight * perceptual_loss
-            with frozen(self.discr):
-                gen_loss = self.gen_loss_fn(self.discr(recon).float())
+            with frozen(discr):
+                gen_loss = self.gen_loss_fn(discr(recon).float())
             if torch.is_grad_enabled() and recon.requires_grad:
                 adaptive_weight = adaptive_generator_weight(nll_loss, gen_loss, self.last_layer)
             else:

@@ -1,4 +1,5 @@
 """Phenaki: C-ViViT video tokenizer and MaskGIT for long text-to-video."""
+
 from phenaki_pytorch.__about__ import __version__
 from phenaki_pytorch.cvivit import CViViT
 from phenaki_pytorch.maskgit import CriticTrainer, MaskGit, SelfCritic, TokenCritic

@@ -9,10 +9,12 @@ classifier-free guidance) and a continuous 3D relative position bias.
 with the logit of "this token was generated, not real"; sampling re-masks the tokens it distrusts most.
 `CriticTrainer(maskgit, critic)` trains a critic on a frozen MaskGit's samples.
 """
+
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, overload
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,8 @@ from synthesis_core.checks import (
     check_temperature,
     check_tensor,
 )
+from synthesis_core.diffusion import cfg_combine
+from synthesis_core.protocol import sample_tokens
 from synthesis_core.utils import default, exists, prob_mask_like
 
 __all__ = [
@@ -49,6 +53,10 @@ __all__ = [
 # masking schedule and sampling helpers
 
 
+@overload
+def cosine_schedule(t: Tensor) -> Tensor: ...
+@overload
+def cosine_schedule(t: float) -> float: ...
 def cosine_schedule(t: Tensor | float) -> Tensor | float:
     """MaskGIT's cosine schedule: the fraction of tokens still masked at progress `t` in [0, 1] (1 -> 0)."""
     if isinstance(t, Tensor):
@@ -62,8 +70,9 @@ def num_masked_at_step(step: int, steps: int, num_tokens: int) -> int:
     return int(math.floor(cosine_schedule((step + 1) / steps) * num_tokens))
 
 
-def mask_by_ratio(shape: tuple[int, int], mask_ratio: Tensor, device: torch.device | None = None,
-                  can_mask: Tensor | None = None) -> Tensor:
+def mask_by_ratio(
+    shape: tuple[int, int], mask_ratio: Tensor, device: torch.device | None = None, can_mask: Tensor | None = None
+) -> Tensor:
     """A bool mask `(b, n)` with exactly `max(1, round(mask_ratio[i] * m_i))` True entries per row, chosen uniformly
     among the positions where `can_mask` (default all; `m_i` = their count)."""
     batch, seq_len = shape
@@ -80,17 +89,12 @@ def mask_by_ratio(shape: tuple[int, int], mask_ratio: Tensor, device: torch.devi
     return ranks < rearrange(num_masked, "b -> b 1")
 
 
-def gumbel_noise(t: Tensor) -> Tensor:
-    # torch.rand (not rand_like): an expanded (stride 0) input must still get independent noise per entry
-    noise = torch.rand(t.shape, device=t.device).clamp(1e-20, 1.0)
-    return -torch.log((-torch.log(noise)).clamp(min=1e-20))
-
-
-def gumbel_sample(logits: Tensor, temperature: float = 1.0, dim: int = -1) -> Tensor:
-    """Sample from `softmax(logits / temperature)` with the Gumbel-max trick; greedy when `temperature == 0`."""
-    if temperature <= 0:
-        return logits.argmax(dim=dim)
-    return (logits.float() / temperature + gumbel_noise(logits)).argmax(dim=dim)
+def gumbel_sample(
+    logits: Tensor, temperature: float = 1.0, dim: int = -1, generator: torch.Generator | None = None
+) -> Tensor:
+    """Sample from `softmax(logits / temperature)` along `dim` with the Gumbel-max trick (the core's
+    `sample_tokens`, shared with NUWA); greedy when `temperature == 0`."""
+    return sample_tokens(logits.movedim(dim, -1), temperature, generator=generator)
 
 
 # the shared token transformer
@@ -117,8 +121,10 @@ class VideoTokenTransformer(nn.Module):
         num_null_kv: int = 2,
         qk_norm: bool = False,
         self_cond: bool = False,
+        gradient_shrink_alpha: float = 1.0,
     ):
         super().__init__()
+        check_in_range("gradient_shrink_alpha", gradient_shrink_alpha, 0.0, 1.0)
         check_positive_int("num_tokens", num_tokens)
         check_positive_int("max_seq_len", max_seq_len)
         check_positive_int("dim", dim)
@@ -130,6 +136,8 @@ class VideoTokenTransformer(nn.Module):
         self.dim = dim
         self.unconditional = unconditional
         self.dim_context = None if unconditional else default(dim_context, dim)
+        # CogView's stability trick: only this fraction of the gradient reaches the input embeddings
+        self.gradient_shrink_alpha = gradient_shrink_alpha
 
         self.token_emb = nn.Embedding(num_tokens + 1, dim)
         self.pos_emb = nn.Embedding(max_seq_len, dim)
@@ -179,18 +187,28 @@ class VideoTokenTransformer(nn.Module):
         check_not_empty("x", x)
         seq_len = x.shape[1]
         if seq_len > self.max_seq_len:
-            raise ValueError(f"x: {seq_len} tokens exceed max_seq_len={self.max_seq_len}; build the model with a "
-                             "larger max_seq_len or use fewer frames / a smaller image")
+            raise ValueError(
+                f"x: {seq_len} tokens exceed max_seq_len={self.max_seq_len}; build the model with a "
+                "larger max_seq_len or use fewer frames / a smaller image"
+            )
         if x.numel() > 0:
             low, high = torch.stack((x.min(), x.max())).tolist()
             if low < 0 or high > self.num_tokens:
-                raise ValueError(f"x: expected token ids in [0, {self.num_tokens - 1}] (or the mask id "
-                                 f"{self.mask_id}), got values in [{low}, {high}]")
+                raise ValueError(
+                    f"x: expected token ids in [0, {self.num_tokens - 1}] (or the mask id "
+                    f"{self.mask_id}), got values in [{low}, {high}]"
+                )
         if exists(text_embeds):
             if self.unconditional:
                 raise ValueError("text_embeds: this model is unconditional (unconditional=True)")
-            check_tensor("text_embeds", text_embeds, ndim=3, shape=(None, None, self.dim_context),
-                         names=("batch", "text_seq", "dim_context"), dtype_floating=True)
+            check_tensor(
+                "text_embeds",
+                text_embeds,
+                ndim=3,
+                shape=(None, None, self.dim_context),
+                names=("batch", "text_seq", "dim_context"),
+                dtype_floating=True,
+            )
             check_batch_match(x=x, text_embeds=text_embeds)
             text_embeds = check_embeddings("text_embeds", text_embeds, device=self.device, dtype=self.dtype)
         if exists(text_mask):
@@ -200,28 +218,41 @@ class VideoTokenTransformer(nn.Module):
         if exists(video_patch_shape):
             self._check_patch_shape(video_patch_shape, seq_len)
         if exists(self_cond_embeds):
-            check_tensor("self_cond_embeds", self_cond_embeds, shape=(x.shape[0], seq_len, self.dim),
-                         names=("batch", "seq", "dim"))
-            self_cond_embeds = check_embeddings("self_cond_embeds", self_cond_embeds, device=self.device,
-                                                dtype=self.dtype)
+            check_tensor(
+                "self_cond_embeds",
+                self_cond_embeds,
+                shape=(x.shape[0], seq_len, self.dim),
+                names=("batch", "seq", "dim"),
+            )
+            self_cond_embeds = check_embeddings(
+                "self_cond_embeds", self_cond_embeds, device=self.device, dtype=self.dtype
+            )
         return text_embeds, self_cond_embeds
 
     @staticmethod
     def _check_patch_shape(video_patch_shape: Sequence[int], seq_len: int) -> None:
         if len(video_patch_shape) != 3 or math.prod(video_patch_shape) != seq_len:
-            raise ValueError(f"video_patch_shape: expected (frames, height, width) with frames * height * width "
-                             f"equal to the {seq_len} tokens, got {tuple(video_patch_shape)}")
+            raise ValueError(
+                f"video_patch_shape: expected (frames, height, width) with frames * height * width "
+                f"equal to the {seq_len} tokens, got {tuple(video_patch_shape)}"
+            )
 
     # -- the network ----------------------------------------------------------------------------------------------
 
-    def context_and_mask(self, batch: int, text_embeds: Tensor | None, text_mask: Tensor | None,
-                         cond_drop_prob: float, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+    def context_and_mask(
+        self,
+        batch: int,
+        text_embeds: Tensor | None,
+        text_mask: Tensor | None,
+        cond_drop_prob: float,
+        device: torch.device,
+    ) -> tuple[Tensor | None, Tensor | None]:
         """The cross-attention context and its mask, with classifier-free-guidance dropout applied per sample.
 
         A missing text or a dropped one masks every text token: only the learned null key/values remain, which
         is exactly the unconditional branch `forward_with_cond_scale` uses.
         """
-        if self.unconditional:
+        if self.unconditional or self.dim_context is None:  # (dim_context is None exactly when unconditional)
             return None, None
         if not exists(text_embeds):
             context = torch.zeros(batch, 1, self.dim_context, device=device)
@@ -253,6 +284,9 @@ class VideoTokenTransformer(nn.Module):
             # always applied (zeros when there is no previous prediction) so every parameter takes part each step
             self_cond_embeds = default(self_cond_embeds, lambda: torch.zeros_like(tokens))
             tokens = tokens + self.self_cond_to_init_embed(self_cond_embeds.to(tokens.dtype))
+        if self.gradient_shrink_alpha < 1:
+            alpha = self.gradient_shrink_alpha
+            tokens = tokens * alpha + tokens.detach() * (1 - alpha)
 
         attn_bias = self.rel_pos_bias(*video_patch_shape, device=device)
         context, context_mask = self.context_and_mask(batch, text_embeds, text_mask, cond_drop_prob, device)
@@ -288,19 +322,46 @@ class MaskGit(PretrainedMixin, VideoTokenTransformer):
         num_null_kv: int = 2,
         qk_norm: bool = False,
         self_cond: bool = False,
+        gradient_shrink_alpha: float = 1.0,
     ):
-        super().__init__(num_tokens=num_tokens, max_seq_len=max_seq_len, dim=dim, depth=depth,
-                         dim_context=dim_context, unconditional=unconditional, heads=heads, dim_head=dim_head,
-                         ff_mult=ff_mult, attn_dropout=attn_dropout, ff_dropout=ff_dropout,
-                         num_null_kv=num_null_kv, qk_norm=qk_norm, self_cond=self_cond)
+        super().__init__(
+            num_tokens=num_tokens,
+            max_seq_len=max_seq_len,
+            dim=dim,
+            depth=depth,
+            dim_context=dim_context,
+            unconditional=unconditional,
+            heads=heads,
+            dim_head=dim_head,
+            ff_mult=ff_mult,
+            attn_dropout=attn_dropout,
+            ff_dropout=ff_dropout,
+            num_null_kv=num_null_kv,
+            qk_norm=qk_norm,
+            self_cond=self_cond,
+            gradient_shrink_alpha=gradient_shrink_alpha,
+        )
         self.to_logits = nn.Linear(dim, num_tokens)
 
-    def logits(self, x: Tensor, text_embeds: Tensor | None = None, text_mask: Tensor | None = None, *,
-               cond_drop_prob: float = 0.0, video_patch_shape: Sequence[int] | None = None,
-               self_cond_embeds: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def logits(
+        self,
+        x: Tensor,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        *,
+        cond_drop_prob: float = 0.0,
+        video_patch_shape: Sequence[int] | None = None,
+        self_cond_embeds: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """`(logits (b, n, num_tokens), embeds (b, n, dim))` for validated inputs (used in training/sampling loops)."""
-        embeds = self.embed(x, text_embeds, text_mask, cond_drop_prob=cond_drop_prob,
-                            video_patch_shape=video_patch_shape, self_cond_embeds=self_cond_embeds)
+        embeds = self.embed(
+            x,
+            text_embeds,
+            text_mask,
+            cond_drop_prob=cond_drop_prob,
+            video_patch_shape=video_patch_shape,
+            self_cond_embeds=self_cond_embeds,
+        )
         return self.to_logits(embeds), embeds
 
     def forward(
@@ -321,21 +382,36 @@ class MaskGit(PretrainedMixin, VideoTokenTransformer):
         `video_patch_shape`: the `(frames, height, width)` token grid for the 3D position bias (default 1D).
         """
         check_in_range("cond_drop_prob", cond_drop_prob, 0.0, 1.0)
-        text_embeds, self_cond_embeds = self.check_inputs(x, text_embeds, text_mask, video_patch_shape,
-                                                          self_cond_embeds)
-        logits, embeds = self.logits(x, text_embeds, text_mask, cond_drop_prob=cond_drop_prob,
-                                     video_patch_shape=video_patch_shape, self_cond_embeds=self_cond_embeds)
+        text_embeds, self_cond_embeds = self.check_inputs(
+            x, text_embeds, text_mask, video_patch_shape, self_cond_embeds
+        )
+        logits, embeds = self.logits(
+            x,
+            text_embeds,
+            text_mask,
+            cond_drop_prob=cond_drop_prob,
+            video_patch_shape=video_patch_shape,
+            self_cond_embeds=self_cond_embeds,
+        )
         return (logits, embeds) if return_embeds else logits
 
-    def guided_logits(self, x: Tensor, *, cond_scale: float = 3.0, text_embeds: Tensor | None = None,
-                      text_mask: Tensor | None = None, video_patch_shape: Sequence[int] | None = None,
-                      self_cond_embeds: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def guided_logits(
+        self,
+        x: Tensor,
+        *,
+        cond_scale: float = 3.0,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        video_patch_shape: Sequence[int] | None = None,
+        self_cond_embeds: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Classifier-free guidance `null + cond_scale * (cond - null)` on validated inputs, in one batched pass.
         Returns `(logits, conditional embeds)`."""
         guided = not self.unconditional and exists(text_embeds) and cond_scale != 1.0
-        if not guided:
-            return self.logits(x, text_embeds, text_mask, video_patch_shape=video_patch_shape,
-                               self_cond_embeds=self_cond_embeds)
+        if not guided or text_embeds is None:
+            return self.logits(
+                x, text_embeds, text_mask, video_patch_shape=video_patch_shape, self_cond_embeds=self_cond_embeds
+            )
         batch = x.shape[0]
         text_mask = default(text_mask, lambda: torch.ones(text_embeds.shape[:2], dtype=torch.bool, device=x.device))
         # the conditional and the null branch as one batch of 2b: one pass of the network instead of two
@@ -348,7 +424,7 @@ class MaskGit(PretrainedMixin, VideoTokenTransformer):
             self_cond_embeds=doubled_self_cond,
         )
         cond_logits, null_logits = logits[:batch], logits[batch:]
-        return null_logits + (cond_logits - null_logits) * cond_scale, embeds[:batch]
+        return cfg_combine(cond_logits, null_logits, cond_scale), embeds[:batch]
 
     def forward_with_cond_scale(
         self,
@@ -363,45 +439,99 @@ class MaskGit(PretrainedMixin, VideoTokenTransformer):
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Guided logits: `null + cond_scale * (cond - null)`, where null is the dropped-text prediction."""
         check_guidance_scale("cond_scale", cond_scale)
-        text_embeds, self_cond_embeds = self.check_inputs(x, text_embeds, text_mask, video_patch_shape,
-                                                          self_cond_embeds)
-        logits, embeds = self.guided_logits(x, cond_scale=cond_scale, text_embeds=text_embeds, text_mask=text_mask,
-                                            video_patch_shape=video_patch_shape, self_cond_embeds=self_cond_embeds)
+        text_embeds, self_cond_embeds = self.check_inputs(
+            x, text_embeds, text_mask, video_patch_shape, self_cond_embeds
+        )
+        logits, embeds = self.guided_logits(
+            x,
+            cond_scale=cond_scale,
+            text_embeds=text_embeds,
+            text_mask=text_mask,
+            video_patch_shape=video_patch_shape,
+            self_cond_embeds=self_cond_embeds,
+        )
         return (logits, embeds) if return_embeds else logits
 
 
 class CriticScoring:
     """The public scoring methods shared by `TokenCritic` and `SelfCritic` (they implement `scores`)."""
 
-    def forward(self, x: Tensor, text_embeds: Tensor | None = None, text_mask: Tensor | None = None, *,
-                cond_drop_prob: float = 0.0, video_patch_shape: Sequence[int] | None = None) -> Tensor:
+    if TYPE_CHECKING:  # what the classes using this mixin provide
+        unconditional: bool
+
+        def check_inputs(
+            self,
+            x: Tensor,
+            text_embeds: Tensor | None = None,
+            text_mask: Tensor | None = None,
+            video_patch_shape: Sequence[int] | None = None,
+            self_cond_embeds: Tensor | None = None,
+        ) -> tuple[Tensor | None, Tensor | None]: ...
+
+        def scores(
+            self,
+            x: Tensor,
+            text_embeds: Tensor | None = None,
+            text_mask: Tensor | None = None,
+            *,
+            cond_drop_prob: float = 0.0,
+            video_patch_shape: Sequence[int] | None = None,
+        ) -> Tensor: ...
+
+    def forward(
+        self,
+        x: Tensor,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        *,
+        cond_drop_prob: float = 0.0,
+        video_patch_shape: Sequence[int] | None = None,
+    ) -> Tensor:
         """Logits `(b, n)` that each token of `x (b, n)` was generated (higher = less trustworthy)."""
         check_in_range("cond_drop_prob", cond_drop_prob, 0.0, 1.0)
         text_embeds, _ = self.check_inputs(x, text_embeds, text_mask, video_patch_shape)
-        return self.scores(x, text_embeds, text_mask, cond_drop_prob=cond_drop_prob,
-                           video_patch_shape=video_patch_shape)
+        return self.scores(
+            x, text_embeds, text_mask, cond_drop_prob=cond_drop_prob, video_patch_shape=video_patch_shape
+        )
 
-    def guided_scores(self, x: Tensor, *, cond_scale: float = 3.0, text_embeds: Tensor | None = None,
-                      text_mask: Tensor | None = None, video_patch_shape: Sequence[int] | None = None) -> Tensor:
+    def guided_scores(
+        self,
+        x: Tensor,
+        *,
+        cond_scale: float = 3.0,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        video_patch_shape: Sequence[int] | None = None,
+    ) -> Tensor:
         """Classifier-free guided scores of validated inputs (conditional and null branch in one batch)."""
         guided = not self.unconditional and exists(text_embeds) and cond_scale != 1.0
-        if not guided:
+        if not guided or text_embeds is None:
             return self.scores(x, text_embeds, text_mask, video_patch_shape=video_patch_shape)
         batch = x.shape[0]
         text_mask = default(text_mask, lambda: torch.ones(text_embeds.shape[:2], dtype=torch.bool, device=x.device))
-        scores = self.scores(torch.cat((x, x)), torch.cat((text_embeds, text_embeds)),
-                             torch.cat((text_mask.bool(), torch.zeros_like(text_mask, dtype=torch.bool))),
-                             video_patch_shape=video_patch_shape)
+        scores = self.scores(
+            torch.cat((x, x)),
+            torch.cat((text_embeds, text_embeds)),
+            torch.cat((text_mask.bool(), torch.zeros_like(text_mask, dtype=torch.bool))),
+            video_patch_shape=video_patch_shape,
+        )
         cond, null = scores[:batch], scores[batch:]
-        return null + (cond - null) * cond_scale
+        return cfg_combine(cond, null, cond_scale)
 
-    def forward_with_cond_scale(self, x: Tensor, *, cond_scale: float = 3.0, text_embeds: Tensor | None = None,
-                                text_mask: Tensor | None = None,
-                                video_patch_shape: Sequence[int] | None = None) -> Tensor:
+    def forward_with_cond_scale(
+        self,
+        x: Tensor,
+        *,
+        cond_scale: float = 3.0,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        video_patch_shape: Sequence[int] | None = None,
+    ) -> Tensor:
         check_guidance_scale("cond_scale", cond_scale)
         text_embeds, _ = self.check_inputs(x, text_embeds, text_mask, video_patch_shape)
-        return self.guided_scores(x, cond_scale=cond_scale, text_embeds=text_embeds, text_mask=text_mask,
-                                  video_patch_shape=video_patch_shape)
+        return self.guided_scores(
+            x, cond_scale=cond_scale, text_embeds=text_embeds, text_mask=text_mask, video_patch_shape=video_patch_shape
+        )
 
 
 class TokenCritic(PretrainedMixin, CriticScoring, VideoTokenTransformer):
@@ -430,18 +560,43 @@ class TokenCritic(PretrainedMixin, CriticScoring, VideoTokenTransformer):
         ff_dropout: float = 0.0,
         num_null_kv: int = 2,
         qk_norm: bool = False,
+        has_cross_attn: bool | None = None,
     ):
-        super().__init__(num_tokens=num_tokens, max_seq_len=max_seq_len, dim=dim, depth=depth,
-                         dim_context=dim_context, unconditional=unconditional, heads=heads, dim_head=dim_head,
-                         ff_mult=ff_mult, attn_dropout=attn_dropout, ff_dropout=ff_dropout,
-                         num_null_kv=num_null_kv, qk_norm=qk_norm)
+        # phenaki-pytorch 0.5 spelling: has_cross_attn is `not unconditional`
+        if exists(has_cross_attn):
+            if unconditional and has_cross_attn:
+                raise ValueError("has_cross_attn=True contradicts unconditional=True; pass only one of them")
+            unconditional = not has_cross_attn
+        super().__init__(
+            num_tokens=num_tokens,
+            max_seq_len=max_seq_len,
+            dim=dim,
+            depth=depth,
+            dim_context=dim_context,
+            unconditional=unconditional,
+            heads=heads,
+            dim_head=dim_head,
+            ff_mult=ff_mult,
+            attn_dropout=attn_dropout,
+            ff_dropout=ff_dropout,
+            num_null_kv=num_null_kv,
+            qk_norm=qk_norm,
+        )
         self.to_logits = nn.Linear(dim, 1)
 
-    def scores(self, x: Tensor, text_embeds: Tensor | None = None, text_mask: Tensor | None = None, *,
-               cond_drop_prob: float = 0.0, video_patch_shape: Sequence[int] | None = None) -> Tensor:
+    def scores(
+        self,
+        x: Tensor,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        *,
+        cond_drop_prob: float = 0.0,
+        video_patch_shape: Sequence[int] | None = None,
+    ) -> Tensor:
         """Logits `(b, n)` of validated inputs (no device synchronisation)."""
-        embeds = self.embed(x, text_embeds, text_mask, cond_drop_prob=cond_drop_prob,
-                            video_patch_shape=video_patch_shape)
+        embeds = self.embed(
+            x, text_embeds, text_mask, cond_drop_prob=cond_drop_prob, video_patch_shape=video_patch_shape
+        )
         return rearrange(self.to_logits(embeds), "b n 1 -> b n")
 
 
@@ -465,26 +620,44 @@ class SelfCritic(CriticScoring, nn.Module):
     def check_inputs(self, *args, **kwargs) -> tuple[Tensor | None, Tensor | None]:
         return self.maskgit.check_inputs(*args, **kwargs)
 
-    def scores(self, x: Tensor, text_embeds: Tensor | None = None, text_mask: Tensor | None = None, *,
-               cond_drop_prob: float = 0.0, video_patch_shape: Sequence[int] | None = None) -> Tensor:
-        embeds = self.maskgit.embed(x, text_embeds, text_mask, cond_drop_prob=cond_drop_prob,
-                                    video_patch_shape=video_patch_shape)
+    def scores(
+        self,
+        x: Tensor,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        *,
+        cond_drop_prob: float = 0.0,
+        video_patch_shape: Sequence[int] | None = None,
+    ) -> Tensor:
+        embeds = self.maskgit.embed(
+            x, text_embeds, text_mask, cond_drop_prob=cond_drop_prob, video_patch_shape=video_patch_shape
+        )
         return rearrange(self.to_logits(embeds), "b n 1 -> b n")
 
 
 # training a critic
 
 
-def critic_loss(critic: TokenCritic | SelfCritic, maskgit_logits: Tensor, ids: Tensor, mask: Tensor, *,
-                text_embeds: Tensor | None = None, text_mask: Tensor | None = None, cond_drop_prob: float = 0.0,
-                video_patch_shape: Sequence[int] | None = None, temperature: float = 1.0) -> Tensor:
+def critic_loss(
+    critic: TokenCritic | SelfCritic,
+    maskgit_logits: Tensor,
+    ids: Tensor,
+    mask: Tensor,
+    *,
+    text_embeds: Tensor | None = None,
+    text_mask: Tensor | None = None,
+    cond_drop_prob: float = 0.0,
+    video_patch_shape: Sequence[int] | None = None,
+    temperature: float = 1.0,
+) -> Tensor:
     """Token-Critic objective: fill the masked positions with MaskGit samples and classify each token as generated
     (a masked position) or real, with binary cross-entropy on the critic's logits."""
     with torch.no_grad():
         sampled = gumbel_sample(maskgit_logits.detach(), temperature=temperature)
         critic_input = torch.where(mask, sampled, ids)
-    scores = critic.scores(critic_input, text_embeds, text_mask, cond_drop_prob=cond_drop_prob,
-                           video_patch_shape=video_patch_shape)
+    scores = critic.scores(
+        critic_input, text_embeds, text_mask, cond_drop_prob=cond_drop_prob, video_patch_shape=video_patch_shape
+    )
     return F.binary_cross_entropy_with_logits(scores.float(), mask.float())
 
 
@@ -495,8 +668,16 @@ class CriticTrainer(nn.Module):
     gradients) and returns the critic's binary cross-entropy at telling generated tokens from real ones.
     """
 
-    def __init__(self, maskgit: MaskGit, critic: TokenCritic | SelfCritic, *, temperature: float = 1.0,
-                 cond_drop_prob: float = 0.25):
+    maskgit: MaskGit  # kept in __dict__, not registered as a submodule (see __init__)
+
+    def __init__(
+        self,
+        maskgit: MaskGit,
+        critic: TokenCritic | SelfCritic,
+        *,
+        temperature: float = 1.0,
+        cond_drop_prob: float = 0.25,
+    ):
         super().__init__()
         if not isinstance(maskgit, MaskGit):
             raise TypeError(f"maskgit: expected a MaskGit, got {type(maskgit).__name__}")
@@ -512,8 +693,14 @@ class CriticTrainer(nn.Module):
         self.temperature = temperature
         self.cond_drop_prob = cond_drop_prob
 
-    def forward(self, video_codes: Tensor, text_embeds: Tensor | None = None, text_mask: Tensor | None = None, *,
-                video_patch_shape: Sequence[int] | None = None) -> Tensor:
+    def forward(
+        self,
+        video_codes: Tensor,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        *,
+        video_patch_shape: Sequence[int] | None = None,
+    ) -> Tensor:
         maskgit = self.maskgit
         text_embeds, _ = maskgit.check_inputs(video_codes, text_embeds, text_mask, video_patch_shape)
         if exists(text_embeds) and self.critic.unconditional:
@@ -527,8 +714,17 @@ class CriticTrainer(nn.Module):
         mask = mask_by_ratio((batch, seq_len), mask_ratio, device=device)
         masked_input = video_codes.masked_fill(mask, maskgit.mask_id)
         with torch.no_grad():
-            maskgit_logits, _ = maskgit.logits(masked_input, text_embeds, text_mask,
-                                               video_patch_shape=video_patch_shape)
-        return critic_loss(self.critic, maskgit_logits, video_codes, mask, text_embeds=text_embeds,
-                           text_mask=text_mask, cond_drop_prob=self.cond_drop_prob if self.training else 0.0,
-                           video_patch_shape=video_patch_shape, temperature=self.temperature)
+            maskgit_logits, _ = maskgit.logits(
+                masked_input, text_embeds, text_mask, video_patch_shape=video_patch_shape
+            )
+        return critic_loss(
+            self.critic,
+            maskgit_logits,
+            video_codes,
+            mask,
+            text_embeds=text_embeds,
+            text_mask=text_mask,
+            cond_drop_prob=self.cond_drop_prob if self.training else 0.0,
+            video_patch_shape=video_patch_shape,
+            temperature=self.temperature,
+        )

@@ -1,4 +1,5 @@
 """Video Diffusion Models: space-time factored 3D U-Net diffusion for (text-to-)video generation."""
+
 from synthesis_core.checkpoint import register_loadable
 from video_diffusion_pytorch.__about__ import __version__
 from video_diffusion_pytorch.diffusion import GaussianDiffusion

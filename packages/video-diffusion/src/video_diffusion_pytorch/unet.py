@@ -9,6 +9,7 @@ Layout: the activations stay folded as `((batch frames), channels, height, width
 the last, so resnet blocks, linear attention and resampling run as plain 2D ops on one big batch without any
 reshape; only the temporal attention unfolds a `(batch, channels, frames, height, width)` view of them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,7 +23,7 @@ from synthesis_core.attention import LinearAttention, SpaceTimeAttention
 from synthesis_core.checkpoint import PretrainedMixin
 from synthesis_core.checks import check_choice, check_positive_int, check_tensor
 from synthesis_core.chunked import checkpointed
-from synthesis_core.diffusion import cfg_combine
+from synthesis_core.diffusion import batched_cond_uncond, cfg_combine
 from synthesis_core.layers import (
     ChannelLayerNorm,
     Downsample,
@@ -128,8 +129,16 @@ class _LinearAttention(_Checkpointable):
 class _Level(nn.Module):
     """One resolution of the U-Net: two blocks, spatial attention, temporal attention."""
 
-    def __init__(self, dim_in: int, dim_out: int, *, block, time_dim: int, spatial_attn: nn.Module,
-                 temporal_attn: _TemporalAttention):
+    def __init__(
+        self,
+        dim_in: int,
+        dim_out: int,
+        *,
+        block,
+        time_dim: int,
+        spatial_attn: nn.Module,
+        temporal_attn: _TemporalAttention,
+    ):
         super().__init__()
         self.block1 = block(dim_in, dim_out, time_dim)
         self.block2 = block(dim_out, dim_out, time_dim)
@@ -237,7 +246,7 @@ class Unet3D(PretrainedMixin, nn.Module):
 
         time_dim = dim * 4
         self.time_embedding = TimestepEmbedding(dim, time_dim=time_dim)
-        if self.has_cond:
+        if cond_dim is not None:  # self.has_cond
             check_positive_int("cond_dim", cond_dim)
             self.null_cond_emb = nn.Parameter(torch.randn(cond_dim))
             self.cond_mlp = nn.Sequential(nn.Linear(cond_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
@@ -246,9 +255,11 @@ class Unet3D(PretrainedMixin, nn.Module):
         self.frame_embedding = FrameEmbedding(time_dim) if frame_embedding else None
 
         if block_type == "resnet":
+
             def block(dim_in, dim_out, time_emb_dim):
                 return ResnetBlock(dim_in, dim_out, time_emb_dim=time_emb_dim, groups=resnet_groups)
         else:
+
             def block(dim_in, dim_out, time_emb_dim):
                 return ConvNextBlock(dim_in, dim_out, time_emb_dim=time_emb_dim)
 
@@ -262,7 +273,9 @@ class Unet3D(PretrainedMixin, nn.Module):
 
         init_dim = default(init_dim, dim)
         self.position_channels = position_channels
-        self.init_conv = nn.Conv2d(channels + 2 * position_channels, init_dim, init_kernel_size, padding=init_kernel_size // 2)
+        self.init_conv = nn.Conv2d(
+            channels + 2 * position_channels, init_dim, init_kernel_size, padding=init_kernel_size // 2
+        )
         self.init_temporal_attn = temporal_attn(init_dim)
 
         dims = [init_dim, *(dim * mult for mult in dim_mults)]
@@ -272,8 +285,16 @@ class Unet3D(PretrainedMixin, nn.Module):
         self.downsamples = nn.ModuleList([])
         for index, (dim_in, dim_out) in enumerate(in_out):
             is_last = index == len(in_out) - 1
-            self.downs.append(_Level(dim_in, dim_out, block=block, time_dim=time_dim,
-                                     spatial_attn=spatial_attn(dim_out), temporal_attn=temporal_attn(dim_out)))
+            self.downs.append(
+                _Level(
+                    dim_in,
+                    dim_out,
+                    block=block,
+                    time_dim=time_dim,
+                    spatial_attn=spatial_attn(dim_out),
+                    temporal_attn=temporal_attn(dim_out),
+                )
+            )
             self.downsamples.append(nn.Identity() if is_last else Downsample(dim_out))
 
         mid_dim = dims[-1]
@@ -286,8 +307,16 @@ class Unet3D(PretrainedMixin, nn.Module):
         self.ups = nn.ModuleList([])
         self.upsamples = nn.ModuleList([])
         for index, (dim_in, dim_out) in reversed(list(enumerate(in_out))):
-            self.ups.append(_Level(dim_out * 2, dim_in, block=block, time_dim=time_dim,
-                                   spatial_attn=spatial_attn(dim_in), temporal_attn=temporal_attn(dim_in)))
+            self.ups.append(
+                _Level(
+                    dim_out * 2,
+                    dim_in,
+                    block=block,
+                    time_dim=time_dim,
+                    spatial_attn=spatial_attn(dim_in),
+                    temporal_attn=temporal_attn(dim_in),
+                )
+            )
             self.upsamples.append(nn.Identity() if index == 0 else Upsample(dim_in))
 
         self.final_block = block(init_dim * 2, dim, time_dim)
@@ -309,8 +338,9 @@ class Unet3D(PretrainedMixin, nn.Module):
         """Captions -> `(batch, cond_dim)` float32 vectors from the frozen BERT: the [CLS] token's embedding when
         `use_cls`, else the mean over the caption's tokens."""
         if self.text_encoder is None:
-            raise ValueError("cond: strings need a model built with use_bert_text_cond=True; "
-                             "pass a (batch, cond_dim) tensor instead")
+            raise ValueError(
+                "cond: strings need a model built with use_bert_text_cond=True; pass a (batch, cond_dim) tensor instead"
+            )
         if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
             raise TypeError("cond: expected a list of strings (one caption per sample)")
         embeds, mask = self.text_encoder.encode(list(texts), self.device)
@@ -324,8 +354,10 @@ class Unet3D(PretrainedMixin, nn.Module):
         if cond is None:
             return None
         if not self.has_cond:
-            raise ValueError("cond: this Unet3D is unconditional (built without cond_dim or use_bert_text_cond); "
-                             "build it with cond_dim=... to condition on vectors")
+            raise ValueError(
+                "cond: this Unet3D is unconditional (built without cond_dim or use_bert_text_cond); "
+                "build it with cond_dim=... to condition on vectors"
+            )
         if not isinstance(cond, Tensor):
             cond = self.embed_text(cond, use_cls=use_cls)
         check_tensor("cond", cond, shape=("batch", self.cond_dim), names=("batch", "cond_dim"), dtype_floating=True)
@@ -347,13 +379,20 @@ class Unet3D(PretrainedMixin, nn.Module):
     # -- forward ---------------------------------------------------------------------------------------------------
 
     def _check_inputs(self, x: Tensor, time: Tensor | int | float) -> Tensor:
-        check_tensor("x", x, shape=("batch", self.channels, "frames", "height", "width"),
-                     names=("batch", "channels", "frames", "height", "width"), dtype_floating=True)
+        check_tensor(
+            "x",
+            x,
+            shape=("batch", self.channels, "frames", "height", "width"),
+            names=("batch", "channels", "frames", "height", "width"),
+            dtype_floating=True,
+        )
         factor = 2 ** (self.num_levels - 1)
         height, width = x.shape[-2:]
         if height % factor or width % factor:
-            raise ValueError(f"x: height and width must be multiples of {factor} (2 ** (levels - 1) for "
-                             f"{self.num_levels} levels), got {height}x{width}")
+            raise ValueError(
+                f"x: height and width must be multiples of {factor} (2 ** (levels - 1) for "
+                f"{self.num_levels} levels), got {height}x{width}"
+            )
         if not isinstance(time, Tensor):
             time = torch.tensor(time, device=x.device)
         if time.ndim == 0:
@@ -438,34 +477,42 @@ class Unet3D(PretrainedMixin, nn.Module):
         x = self.final_conv(self.final_block(x, emb))
         return rearrange(x, "(b t) c h w -> b c t h w", t=frames)
 
-    def forward_with_cond_scale(self, *args, cond_scale: float = 2.0, remove_parallel_component: bool = False,
-                                rescale_phi: float = 0.0, **kwargs) -> Tensor:
+    def forward_with_cond_scale(
+        self,
+        *args,
+        cond_scale: float = 2.0,
+        remove_parallel_component: bool = False,
+        rescale_phi: float = 0.0,
+        **kwargs,
+    ) -> Tensor:
         """Classifier-free guidance: `null + cond_scale * (cond - null)`, conditional and null predictions computed
         in one batched forward. `cond_scale=1` (or an unconditional model) is a plain forward without dropout."""
-        kwargs.pop("null_cond_prob", None)
-        kwargs.pop("null_cond_mask", None)
-        if cond_scale == 1 or not self.has_cond:
-            return self.forward(*args, null_cond_prob=0.0, **kwargs)
-
         names = ("x", "time", "cond", "null_cond_prob", "focus_present_mask", "prob_focus_present")
+        if len(args) > len(names):
+            raise TypeError(
+                f"forward_with_cond_scale: at most {len(names)} positional arguments ({', '.join(names)}), "
+                f"got {len(args)}"
+            )
         call = dict(zip(names, args))
         call.update(kwargs)
+        call.pop("null_cond_mask", None)
+        if cond_scale == 1 or not self.has_cond:
+            call["null_cond_prob"] = 0.0
+            return self.forward(**call)
+
         x, time = call.pop("x"), call.pop("time")
         time = self._check_inputs(x, time)
         batch = x.shape[0]
         cond = self.prepare_cond(call.pop("cond", None), batch)
         call.pop("null_cond_prob", None)
-        if exists(call.get("focus_present_mask")):
-            call["focus_present_mask"] = torch.cat([call["focus_present_mask"]] * 2)
-
-        null_cond_mask = torch.arange(batch * 2, device=x.device) >= batch
-        both = self.forward(
-            torch.cat((x, x)),
-            torch.cat((time, time)),
-            cond=torch.cat((cond, cond)) if exists(cond) else None,
-            null_cond_mask=null_cond_mask,
-            **call,
+        # one batch of 2b: the focus mask and the condition are repeated, the second half uses the null condition
+        conditional, unconditional = batched_cond_uncond(
+            self.forward, x, time, null_keyword="null_cond_mask", cond=cond, **call
         )
-        conditional, unconditional = both.chunk(2)
-        return cfg_combine(conditional, unconditional, cond_scale,
-                           remove_parallel_component=remove_parallel_component, rescale_phi=rescale_phi)
+        return cfg_combine(
+            conditional,
+            unconditional,
+            cond_scale,
+            remove_parallel_component=remove_parallel_component,
+            rescale_phi=rescale_phi,
+        )

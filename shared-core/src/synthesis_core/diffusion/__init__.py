@@ -1,12 +1,15 @@
 """Diffusion maths shared by imagen, video-diffusion and make-a-video: schedules, parameterisations,
-guidance and samplers. Schedulers are kept apart from models (as in diffusers): nothing here is an nn.Module.
+guidance and samplers. Schedulers are kept apart from models (as in diffusers): nothing here is an nn.Module
+(`wrapper.DiffusionWrapper` is a mixin the packages' modules inherit).
 
 Reading order: `schedules` (alpha/sigma of x_t = alpha x0 + sigma eps), `parameterization` (eps / x0 / v and
 loss weights), `guidance` (CFG, thresholding), `samplers` (DDPM / DDIM / DPM-Solver++ on VP schedules),
-`edm` (Karras et al. preconditioning and Heun sampler). See shared-core/docs/diffusion.md for examples.
+`edm` (Karras et al. preconditioning and Heun sampler), `wrapper` (the base of the packages' diffusion models:
+loss, guidance closure, thresholding, the published DDPM internals). See shared-core/docs/diffusion.md for examples.
 """
+
 from synthesis_core.diffusion.edm import EDMPreconditioning, edm_euler_step, edm_heun_step, sample_edm
-from synthesis_core.diffusion.guidance import cfg_combine, dynamic_threshold, static_threshold
+from synthesis_core.diffusion.guidance import batched_cond_uncond, cfg_combine, dynamic_threshold, static_threshold
 from synthesis_core.diffusion.parameterization import (
     OBJECTIVE_ALIASES,
     eps_to_x0,
@@ -26,6 +29,7 @@ from synthesis_core.diffusion.samplers import (
     ddim_step,
     ddpm_step,
     dpmpp_2m_step,
+    posterior_coefficients,
     posterior_mean_std,
     prepare_inpaint,
     randn_like,
@@ -47,6 +51,12 @@ from synthesis_core.diffusion.schedules import (
     right_pad_dims_to,
     sampling_times,
     sigmoid_beta_schedule,
+)
+from synthesis_core.diffusion.wrapper import (
+    LOSS_TYPES,
+    DiffusionWrapper,
+    per_sample_loss,
+    self_conditioning_denoiser,
 )
 
 __all__ = [
@@ -80,10 +90,12 @@ __all__ = [
     "p2_weight",
     # guidance
     "cfg_combine",
+    "batched_cond_uncond",
     "static_threshold",
     "dynamic_threshold",
     # samplers
     "VP_SAMPLERS",
+    "posterior_coefficients",
     "posterior_mean_std",
     "ddpm_step",
     "ddim_step",
@@ -97,4 +109,9 @@ __all__ = [
     "edm_euler_step",
     "edm_heun_step",
     "sample_edm",
+    # the wrapper base of the packages' diffusion models
+    "LOSS_TYPES",
+    "per_sample_loss",
+    "self_conditioning_denoiser",
+    "DiffusionWrapper",
 ]

@@ -4,6 +4,7 @@ Variance-exploding view: x = x0 + sigma * noise. `EDMPreconditioning` wraps a ra
 D(x, sigma) = c_skip x + c_out F(c_in x, c_noise) and gives the training weights; `sample_edm` is Algorithm 2
 (stochastic Heun) for any denoiser D.
 """
+
 from __future__ import annotations
 
 import math
@@ -145,12 +146,12 @@ def sample_edm(
     def call(x_now: Tensor, sigma: Tensor) -> Tensor:
         return _call_denoise(denoise, x_now, sigma.expand(batch))
 
-    def paste_known(x_now: Tensor, sigma: Tensor) -> Tensor:
-        known, keep = inpaint
+    def paste_known(x_now: Tensor, sigma: Tensor, known_keep: tuple[Tensor, Tensor]) -> Tensor:
+        known, keep = known_keep
         return keep * (known + sigma * randn_like(known, generator)) + (1 - keep) * x_now
 
     if inpaint is not None:
-        x = paste_known(x, sigmas[0])
+        x = paste_known(x, sigmas[0], inpaint)
 
     x0_hat = x
     for i in tqdm(range(num_steps), desc="sampling (edm)", disable=not progress, leave=False):
@@ -169,7 +170,7 @@ def sample_edm(
             if heun and not last:
                 x_next = edm_heun_step(x_hat, d, call(x_next, sigma_next), x_next, sigma_hat, sigma_next)
             if inpaint is not None and not last:
-                x_next = paste_known(x_next, sigma_next)
+                x_next = paste_known(x_next, sigma_next, inpaint)
                 if r < resample_times - 1:
                     x_next = x_next + (sigma**2 - sigma_next**2).sqrt() * randn_like(x, generator)
             if last:

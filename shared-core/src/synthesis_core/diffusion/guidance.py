@@ -1,5 +1,9 @@
 """Classifier-free guidance and x0 thresholding (the sampling-time fixes a package's denoise closure applies)."""
+
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from einops import rearrange
@@ -8,7 +12,7 @@ from torch import Tensor
 from synthesis_core.checks import check_in_range
 from synthesis_core.diffusion.schedules import right_pad_dims_to
 
-__all__ = ["cfg_combine", "static_threshold", "dynamic_threshold"]
+__all__ = ["cfg_combine", "batched_cond_uncond", "static_threshold", "dynamic_threshold"]
 
 
 def _per_sample_sum(x: Tensor) -> Tensor:
@@ -52,6 +56,28 @@ def cfg_combine(
     std_guided = guided.float().std(dim=dims, keepdim=True).clamp(min=eps)
     rescaled = guided.float() * (std_cond / std_guided)
     return (rescale_phi * rescaled + (1 - rescale_phi) * guided.float()).to(guided.dtype)
+
+
+def batched_cond_uncond(
+    forward: Callable[..., Tensor], x: Tensor, time: Any, *, null_keyword: str = "drop_text", **kwargs: Any
+) -> tuple[Tensor, Tensor]:
+    """The conditional and the null-condition outputs of a network in one batch of twice the size: `x`, `time` and
+    every keyword tensor whose first dim is the batch are repeated, and `forward` gets `null_keyword=` a bool mask
+    (2b,) that is True on the second half (the network's "use the null condition" input). Returns (cond, uncond),
+    for `cfg_combine`. A 0-d `time` is expanded to the batch; other values are passed as they are."""
+    batch = x.shape[0]
+    if isinstance(time, Tensor) and time.ndim == 0:
+        time = time.expand(batch)
+
+    def doubled(value: Any) -> Any:
+        if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == batch:
+            return torch.cat((value, value), dim=0)
+        return value
+
+    null = torch.arange(2 * batch, device=x.device) >= batch
+    out = forward(doubled(x), doubled(time), **{null_keyword: null}, **{k: doubled(v) for k, v in kwargs.items()})
+    cond, uncond = out.chunk(2, dim=0)
+    return cond, uncond
 
 
 def static_threshold(x0: Tensor) -> Tensor:

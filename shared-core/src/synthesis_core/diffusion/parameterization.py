@@ -4,6 +4,7 @@ With x_t = alpha x0 + sigma eps and v = alpha eps - sigma x0 (Salimans & Ho 2022
 Python floats, per-sample tensors of shape (b,) or tensors already shaped like x; they are right-padded to
 broadcast against the data, so every function works with images (b, c, h, w) and videos (b, c, t, h, w) alike.
 """
+
 from __future__ import annotations
 
 from torch import Tensor

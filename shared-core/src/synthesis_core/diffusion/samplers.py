@@ -5,6 +5,7 @@
 arguments being None or not). Every step moves x from time t to an earlier (cleaner) time s given the model's
 x0 estimate at t; alpha_t, sigma_t, alpha_s, sigma_s are tensors broadcastable against x (0-d or right-padded).
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,6 +19,7 @@ from synthesis_core.checks import check_choice, check_in_range, check_positive_i
 
 __all__ = [
     "VP_SAMPLERS",
+    "posterior_coefficients",
     "posterior_mean_std",
     "ddpm_step",
     "ddim_step",
@@ -56,16 +58,24 @@ def _transition_std(alpha_t: Tensor, sigma_t: Tensor, alpha_s: Tensor, sigma_s: 
     return alpha_ts, sigma_ts_sq
 
 
+def posterior_coefficients(
+    alpha_t: Tensor, sigma_t: Tensor, alpha_s: Tensor, sigma_s: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """q(x_s | x_t, x0) = N(coef_x_t x_t + coef_x0 x0, variance) for any pair of times s < t (Kingma et al. 2021,
+    eq. 28-30): coef_x_t = alpha_ts sigma_s^2 / sigma_t^2, coef_x0 = alpha_s sigma_ts^2 / sigma_t^2 and
+    variance = sigma_ts^2 sigma_s^2 / sigma_t^2. For consecutive DDPM times these are Ho et al.'s
+    beta_t sqrt(abar_{t-1}) / (1 - abar_t), sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) and beta~_t."""
+    alpha_ts, sigma_ts_sq = _transition_std(alpha_t, sigma_t, alpha_s, sigma_s)
+    sigma_t_sq = sigma_t**2
+    return alpha_ts * sigma_s**2 / sigma_t_sq, alpha_s * sigma_ts_sq / sigma_t_sq, sigma_ts_sq * sigma_s**2 / sigma_t_sq
+
+
 def posterior_mean_std(
     x_t: Tensor, x0_hat: Tensor, alpha_t: Tensor, sigma_t: Tensor, alpha_s: Tensor, sigma_s: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Mean and std of q(x_s | x_t, x0 = x0_hat) for any pair of times s < t (Kingma et al. 2021, eq. 28-30):
-    mean = alpha_ts sigma_s^2 / sigma_t^2 x_t + alpha_s sigma_ts^2 / sigma_t^2 x0, var = sigma_ts^2 sigma_s^2 / sigma_t^2."""
-    alpha_ts, sigma_ts_sq = _transition_std(alpha_t, sigma_t, alpha_s, sigma_s)
-    sigma_t_sq = sigma_t**2
-    mean = (alpha_ts * sigma_s**2 / sigma_t_sq) * x_t + (alpha_s * sigma_ts_sq / sigma_t_sq) * x0_hat
-    std = (sigma_ts_sq * sigma_s**2 / sigma_t_sq).sqrt()
-    return mean, std
+    """Mean and std of q(x_s | x_t, x0 = x0_hat) for any pair of times s < t (see `posterior_coefficients`)."""
+    coef_x_t, coef_x0, variance = posterior_coefficients(alpha_t, sigma_t, alpha_s, sigma_s)
+    return coef_x_t * x_t + coef_x0 * x0_hat, variance.sqrt()
 
 
 def ddpm_step(
@@ -120,6 +130,8 @@ def dpmpp_2m_step(
     h = (alpha_s / sigma_s).log() - (alpha_t / sigma_t).log()
     denoised = x0_hat
     if prev_x0_hat is not None:
+        if h_prev is None:
+            raise ValueError("h_prev: required with prev_x0_hat (the previous step's lambda increment)")
         half_inv_r = h / (2 * h_prev)
         denoised = (1 + half_inv_r) * x0_hat - half_inv_r * prev_x0_hat
     return (sigma_s / sigma_t) * x_t - alpha_s * torch.expm1(-h) * denoised
@@ -228,13 +240,13 @@ def sample_vp(
     lambdas = alphas.log() - sigmas.log()
     stochastic = sampler == "ddpm" or (sampler == "ddim" and eta > 0)
 
-    def paste_known(x_now: Tensor, i: int) -> Tensor:
-        known, keep = inpaint
+    def paste_known(x_now: Tensor, i: int, known_keep: tuple[Tensor, Tensor]) -> Tensor:
+        known, keep = known_keep
         noised_known = alphas[i] * known + sigmas[i] * randn_like(known, generator)
         return keep * noised_known + (1 - keep) * x_now
 
     if inpaint is not None:
-        x = paste_known(x, 0)
+        x = paste_known(x, 0, inpaint)
 
     logger.debug("sample_vp: %s, %d times, x %s, inpaint=%s", sampler, num_times, tuple(x.shape), inpaint is not None)
     prev_x0_hat, h_prev = None, None
@@ -257,12 +269,17 @@ def sample_vp(
                 # multistep history belongs to the trajectory x came from: not after a RePaint re-noising
                 second_order = prev_x0_hat is not None and i + 1 < num_times - 1 and r == 0
                 x_next = dpmpp_2m_step(
-                    x, x0_hat, a_t, s_t, a_s, s_s,
+                    x,
+                    x0_hat,
+                    a_t,
+                    s_t,
+                    a_s,
+                    s_s,
                     prev_x0_hat=prev_x0_hat if second_order else None,
                     h_prev=h_prev if second_order else None,
                 )
             if inpaint is not None:
-                x_next = paste_known(x_next, i + 1)
+                x_next = paste_known(x_next, i + 1, inpaint)
                 if r < resample_times - 1:
                     x_next = renoise_step(x_next, a_s, s_s, a_t, s_t, randn_like(x, generator))
             x = x_next

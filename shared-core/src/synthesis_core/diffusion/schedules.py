@@ -9,10 +9,12 @@ Two kinds of schedule share one small interface (`alpha_sigma`, `log_snr`, `snr`
 Tables are computed in float64 (the cumulative product of 1000 betas loses digits in float32) and values are
 handed out as float32 on the device of the times that were asked for.
 """
+
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -104,13 +106,16 @@ class DiscreteSchedule:
     `.to(device)` once to keep the tables next to the model; otherwise they are copied on each call.
     """
 
-    is_discrete = True
+    # a Literal class attribute, so `if schedule.is_discrete:` narrows a `Schedule` union for type checkers
+    is_discrete: ClassVar[Literal[True]] = True
 
     def __init__(self, betas: Tensor):
         check_tensor("betas", betas, ndim=1, dtype_floating=True)
         betas = betas.detach().to(dtype=torch.float64)
         if betas.numel() == 0 or not bool(((betas > 0) & (betas < 1)).all()):
-            raise ValueError(f"betas: expected a non-empty 1D tensor with values in (0, 1), got shape {tuple(betas.shape)}")
+            raise ValueError(
+                f"betas: expected a non-empty 1D tensor with values in (0, 1), got shape {tuple(betas.shape)}"
+            )
         self.betas = betas
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
 
@@ -156,10 +161,11 @@ class DiscreteSchedule:
         table = table.to(device=t.device, dtype=_table_dtype(t.device))
         return table[t.long()]
 
-    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """(alpha, sigma) at integer times `t` (any shape), float32 on t's device."""
+    def alpha_sigma(self, t: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """(alpha, sigma) at integer times `t` (any shape), in `dtype` (float32; float64 keeps the table's
+        precision) on t's device."""
         alphas_cumprod = self._gather(self.alphas_cumprod, t)
-        return alphas_cumprod.sqrt().float(), (1.0 - alphas_cumprod).sqrt().float()
+        return alphas_cumprod.sqrt().to(dtype), (1.0 - alphas_cumprod).sqrt().to(dtype)
 
     def log_snr(self, t: Tensor) -> Tensor:
         alphas_cumprod = self._gather(self.alphas_cumprod, t)
@@ -226,7 +232,7 @@ class ContinuousSchedule:
     returned as float32 on t's device. `time_from_log_snr` inverts the schedule (used for Karras-spaced sampling).
     """
 
-    is_discrete = False
+    is_discrete: ClassVar[Literal[False]] = False
     noisiest_time = 1.0
     cleanest_time = 0.0
     time_dtype = torch.float32
@@ -251,10 +257,11 @@ class ContinuousSchedule:
     def snr(self, t: Tensor | float) -> Tensor:
         return self._log_snr_fn(self._as_times(t)).exp().float()
 
-    def alpha_sigma(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
-        """(alpha, sigma) at float times `t` in [0, 1] (any shape), float32 on t's device."""
+    def alpha_sigma(self, t: Tensor | float, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """(alpha, sigma) at float times `t` in [0, 1] (any shape), in `dtype` (float32; float64 keeps the
+        precision of the computation) on t's device."""
         alpha, sigma = alpha_sigma_from_log_snr(self._log_snr_fn(self._as_times(t)))
-        return alpha.float(), sigma.float()
+        return alpha.to(dtype), sigma.to(dtype)
 
     def time_from_log_snr(self, log_snr: Tensor | float) -> Tensor:
         """The time t in [0, 1] whose log-SNR is `log_snr` (clamped into [0, 1])."""

@@ -1,11 +1,12 @@
 """The embedded shapes dataset and the caption scorer that needs no learned model."""
+
 import math
 import random
 
 import pytest
 import torch
 
-from synthesis_core.datasets import (
+from synthesis_core.shapes import (
     COLORS,
     DIRECTIONS,
     SHAPES,

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from synthesis_core.data import ImageFolderDataset, VideoFolderDataset, fit_num_frames, resize_and_center_crop
+from synthesis_core.folders import ImageFolderDataset, VideoFolderDataset, fit_num_frames, resize_and_center_crop
 from synthesis_core.text import PrecomputedTextEmbeddings, SimpleTextEncoder, precompute_text_embeddings
 from synthesis_core.video import read_video, save_image, save_video, to_uint8
 
@@ -48,7 +48,7 @@ def test_video_folder_crop_pad_and_captions(tmp_path):
     starts = set()
     for _ in range(30):
         clip = random_window[1]  # clip1: 6 frames
-        starts.add(next(s for s in range(5) if torch.equal(clip, videos["clip1"][:, s:s + 2])))
+        starts.add(next(s for s in range(5) if torch.equal(clip, videos["clip1"][:, s : s + 2])))
     assert len(starts) > 1
 
     batch = next(iter(DataLoader(pad, batch_size=3)))
@@ -59,7 +59,7 @@ def test_corrupt_files_are_skipped_and_named(tmp_path, caplog):
     write_video_folder(tmp_path / "videos")
     (tmp_path / "videos" / "broken.gif").write_bytes(b"GIF89a not really a gif")
     (tmp_path / "videos" / "empty.mp4").write_bytes(b"")
-    with caplog.at_level(logging.WARNING, logger="synthesis_core.data"):
+    with caplog.at_level(logging.WARNING, logger="synthesis_core.folders"):
         dataset = VideoFolderDataset(tmp_path / "videos", image_size=16, num_frames=4, frame_mode="pad")
     assert sorted(p.name for p in dataset.skipped) == ["broken.gif", "empty.mp4"]
     assert "broken.gif" in caplog.text and "empty.mp4" in caplog.text
@@ -68,7 +68,7 @@ def test_corrupt_files_are_skipped_and_named(tmp_path, caplog):
     # a file that breaks after the header check is skipped when read, and the next item is returned
     (tmp_path / "videos" / "clip2.gif").write_bytes(b"GIF89a" + b"\x00" * 10)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="synthesis_core.data"):
+    with caplog.at_level(logging.WARNING, logger="synthesis_core.folders"):
         item = dataset[2]
     assert item.shape == (3, 4, 16, 16) and "clip2.gif" in caplog.text
     assert "clip2.gif" in [p.name for p in dataset.skipped]
@@ -78,7 +78,7 @@ def test_corrupt_files_are_skipped_and_named(tmp_path, caplog):
     for i in range(3):
         save_image(torch.rand(3, 12, 12), images / f"{i}.png")
     (images / "bad.png").write_bytes(b"\x89PNG garbage")
-    with caplog.at_level(logging.WARNING, logger="synthesis_core.data"):
+    with caplog.at_level(logging.WARNING, logger="synthesis_core.folders"):
         image_dataset = ImageFolderDataset(images, image_size=8)
     assert [p.name for p in image_dataset.skipped] == ["bad.png"] and "bad.png" in caplog.text
     assert len(image_dataset) == 3 and image_dataset[0].shape == (3, 8, 8)
@@ -109,16 +109,16 @@ def test_video_folder_with_precomputed_embeddings(tmp_path):
     captions = [f"caption number {i}" for i in range(3)]
     encoder = SimpleTextEncoder.from_captions(captions, dim=8, depth=1, heads=2, dim_head=4).eval()
     folder = precompute_text_embeddings(captions, tmp_path / "emb", encoder, progress=False)
-    dataset = VideoFolderDataset(tmp_path / "videos", image_size=16, num_frames=4, frame_mode="pad",
-                                 text_embeddings=folder)
+    dataset = VideoFolderDataset(
+        tmp_path / "videos", image_size=16, num_frames=4, frame_mode="pad", text_embeddings=folder
+    )
     video, embeds, mask = dataset[1]
     expected, expected_mask = PrecomputedTextEmbeddings(folder).lookup("caption number 1")
     assert video.shape == (3, 4, 16, 16) and torch.equal(embeds, expected) and torch.equal(mask, expected_mask)
 
     (tmp_path / "videos" / "clip0.txt").write_text("never encoded")
     with pytest.raises(KeyError, match="never encoded"):
-        VideoFolderDataset(tmp_path / "videos", image_size=16, num_frames=4, frame_mode="pad",
-                           text_embeddings=folder)
+        VideoFolderDataset(tmp_path / "videos", image_size=16, num_frames=4, frame_mode="pad", text_embeddings=folder)
 
 
 def test_helpers_and_bad_arguments(tmp_path):

@@ -1,0 +1,169 @@
+"""What the members' test suites share: offline single-threaded runs, a fixed seed per test, and tiny text
+encoders and videos built on the spot (no download, no stored data).
+
+Each member's `tests/conftest.py` does
+
+    from synthesis_core.testing import configure_test_process, seed_each_test  # noqa: F401 (autouse fixture)
+
+    configure_test_process()
+
+and builds the tiny models its tests need with the functions below, so `pytest packages/<name>` works from the
+workspace root and from an unpacked sdist alike. Needs pytest (and `tokenizers` / `transformers` for the tiny
+text encoders); importing `synthesis_core` itself never imports this module.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+__all__ = [
+    "configure_test_process",
+    "seed_each_test",
+    "train_tiny_tokenizer",
+    "build_tiny_t5",
+    "build_tiny_bert",
+    "moving_frames",
+    "write_moving_gif",
+]
+
+
+def configure_test_process() -> None:
+    """No hub access (a test that would download fails at once instead) and one torch thread (the suites run
+    beside each other on small machines, and one thread keeps results reproducible)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def seed_each_test() -> None:
+    """Every test starts from the same global torch seed, whatever ran before it."""
+    torch.manual_seed(0)
+
+
+def train_tiny_tokenizer(kind: str, captions: Sequence[str], vocab_size: int) -> Any:
+    """A `tokenizers.Tokenizer` trained on `captions`: Unigram with T5's special tokens for `kind="t5"`,
+    WordPiece with BERT's for `kind="bert"`."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    corpus = list(captions) * 10
+    if kind == "t5":
+        tk = Tokenizer(models.Unigram())
+        tk.normalizer = normalizers.Lowercase()
+        tk.pre_tokenizer = pre_tokenizers.Metaspace()
+        tk.train_from_iterator(
+            corpus,
+            trainers.UnigramTrainer(
+                vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
+            ),
+        )
+        tk.post_processor = processors.TemplateProcessing(
+            single="$A </s>", special_tokens=[("</s>", tk.token_to_id("</s>"))]
+        )
+        return tk
+    if kind == "bert":
+        tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tk.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tk.train_from_iterator(
+            corpus,
+            trainers.WordPieceTrainer(
+                vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+            ),
+        )
+        tk.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            special_tokens=[("[CLS]", tk.token_to_id("[CLS]")), ("[SEP]", tk.token_to_id("[SEP]"))],
+        )
+        return tk
+    raise ValueError(f"kind: expected 't5' or 'bert', got {kind!r}")
+
+
+def build_tiny_t5(
+    folder: str | os.PathLike,
+    captions: Sequence[str],
+    *,
+    d_model: int,
+    d_ff: int,
+    num_layers: int,
+    num_heads: int,
+    d_kv: int = 8,
+    vocab_size: int = 60,
+) -> str:
+    """Writes a randomly initialised T5 encoder (seeded, so the same every time) and a tokenizer trained on
+    `captions` to `folder`, the way a user points at a local checkpoint; returns the folder."""
+    from transformers import T5Config, T5EncoderModel, T5TokenizerFast  # type: ignore[attr-defined]
+
+    tokenizer = T5TokenizerFast(
+        tokenizer_object=train_tiny_tokenizer("t5", captions, vocab_size),
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        extra_ids=0,
+    )
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=d_model, d_ff=d_ff, d_kv=d_kv, num_layers=num_layers, num_heads=num_heads
+    )
+    T5EncoderModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+def build_tiny_bert(
+    folder: str | os.PathLike,
+    captions: Sequence[str],
+    *,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    intermediate_size: int,
+    vocab_size: int = 150,
+    max_position_embeddings: int = 512,
+) -> str:
+    """Writes a randomly initialised BERT (seeded) and a WordPiece tokenizer trained on `captions` to `folder`;
+    returns the folder."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast  # type: ignore[attr-defined]
+
+    tokenizer = BertTokenizerFast(
+        tokenizer_object=train_tiny_tokenizer("bert", captions, vocab_size),
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+    )
+    BertModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+def moving_frames(num_frames: int, size: int, seed: int) -> list[Any]:
+    """PIL frames of a random `size` x `size` image rolled one pixel right per frame (so time matters)."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(seed)
+    base = (torch.rand(3, size, size, generator=generator) * 255).to(torch.uint8)
+    return [Image.fromarray(torch.roll(base, shifts=i, dims=2).permute(1, 2, 0).numpy()) for i in range(num_frames)]
+
+
+def write_moving_gif(path: str | os.PathLike, num_frames: int, size: int, seed: int) -> Path:
+    """Writes `moving_frames(num_frames, size, seed)` as a looping gif to `path`; returns the path."""
+    frames = moving_frames(num_frames, size, seed)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return Path(path)
