@@ -3,12 +3,13 @@ in-memory state dicts, checkpoint folders, text encoding, and the published trai
 what it does, not only that it exists."""
 
 import logging
+import math
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from imagen_pytorch import Imagen, ImagenTrainer
+from imagen_pytorch import Imagen, ImagenConfig, ImagenTrainer
 from imagen_pytorch.trainer import _resolve_mixed_precision
 from synthesis_core.checkpoint import CheckpointError
 
@@ -958,3 +959,47 @@ def test_load_only_model_and_noop_if_not_exist(cascade, tmp_path):
     with pytest.raises(CheckpointError, match="shape"):
         fresh.load(tmp_path / "broken.safetensors", only_model=True)
     assert all(torch.equal(before[k], v) for k, v in fresh.imagen.state_dict().items())
+
+
+def test_t5_module_functions_match_the_core_encoder(tiny_t5):
+    from imagen_pytorch.t5 import get_encoded_dim, t5_encode_text, t5_tokenize
+    from synthesis_core.text import TextEncoder
+
+    captions = ["a whale breaching from afar", "a squirrel"]
+    embeds, mask = t5_encode_text(captions, name=tiny_t5, return_attn_mask=True)
+    reference, reference_mask = TextEncoder(tiny_t5).encode(captions, "cpu")
+    assert torch.equal(embeds, reference) and torch.equal(mask, reference_mask)
+    assert torch.equal(t5_encode_text(captions, name=tiny_t5), reference)
+    ids, id_mask = t5_tokenize(captions, name=tiny_t5)
+    assert torch.equal(id_mask, reference_mask) and ids.shape == id_mask.shape
+    assert get_encoded_dim(tiny_t5) == embeds.shape[-1]
+    assert bool(mask[1].sum() < mask[0].sum())  # the shorter caption is padded
+
+
+def test_published_trainer_scenario_config_dicts_dataset_and_step_count():
+    # what imagen-pytorch 2.1's own trainer test does: unets as plain dicts in ImagenConfig, a dataset of
+    # (image, text embedding) pairs added to the trainer, one step of unet 1, then its step count
+    class PairsDataset(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return torch.rand(3, 16, 16), torch.randn(6, 32)
+
+    unet = dict(
+        dim=8,
+        dim_mults=(1, 2),
+        num_resnet_blocks=1,
+        layer_attns=False,
+        layer_cross_attns=False,
+        attn_heads=2,
+        text_embed_dim=32,
+    )
+    imagen = ImagenConfig(unets=(unet,), image_sizes=(16,), text_embed_dim=32).create()
+    trainer = ImagenTrainer(imagen=imagen)
+    trainer.add_train_dataset(PairsDataset(), batch_size=2)
+    before = [p.detach().clone() for p in imagen.unets[0].parameters()]
+    loss = trainer.train_step(1)
+    assert math.isfinite(loss)
+    assert trainer.num_steps_taken(1) == 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, imagen.unets[0].parameters()))
