@@ -18,8 +18,10 @@ published side runs offline against a throw-away hub cache holding only that con
 
 What counts (the issue's measure):
 - classes: a published class whose name our package exports at the top level.
-- constructor keywords: a published keyword that our class's `__init__` names (a keyword our class only takes
-  through `**kwargs` does not count: we cannot tell whether it means anything).
+- constructor keywords: a published keyword that our class's `__init__` names, or that its `**kwargs` reach: the
+  class they are registered as forwarded to (`register_loadable(forwards_kwargs_to=...)`) or the base classes'
+  `__init__` along the MRO (cooperative constructors, e.g. a trainer's shared keywords are its core base class's).
+  Any other keyword our class only takes through `**kwargs` does not count: we cannot tell whether it means anything.
 - methods: a published public method or property defined by the published package's classes (not the ones
   every `nn.Module` has) that our class has (our methods from any base class count, `nn.Module`'s included).
 - method keywords (reported, not part of the share): the keywords of those methods that ours also names.
@@ -81,6 +83,20 @@ def keywords_of(function, bound=True):
             names.append(param.name)
     return names, var_keyword
 
+def cooperative_keywords(cls):
+    """Ours only: the keywords of the base classes' constructors that `cls`'s `**kwargs` reach along the MRO
+    (cooperative constructors: each `__init__` with `**kwargs` passes them to the next one); `nn.Module` and
+    `object` name none, so a model whose `**kwargs` go elsewhere gains nothing here."""
+    found = []
+    for klass in cls.__mro__[1:]:
+        if "__init__" not in vars(klass):
+            continue
+        names, var_keyword = keywords_of(klass.__init__)
+        found += [name for name in names if name not in found]
+        if not var_keyword:
+            break
+    return found
+
 def own_methods(cls, package):
     """Public methods/properties defined in the class bodies of the package's own classes in the MRO."""
     found = {}
@@ -135,6 +151,7 @@ for package in sys.argv[1:]:
                 keywords += [k for k in constructor_parameters(value) if k not in keywords]
             except Exception:  # a class the registry cannot read: its own signature is all we know
                 pass
+            keywords += [k for k in cooperative_keywords(value) if k not in keywords]
         classes[name] = {
             "keywords": keywords,
             "var_keyword": var_keyword,

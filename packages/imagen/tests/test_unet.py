@@ -3,9 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
-from imagen_pytorch.unet import BaseUnet64, NullUnet, SRUnet256, SRUnet1024, Unet
+from imagen_pytorch.unet import BaseUnet64, NullUnet, PixelShuffleUpsample, SRUnet256, SRUnet1024, Unet
 
 torch.set_num_threads(1)
 
@@ -318,3 +319,14 @@ def test_null_unet():
         lowres_cond=True, text_embed_dim=512, channels=3, channels_out=3, cond_on_text=True
     )
     assert isinstance(cast, NullUnet) and cast.lowres_cond and cast.text_embed_dim == 512
+
+
+def test_pixel_shuffle_upsample_icnr_starts_as_nearest_neighbour():
+    up = PixelShuffleUpsample(4, 6)
+    x = torch.randn(1, 4, 5, 5)
+    out = up(x)
+    assert out.shape == (1, 6, 10, 10)
+    blocks = rearrange(out, "b c (h p1) (w p2) -> b c h w (p1 p2)", p1=2, p2=2)
+    assert torch.allclose(blocks, blocks[..., :1].expand_as(blocks), atol=1e-6)
+    # the first sub-pixel of every block is the 1x1 conv + SiLU of the input pixel
+    assert torch.allclose(blocks[..., 0], F.silu(up.conv(x))[:, ::4], atol=1e-6)

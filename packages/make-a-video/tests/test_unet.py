@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from make_a_video_pytorch.blocks import is_temporal_parameter
+from make_a_video_pytorch.unet import RMSNorm
 
 
 def _perturb(module, which="temporal", scale=0.2):
@@ -210,3 +211,13 @@ def test_per_level_defaults_follow_dim_mults(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), published.state_dict().values()))
     with pytest.raises(ValueError, match="resnet_block_depths"):
         SpaceTimeUnet(dim_mults=(1, 2), resnet_block_depths=(2, 2, 2), **small)
+
+
+def test_rmsnorm_matches_formula():
+    x = torch.randn(2, 5, 16)
+    rms = RMSNorm(16)
+    with torch.no_grad():
+        rms.gamma.uniform_(0.5, 1.5)
+    expected = x / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt() * rms.gamma
+    assert torch.allclose(rms(x), expected, atol=1e-5)
+    assert [name for name, _ in rms.named_parameters()] == ["gamma"]

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from nuwa_pytorch import NUWA
+from nuwa_pytorch.nuwa import token_shift
 
 
 def text_ids(batch=2, length=5, vocab=20):
@@ -215,3 +216,13 @@ def test_sketch_model_bad_inputs(make_vae):
 
     with pytest.raises(TypeError, match="sketch_vae: expected a VQGanVAE"):
         NUWASketch(vae=make_vae(), sketch_vae=None, dim=16)
+
+
+def test_token_shift_moves_channel_groups_by_one_step():
+    x = torch.randn(2, 4, 3, 6)  # (b, t, n, d): two axes -> three groups of two channels
+    out = token_shift(x, dims=(1, 2))
+    assert torch.equal(out[:, 1:, :, 0:2], x[:, :-1, :, 0:2]) and out[:, 0, :, 0:2].eq(0).all()
+    assert torch.equal(out[:, :, 1:, 2:4], x[:, :, :-1, 2:4]) and out[:, :, 0, 2:4].eq(0).all()
+    assert torch.equal(out[..., 4:], x[..., 4:])
+    with pytest.raises(ValueError, match="dims"):
+        token_shift(x, dims=(3,))

@@ -50,7 +50,6 @@ _EXPORTS = {
         "check_temperature",
     ),
     "layers": (
-        "RMSNorm",
         "LayerNorm",
         "ChannelLayerNorm",
         "GEGLU",
@@ -60,10 +59,7 @@ _EXPORTS = {
         "TimestepEmbedding",
         "FrameEmbedding",
         "position_grid",
-        "token_shift",
-        "shift_tokens",
         "Upsample",
-        "PixelShuffleUpsample",
         "Downsample",
         "ResnetBlock",
         "Residual",

@@ -1,4 +1,4 @@
-"""Generic layers shared by the image and video models: norms, feed-forwards, time embeddings, token shift,
+"""Generic layers shared by the image and video models: norms, feed-forwards, time embeddings,
 position generators, resampling and resnet blocks.
 
 Layouts: tokens are `(b, n, dim)`; feature maps are channels-first `(b, c, h, w)` and videos `(b, c, t, h, w)`.
@@ -8,7 +8,7 @@ The 2D resampling layers and `ResnetBlock` accept videos and apply themselves pe
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -21,7 +21,6 @@ from synthesis_core.chunked import chunked_feedforward
 from synthesis_core.utils import default
 
 __all__ = [
-    "RMSNorm",
     "LayerNorm",
     "ChannelLayerNorm",
     "GEGLU",
@@ -31,10 +30,7 @@ __all__ = [
     "TimestepEmbedding",
     "FrameEmbedding",
     "position_grid",
-    "token_shift",
-    "shift_tokens",
     "Upsample",
-    "PixelShuffleUpsample",
     "Downsample",
     "ResnetBlock",
     "Residual",
@@ -54,19 +50,6 @@ def _per_frame(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
 
 
 # normalisation
-
-
-class RMSNorm(nn.Module):
-    """RMS norm over the last dimension with a learnable gain: `x / rms(x) * gamma`."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.gamma = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        # autocast runs norms in float32; casting back keeps bf16 activations (and their saved copies) half the size
-        return F.rms_norm(x, (x.shape[-1],), self.gamma.to(x.dtype), eps=self.eps).to(x.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -249,42 +232,6 @@ def position_grid(x: Tensor) -> Tensor:
     return repeat(grid, "c h w -> n c h w", n=x.shape[0])
 
 
-# token shift
-
-
-def token_shift(x: Tensor, dims: Sequence[int] = (1,), fraction: float | None = None) -> Tensor:
-    """Shift a fraction of the channels (last dim) of `x` by one step forward along each axis in `dims`.
-
-    The channels are split in `len(dims) + 1` equal groups (or groups of `fraction * channels`): group i moves one
-    position forward along `dims[i]` (zero-padded at the start, so it is causal), the rest stays in place.
-    E.g. `token_shift(x, dims=(1, 2, 3))` on `(b, t, h, w, d)` mixes each token with its previous frame, row and
-    column neighbours at no parameter cost.
-    """
-    dims = tuple(dims)
-    channels = x.shape[-1]
-    group = int(channels * fraction) if fraction is not None else channels // (len(dims) + 1)
-    if group * len(dims) > channels:
-        raise ValueError(f"fraction: {fraction} of {channels} channels times {len(dims)} axes exceeds the channels")
-    if group == 0:
-        return x
-    shifted = []
-    for index, dim in enumerate(dims):
-        dim = dim if dim >= 0 else x.ndim + dim
-        if dim == x.ndim - 1:
-            raise ValueError("dims: cannot shift along the channel (last) dimension")
-        part = x[..., index * group : (index + 1) * group]
-        # pad one step at the start of `dim`, drop the last step
-        length = part.shape[dim]
-        part = part.narrow(dim, 0, length - 1)
-        pad = [0, 0] * (x.ndim - 1 - dim) + [1, 0]
-        shifted.append(F.pad(part, pad))
-    rest = x[..., len(dims) * group :]
-    return torch.cat((*shifted, rest), dim=-1)
-
-
-shift_tokens = token_shift
-
-
 # resampling
 
 
@@ -300,29 +247,6 @@ class Upsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return _per_frame(self._forward_2d, x)
-
-
-class PixelShuffleUpsample(nn.Module):
-    """1x1 conv to `dim_out * factor**2` channels + SiLU + pixel shuffle, ICNR-initialised (no checkerboard)."""
-
-    def __init__(self, dim: int, dim_out: int | None = None, factor: int = 2):
-        super().__init__()
-        dim_out = default(dim_out, dim)
-        self.factor = factor
-        self.conv = nn.Conv2d(dim, dim_out * factor**2, 1)
-        self.net = nn.Sequential(self.conv, nn.SiLU(), nn.PixelShuffle(factor))
-        self._icnr_init(dim_out)
-
-    @torch.no_grad()
-    def _icnr_init(self, dim_out: int) -> None:
-        # every sub-pixel of one output channel starts from the same kernel: the upsample starts as nearest-neighbour
-        weight = torch.empty(dim_out, self.conv.in_channels, 1, 1)
-        nn.init.kaiming_uniform_(weight)
-        self.conv.weight.copy_(repeat(weight, "o i h w -> (o r) i h w", r=self.factor**2))
-        nn.init.zeros_(cast(Tensor, self.conv.bias))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return _per_frame(self.net, x)
 
 
 class Downsample(nn.Module):

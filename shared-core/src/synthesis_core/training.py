@@ -88,6 +88,7 @@ from synthesis_core.checkpoint import (
     unflatten_state_dict,
 )
 from synthesis_core.checks import check_choice, check_positive_int
+from synthesis_core.protocol import resolve_alias
 from synthesis_core.utils import default, frozen
 
 logger = logging.getLogger(__name__)
@@ -1551,6 +1552,14 @@ class AutoencoderGANTrainer(BaseTrainer):
     the model, the optional validation split, the checkpointed data stream and resumes; the subclass then only says
     how a collated batch becomes the model's input (`batch_input`), what the loss logs (`autoencoder_loss`) and
     how reconstructions are written (`reconstruct`, `write_reconstructions`).
+
+    The keywords every tokenizer trainer shares are this constructor's: the data (`batch_size`, `valid_frac`,
+    `random_split_seed`, `num_workers`), the optimizers (`lr`, `discr_lr`, `weight_decay`, `warmup_steps`,
+    `max_grad_norm`, `discr_max_grad_norm`, `grad_accum_every`), the EMA (`use_ema`, `ema_decay`,
+    `ema_update_every`, `ema_update_after_step`), the schedule (`apply_grad_penalty_every`, `save_results_every`,
+    `save_model_every`) and `resume` (a checkpoint `setup_autoencoder` loads). The published spellings `wd`
+    (= `weight_decay`, default 0) and `ema_beta` (= `ema_decay`, default 0.995) are resolved here; the other keywords
+    go to `BaseTrainer`.
     """
 
     progress_desc = "autoencoder"
@@ -1559,20 +1568,62 @@ class AutoencoderGANTrainer(BaseTrainer):
         self,
         *,
         num_train_steps: int,
+        batch_size: int = 4,
+        lr: float = 3e-4,
+        discr_lr: float | None = None,
+        weight_decay: float | None = None,
+        warmup_steps: int = 0,
+        grad_accum_every: int = 1,
+        max_grad_norm: float | None = None,
+        discr_max_grad_norm: float | None = None,
         apply_grad_penalty_every: int = 4,
+        use_ema: bool = True,
+        ema_decay: float | None = None,
+        ema_update_every: int = 10,
+        ema_update_after_step: int = 0,
+        valid_frac: float = 0.0,
+        random_split_seed: int = 42,
         save_results_every: int | None = 100,
         save_model_every: int | None = 1000,
+        num_workers: int = 0,
+        resume: str | Path | None = None,
+        wd: float | None = None,
+        ema_beta: float | None = None,
         **trainer_kwargs: Any,
     ):
-        super().__init__(**trainer_kwargs)
+        if "gradient_accumulate_every" in trainer_kwargs:
+            raise TypeError("gradient_accumulate_every: not a keyword of this trainer, use grad_accum_every=")
+        super().__init__(gradient_accumulate_every=grad_accum_every, **trainer_kwargs)
         check_positive_int("num_train_steps", num_train_steps)
         check_positive_int("apply_grad_penalty_every", apply_grad_penalty_every)
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("ema_update_after_step", ema_update_after_step, allow_zero=True)
+        if not 0.0 <= valid_frac < 1.0:
+            raise ValueError(f"valid_frac: expected a fraction in [0, 1), got {valid_frac}")
         self.num_train_steps = num_train_steps
         self.apply_grad_penalty_every = apply_grad_penalty_every
         self.save_results_every = save_results_every
         self.save_model_every = save_model_every
         self.autoencoder_name: str | None = None
         self.use_gan = False
+        # applied by `setup_autoencoder`, once the subclass has built its dataset
+        self.batch_size = batch_size
+        self.valid_frac = valid_frac
+        self.random_split_seed = random_split_seed
+        self.num_workers = num_workers
+        self.resume = resume
+        self.autoencoder_optim_kwargs: dict[str, Any] = dict(
+            lr=lr,
+            discr_lr=discr_lr,
+            max_grad_norm=max_grad_norm,
+            discr_max_grad_norm=discr_max_grad_norm,
+            weight_decay=resolve_alias("weight_decay", weight_decay, "wd", wd, 0.0),
+            warmup_steps=warmup_steps,
+            ema=use_ema,
+            ema_decay=resolve_alias("ema_decay", ema_decay, "ema_beta", ema_beta, 0.995),
+            ema_update_every=ema_update_every,
+            ema_kwargs={"update_after_step": ema_update_after_step},
+        )
 
     def add_autoencoder(
         self,
@@ -1622,66 +1673,37 @@ class AutoencoderGANTrainer(BaseTrainer):
         dataset: Any,
         *,
         collate_fn: Callable[[Sequence[Any]], Any],
-        batch_size: int,
-        lr: float = 3e-4,
-        discr_lr: float | None = None,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        max_grad_norm: float | None = None,
-        discr_max_grad_norm: float | None = None,
-        use_ema: bool = True,
-        ema_decay: float = 0.995,
-        ema_update_every: int = 10,
-        ema_update_after_step: int = 0,
-        valid_frac: float = 0.0,
-        random_split_seed: int = 42,
-        num_workers: int = 0,
         num_samples: int = 4,
-        resume: str | Path | None = None,
     ) -> None:
-        """Registers `autoencoder` (with its GAN when it has `use_vgg_and_gan`) and its training data, then resumes
-        from `resume` if given. `valid_frac` of `dataset` (a fixed split seeded by `random_split_seed`) is held out:
-        the reconstructions of `save_results` come from it (from the training set when it is 0). The first
-        `num_samples` items are reconstructed each time."""
-        check_positive_int("batch_size", batch_size)
+        """Registers `autoencoder` (with its GAN when it has `use_vgg_and_gan`) and its training data with the
+        settings given to the constructor, then resumes from its `resume` if given. `valid_frac` of `dataset` (a
+        fixed split seeded by `random_split_seed`) is held out: the reconstructions of `save_results` come from it
+        (from the training set when it is 0). The first `num_samples` items are reconstructed each time."""
         check_positive_int("num_samples", num_samples)
-        check_positive_int("ema_update_after_step", ema_update_after_step, allow_zero=True)
-        if not 0.0 <= valid_frac < 1.0:
-            raise ValueError(f"valid_frac: expected a fraction in [0, 1), got {valid_frac}")
         valid_dataset = dataset
-        if valid_frac > 0:
-            valid_size = max(1, int(round(valid_frac * len(dataset))))
+        if self.valid_frac > 0:
+            valid_size = max(1, int(round(self.valid_frac * len(dataset))))
             if valid_size >= len(dataset):
-                raise ValueError(f"valid_frac: {valid_frac} of {len(dataset)} items leaves nothing to train on")
+                raise ValueError(f"valid_frac: {self.valid_frac} of {len(dataset)} items leaves nothing to train on")
             dataset, valid_dataset = torch.utils.data.random_split(
                 dataset,
                 [len(dataset) - valid_size, valid_size],
-                generator=torch.Generator().manual_seed(random_split_seed),
+                generator=torch.Generator().manual_seed(self.random_split_seed),
             )
         self.dataset, self.valid_dataset = dataset, valid_dataset
-        self.batch_size = batch_size
         self.num_samples = num_samples
         self.collate_fn = collate_fn
         self.add_autoencoder(
             name,
             autoencoder,
             use_gan=bool(getattr(autoencoder, "use_vgg_and_gan", False)),
-            lr=lr,
-            discr_lr=discr_lr,
-            max_grad_norm=max_grad_norm,
-            discr_max_grad_norm=discr_max_grad_norm,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            ema=use_ema,
-            ema_decay=ema_decay,
-            ema_update_every=ema_update_every,
-            ema_kwargs={"update_after_step": ema_update_after_step},
+            **self.autoencoder_optim_kwargs,
         )
-        loader = make_dataloader(dataset, batch_size, num_workers=num_workers, collate_fn=collate_fn)
+        loader = make_dataloader(dataset, self.batch_size, num_workers=self.num_workers, collate_fn=collate_fn)
         self.dataloader = self.add_dataloader("train", loader)  # its position is checkpointed
-        self.config.update(batch_size=batch_size, valid_frac=valid_frac)
-        if resume is not None:
-            self.load(resume)
+        self.config.update(batch_size=self.batch_size, valid_frac=self.valid_frac)
+        if self.resume is not None:
+            self.load(self.resume)
 
     # -- what a subclass provides ----------------------------------------------------------------------------
 

@@ -42,7 +42,6 @@ from synthesis_core.diffusion import cfg_combine
 from synthesis_core.layers import (
     Downsample,
     LayerNorm,
-    PixelShuffleUpsample,
     ResnetBlock,
     TimestepEmbedding,
     Upsample,
@@ -116,6 +115,30 @@ def _per_level(name: str, value: Any, levels: int) -> tuple:
 # ---------------------------------------------------------------------------------------------------------------
 # blocks specific to this U-Net
 # ---------------------------------------------------------------------------------------------------------------
+
+
+class PixelShuffleUpsample(nn.Module):
+    """x2 (`factor`) upsampling of `(b, c, h, w)`: 1x1 conv to `dim_out * factor**2` channels + SiLU + pixel
+    shuffle, ICNR-initialised so it starts as nearest-neighbour upsampling (no checkerboard)."""
+
+    def __init__(self, dim: int, dim_out: int | None = None, factor: int = 2):
+        super().__init__()
+        dim_out = default(dim_out, dim)
+        self.factor = factor
+        self.conv = nn.Conv2d(dim, dim_out * factor**2, 1)
+        self.net = nn.Sequential(self.conv, nn.SiLU(), nn.PixelShuffle(factor))
+        self._icnr_init(dim_out)
+
+    @torch.no_grad()
+    def _icnr_init(self, dim_out: int) -> None:
+        # every sub-pixel of one output channel starts from the same kernel: the upsample starts as nearest-neighbour
+        weight = torch.empty(dim_out, self.conv.in_channels, 1, 1)
+        nn.init.kaiming_uniform_(weight)
+        self.conv.weight.copy_(repeat(weight, "o i h w -> (o r) i h w", r=self.factor**2))
+        nn.init.zeros_(cast(Tensor, self.conv.bias))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
 
 
 class CrossEmbedLayer(nn.Module):

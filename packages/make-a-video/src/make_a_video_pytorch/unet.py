@@ -35,11 +35,24 @@ from make_a_video_pytorch.blocks import (
 from synthesis_core.checkpoint import CheckpointError, PretrainedMixin
 from synthesis_core.checks import check_in_range, check_positive_int, check_tensor
 from synthesis_core.diffusion import batched_cond_uncond, cfg_combine
-from synthesis_core.layers import Downsample, LayerNorm, RMSNorm, TimestepEmbedding, Upsample
+from synthesis_core.layers import Downsample, LayerNorm, TimestepEmbedding, Upsample
 from synthesis_core.protocol import resolve_alias
 from synthesis_core.utils import cast_tuple, exists, prob_mask_like
 
 __all__ = ["SpaceTimeUnet", "SpaceTimeResnetBlock", "ResnetBlock"]
+
+
+class RMSNorm(nn.Module):
+    """RMS norm over the last dimension with a learnable gain: `x / rms(x) * gamma`."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # autocast runs norms in float32; casting back keeps bf16 activations (and their saved copies) half the size
+        return F.rms_norm(x, (x.shape[-1],), self.gamma.to(x.dtype), eps=self.eps).to(x.dtype)
 
 
 def channel_rms_norm(norm: RMSNorm, x: Tensor) -> Tensor:

@@ -47,7 +47,7 @@ from synthesis_core.checks import (
 )
 from synthesis_core.chunked import ReversibleSequence, SequentialResidual
 from synthesis_core.diffusion import cfg_combine
-from synthesis_core.layers import FeedForward, LayerNorm, token_shift
+from synthesis_core.layers import FeedForward, LayerNorm
 from synthesis_core.protocol import reject_argument, resolve_alias, resolve_text, sample_tokens
 from synthesis_core.utils import cast_tuple, default, eval_decorator, exists, prob_mask_like
 
@@ -69,6 +69,36 @@ def embed_gradient_fraction(x: Tensor, fraction: float) -> Tensor:
     if fraction >= 1 or not torch.is_grad_enabled():
         return x
     return x * fraction + x.detach() * (1 - fraction)
+
+
+def token_shift(x: Tensor, dims: Sequence[int] = (1,), fraction: float | None = None) -> Tensor:
+    """Shift a fraction of the channels (last dim) of `x` by one step forward along each axis in `dims`.
+
+    The channels are split in `len(dims) + 1` equal groups (or groups of `fraction * channels`): group i moves one
+    position forward along `dims[i]` (zero-padded at the start, so it is causal), the rest stays in place.
+    E.g. `token_shift(x, dims=(1, 2, 3))` on `(b, t, h, w, d)` mixes each token with its previous frame, row and
+    column neighbours at no parameter cost.
+    """
+    dims = tuple(dims)
+    channels = x.shape[-1]
+    group = int(channels * fraction) if fraction is not None else channels // (len(dims) + 1)
+    if group * len(dims) > channels:
+        raise ValueError(f"fraction: {fraction} of {channels} channels times {len(dims)} axes exceeds the channels")
+    if group == 0:
+        return x
+    shifted = []
+    for index, dim in enumerate(dims):
+        dim = dim if dim >= 0 else x.ndim + dim
+        if dim == x.ndim - 1:
+            raise ValueError("dims: cannot shift along the channel (last) dimension")
+        part = x[..., index * group : (index + 1) * group]
+        # pad one step at the start of `dim`, drop the last step
+        length = part.shape[dim]
+        part = part.narrow(dim, 0, length - 1)
+        pad = [0, 0] * (x.ndim - 1 - dim) + [1, 0]
+        shifted.append(F.pad(part, pad))
+    rest = x[..., len(dims) * group :]
+    return torch.cat((*shifted, rest), dim=-1)
 
 
 def shift_video_tokens(x: Tensor, video_shape: tuple[int, int, int]) -> Tensor:

@@ -241,8 +241,12 @@ class VQGanVAETrainer(AutoencoderGANTrainer):
     `folder`: images (png/jpg/webp), or videos with `num_frames=` (every frame is a training image).
     `dataset`: items are images `(c, h, w)` or videos `(c, t, h, w)` in [0, 1], or tuples starting with one.
     `images_memmap_path` + `images_memmap_shape`: a raw uint8 numpy memmap of images (`MemmapImageDataset`).
+    The other keywords (`batch_size`, `lr`, `discr_lr`, `weight_decay`, `warmup_steps`, `grad_accum_every`,
+    `max_grad_norm`, `discr_max_grad_norm`, `apply_grad_penalty_every`, `use_ema`, `ema_decay`, `ema_update_every`,
+    `ema_update_after_step`, `valid_frac`, `random_split_seed`, `save_results_every`, `save_model_every`,
+    `num_workers`, `resume`, and the nuwa-pytorch 0.7.8 spellings `wd` (= `weight_decay`) and `ema_beta`
+    (= `ema_decay`)) are those of `AutoencoderGANTrainer`, with its defaults, and then of `BaseTrainer`.
     `valid_frac` of the data is held out for the reconstruction sheets (`random_split_seed` fixes the split).
-    nuwa-pytorch 0.7.8 spellings: `wd` (= `weight_decay`), `ema_beta` (= `ema_decay`).
     """
 
     progress_desc = "vqgan-vae"
@@ -255,43 +259,14 @@ class VQGanVAETrainer(AutoencoderGANTrainer):
         dataset: Dataset | None = None,
         folder: str | Path | None = None,
         num_frames: int | None = None,
-        batch_size: int = 4,
         num_train_steps: int = 50_000,
-        lr: float = 3e-4,
-        discr_lr: float | None = None,
-        weight_decay: float | None = None,
-        warmup_steps: int = 0,
-        grad_accum_every: int = 1,
-        max_grad_norm: float | None = None,
-        discr_max_grad_norm: float | None = None,
-        apply_grad_penalty_every: int = 4,
-        use_ema: bool = True,
-        ema_decay: float | None = None,
-        ema_update_every: int = 10,
-        ema_update_after_step: int = 0,
-        valid_frac: float = 0.0,
-        random_split_seed: int = 42,
-        save_results_every: int | None = 100,
-        save_model_every: int | None = 1000,
         num_sample_images: int = 8,
         results_folder: str | Path = "./results/vae",
-        num_workers: int = 0,
-        resume: str | Path | None = None,
-        wd: float | None = None,
-        ema_beta: float | None = None,
         images_memmap_path: str | Path | None = None,
         images_memmap_shape: Sequence[int] | None = None,
         **trainer_kwargs: Any,
     ):
-        super().__init__(
-            num_train_steps=num_train_steps,
-            apply_grad_penalty_every=apply_grad_penalty_every,
-            save_results_every=save_results_every,
-            save_model_every=save_model_every,
-            results_folder=results_folder,
-            gradient_accumulate_every=grad_accum_every,
-            **trainer_kwargs,
-        )
+        super().__init__(num_train_steps=num_train_steps, results_folder=results_folder, **trainer_kwargs)
         if not isinstance(vae, VQGanVAE):
             raise TypeError(f"vae: expected a VQGanVAE, got {type(vae).__name__}")
         if exists(images_memmap_shape) and not exists(images_memmap_path):
@@ -313,28 +288,7 @@ class VQGanVAETrainer(AutoencoderGANTrainer):
                 )
             else:
                 dataset = ImageFolderDataset(folder, image_size=vae.image_size)
-        self.setup_autoencoder(
-            "vae",
-            vae,
-            dataset,
-            collate_fn=collate_images,
-            batch_size=batch_size,
-            lr=lr,
-            discr_lr=discr_lr,
-            weight_decay=resolve_alias("weight_decay", weight_decay, "wd", wd, 0.0),
-            warmup_steps=warmup_steps,
-            max_grad_norm=max_grad_norm,
-            discr_max_grad_norm=discr_max_grad_norm,
-            use_ema=use_ema,
-            ema_decay=resolve_alias("ema_decay", ema_decay, "ema_beta", ema_beta, 0.995),
-            ema_update_every=ema_update_every,
-            ema_update_after_step=ema_update_after_step,
-            valid_frac=valid_frac,
-            random_split_seed=random_split_seed,
-            num_workers=num_workers,
-            num_samples=num_sample_images,
-            resume=resume,
-        )
+        self.setup_autoencoder("vae", vae, dataset, collate_fn=collate_images, num_samples=num_sample_images)
 
     @property
     def num_sample_images(self) -> int:

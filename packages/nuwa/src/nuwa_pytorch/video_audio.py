@@ -39,6 +39,7 @@ from nuwa_pytorch.nuwa import (
     _FrozenVAEVideoModel,
     embed_gradient_fraction,
     text_encoder_parts,
+    token_shift,
 )
 from nuwa_pytorch.vqgan_vae import VQGanVAE
 from synthesis_core.attention import Attention
@@ -53,7 +54,7 @@ from synthesis_core.checks import (
     check_tensor,
 )
 from synthesis_core.diffusion import cfg_combine
-from synthesis_core.layers import LayerNorm, token_shift
+from synthesis_core.layers import LayerNorm
 from synthesis_core.protocol import sample_tokens
 from synthesis_core.utils import default, eval_decorator, exists, prob_mask_like
 

@@ -157,8 +157,9 @@ class CViViTTrainer(AutoencoderGANTrainer):
     `dataset` may be given instead of `folder`: items are videos `(c, t, h, w)` in [0, 1] (or images, or tuples
     whose first element is the video). `train_on_images=True` reads a folder of images (one-frame videos: the
     tokenizer's first frame is tokenized alone). `valid_frac` of the data is held out for the reconstruction gifs.
-    phenaki-pytorch 0.5 spellings: `vae` (= `cvivit`), `wd` (= `weight_decay`), `ema_beta` (= `ema_decay`);
-    `accelerate_kwargs` go to `accelerate.Accelerator` (as in `BaseTrainer`).
+    `vae` is the phenaki-pytorch 0.5 spelling of `cvivit`. Every other keyword is one of `AutoencoderGANTrainer`
+    (the data, optimizer, EMA and checkpoint settings all tokenizer trainers share, with its defaults, the published
+    `wd` and `ema_beta` included) or of `BaseTrainer` (e.g. `accelerate_kwargs`, for `accelerate.Accelerator`).
     """
 
     progress_desc = "cvivit"
@@ -173,44 +174,13 @@ class CViViTTrainer(AutoencoderGANTrainer):
         train_on_images: bool = False,
         num_frames: int = 17,
         image_size: int | None = None,
-        batch_size: int = 4,
         num_train_steps: int = 100_000,
-        lr: float = 3e-4,
-        discr_lr: float | None = None,
-        weight_decay: float | None = None,
-        warmup_steps: int = 0,
-        grad_accum_every: int = 1,
-        max_grad_norm: float | None = None,
-        discr_max_grad_norm: float | None = None,
-        apply_grad_penalty_every: int = 4,
-        use_ema: bool = True,
-        ema_decay: float | None = None,
-        ema_update_every: int = 10,
-        ema_update_after_step: int = 0,
-        valid_frac: float = 0.0,
-        random_split_seed: int = 42,
-        save_results_every: int | None = 100,
-        save_model_every: int | None = 1000,
         num_sample_videos: int = 4,
         results_folder: str | Path = "./results/cvivit",
-        num_workers: int = 0,
-        resume: str | Path | None = None,
         vae: CViViT | None = None,
-        wd: float | None = None,
-        ema_beta: float | None = None,
-        accelerate_kwargs: dict | None = None,
         **trainer_kwargs: Any,
     ):
-        super().__init__(
-            num_train_steps=num_train_steps,
-            apply_grad_penalty_every=apply_grad_penalty_every,
-            save_results_every=save_results_every,
-            save_model_every=save_model_every,
-            results_folder=results_folder,
-            gradient_accumulate_every=grad_accum_every,
-            accelerate_kwargs=accelerate_kwargs,
-            **trainer_kwargs,
-        )
+        super().__init__(num_train_steps=num_train_steps, results_folder=results_folder, **trainer_kwargs)
         cvivit = resolve_alias("cvivit", cvivit, "vae", vae)
         if not isinstance(cvivit, CViViT):
             raise TypeError(f"cvivit: expected a CViViT, got {type(cvivit).__name__}")
@@ -230,26 +200,7 @@ class CViViTTrainer(AutoencoderGANTrainer):
                     folder, image_size=image_size, num_frames=num_frames, channels=cvivit.channels
                 )
         self.setup_autoencoder(
-            "cvivit",
-            cvivit,
-            dataset,
-            collate_fn=collate_videos_and_text,
-            batch_size=batch_size,
-            lr=lr,
-            discr_lr=discr_lr,
-            weight_decay=resolve_alias("weight_decay", weight_decay, "wd", wd, 0.0),
-            warmup_steps=warmup_steps,
-            max_grad_norm=max_grad_norm,
-            discr_max_grad_norm=discr_max_grad_norm,
-            use_ema=use_ema,
-            ema_decay=resolve_alias("ema_decay", ema_decay, "ema_beta", ema_beta, 0.995),
-            ema_update_every=ema_update_every,
-            ema_update_after_step=ema_update_after_step,
-            valid_frac=valid_frac,
-            random_split_seed=random_split_seed,
-            num_workers=num_workers,
-            num_samples=num_sample_videos,
-            resume=resume,
+            "cvivit", cvivit, dataset, collate_fn=collate_videos_and_text, num_samples=num_sample_videos
         )
 
     @property
