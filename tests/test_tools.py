@@ -105,7 +105,7 @@ def test_pin_check_accepts_the_workspace_and_rejects_bad_pins(tmp_path):
     found = check_pins.problems(workspace.members(root))
     assert len(found) == 5 and all(f"does not admit synthesis-core {outside}" in line for line in found)
     pyproject = root / "packages/nuwa/pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace('"synthesis-core>=0.3,<0.4"', '"synthesis-core @ file:///x"'))
+    pyproject.write_text(pyproject.read_text().replace('"synthesis-core>=0.4,<0.5"', '"synthesis-core @ file:///x"'))
     assert any("by URL/path" in line for line in check_pins.problems(workspace.members(root)))
 
 

@@ -72,7 +72,7 @@ def test_six_wheels_carry_their_versions_and_the_core_range(wheels):
         assert "License-File: LICENSE" in metadata and any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
         assert f"{member.import_name}/py.typed" in names
         if member.path != CORE_DIR:
-            assert "Requires-Dist: synthesis-core<0.4,>=0.3" in metadata
+            assert "Requires-Dist: synthesis-core<0.5,>=0.4" in metadata
 
 
 @pytest.mark.parametrize("member", PACKAGES, ids=lambda m: m.distribution)

@@ -267,6 +267,37 @@ def test_every_argument_is_saved_and_a_missing_one_is_reported(tmp_path, caplog)
     assert Leaf(2).missing_config_keys == ()  # built in code: nothing was filled in
 
 
+@register_loadable(name="tests.safe_loading.Grown")
+class Grown(PretrainedMixin, nn.Module):
+    """A model that gained an argument whose default adds weights: files from before it mean `extra=False`."""
+
+    config_defaults_for_older_files = {"extra": False}
+
+    def __init__(self, dim: int = 2, extra: bool = True):
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+        self.extra = nn.Linear(dim, dim) if extra else None
+
+
+def test_an_argument_added_later_loads_older_files_as_the_model_they_describe(tmp_path, caplog):
+    old = Grown(3, extra=False)
+    old.save_pretrained(tmp_path / "old")
+    document = json.loads((tmp_path / "old" / "config.json").read_text())
+    del document["config"]["extra"]  # as written before the argument existed
+    (tmp_path / "old" / "config.json").write_text(json.dumps(document))
+    with caplog.at_level(logging.WARNING, logger="synthesis_core.checkpoint"):
+        loaded = load_model_from_folder(tmp_path / "old")
+    assert loaded.extra is None and loaded.missing_config_keys == ("extra",)
+    assert torch.equal(loaded.proj.weight, old.proj.weight)
+    assert "extra=False" in caplog.text
+    # today's files record the argument; code still gets today's default
+    Grown(3).save_pretrained(tmp_path / "new")
+    assert load_model_from_folder(tmp_path / "new").extra is not None
+    assert Grown(3).extra is not None
+    # an override wins
+    assert Grown.from_pretrained(tmp_path / "old", extra=False).extra is None
+
+
 def test_forwarded_kwargs_save_the_arguments_the_receiver_really_got(tmp_path):
     preset = Preset(flavour="y")
     assert preset.config == {"flavour": "y", "dim": 3, "mult": 4, "dtype": {"__dtype__": "float32"}}

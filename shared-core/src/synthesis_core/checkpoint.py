@@ -794,8 +794,18 @@ def _check_config(
             continue
         recordable, default = _jsonable_default(param)
         if recordable:  # saving records it: its absence means an older version wrote the file
+            default = older_file_defaults(cls).get(key, default)
             missing.append((f"{dotted}.{key}" if dotted else key, default))
     return missing
+
+
+def older_file_defaults(cls: type) -> dict[str, Any]:
+    """The values a stored config of `cls` that lacks an argument stands for, where that is not today's default.
+
+    A class that adds a constructor argument whose default changes the model (new layers, new weights) declares
+    `config_defaults_for_older_files = {"argument": value_before}`: a file written before the argument existed
+    describes the model as it was, so loading it builds that model rather than today's default."""
+    return dict(getattr(cls, "config_defaults_for_older_files", {}))
 
 
 def check_config(
@@ -831,6 +841,8 @@ def _construct(cls: type[Any], config: Mapping[str, Any], overrides: dict, sourc
     # validated again (cheap, pure) for the key paths this object reports as filled in
     missing = _check_config(cls, config, "config", "", source, True, supplied=overrides)
     values = {k: _from_jsonable(v, source) for k, v in config.items()}
+    # arguments added since the file was written: the model it describes, not today's default
+    values.update({k: v for k, v in older_file_defaults(cls).items() if k not in config})
     values.update(overrides)
     params = list(inspect.signature(cls.__init__).parameters.values())[1:]
     var_positional = next((p for p in params if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
@@ -871,7 +883,7 @@ def instantiate_from_config(
     if missing:
         logger.warning(
             "%s lacks the constructor argument(s) %s of %s (written by an older version?); they are "
-            "filled with today's defaults: %s",
+            "filled with the defaults for such files: %s",
             source,
             ", ".join(path for path, _ in missing),
             cls.__qualname__,

@@ -30,6 +30,8 @@ __all__ = [
     "build_tiny_bert",
     "moving_frames",
     "write_moving_gif",
+    "shapes_moving",
+    "centroid_columns",
 ]
 
 
@@ -167,3 +169,31 @@ def write_moving_gif(path: str | os.PathLike, num_frames: int, size: int, seed: 
     frames = moving_frames(num_frames, size, seed)
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
     return Path(path)
+
+
+def shapes_moving(direction: str, count: int, size: int, frames: int, seed: int = 3) -> torch.Tensor:
+    """The first `count` videos of the shapes dataset whose caption ends with `direction` ("left", "right", "up",
+    "down"), `(count, 3, frames, size, size)` in [0, 1]: the data of the motion diagnostics."""
+    from synthesis_core.shapes import DIRECTIONS, ShapesVideoDataset
+
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction: expected one of {DIRECTIONS}, got {direction!r}")
+    dataset = ShapesVideoDataset(10**9, image_size=size, num_frames=frames, seed=seed)
+    videos: list[torch.Tensor] = []
+    index = 0
+    while len(videos) < count:
+        video, caption = dataset[index]
+        if caption.endswith(direction):
+            videos.append(video)
+        index += 1
+    return torch.stack(videos)
+
+
+def centroid_columns(videos: torch.Tensor) -> torch.Tensor:
+    """Column of the foreground's centre of mass in every frame of the mean video of `videos (b, 3, t, h, w)` in
+    [0, 1] (foreground: brighter than the shapes dataset's background) -> `(t,)`."""
+    from synthesis_core.shapes import BACKGROUND
+
+    foreground = (videos.mean(dim=(0, 1)) - BACKGROUND[0]).clamp(min=0)  # (t, h, w)
+    columns = torch.arange(videos.shape[-1], dtype=torch.float32)
+    return (foreground.sum(dim=1) * columns).sum(dim=-1) / foreground.sum(dim=(1, 2))

@@ -675,6 +675,7 @@ class Unet(PretrainedMixin, nn.Module):
 
         # -- stem: noisy image + low-res image + self-conditioning + conditioning images --------------------
         in_channels = channels * (1 + int(lowres_cond) + int(self_cond)) + cond_images_channels
+        in_channels += self._extra_stem_channels()
         self.init_conv = (
             CrossEmbedLayer(in_channels, init_dim, init_cross_embed_kernel_sizes)
             if init_cross_embed
@@ -749,6 +750,10 @@ class Unet(PretrainedMixin, nn.Module):
             nn.init.zeros_(self.final_conv.bias)
 
     # -- builders (Unet3D overrides these to add temporal layers) ------------------------------------------------
+
+    def _extra_stem_channels(self) -> int:
+        """Input channels the stem convolution takes beyond the image-like inputs (Unet3D's position channels)."""
+        return 0
 
     def _make_resnet_block(self, dim_in: int, dim_out: int) -> nn.Module:
         return Block(dim_in, dim_out, **self._block_kwargs)

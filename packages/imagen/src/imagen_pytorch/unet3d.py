@@ -10,23 +10,27 @@ layers are added between them:
 `ignore_time=True` skips every temporal layer, so each frame is processed independently (image co-training);
 4D images `(b, c, h, w)` are one-frame videos with time ignored. Known frames (`cond_video_frames` before,
 `post_cond_video_frames` after) are concatenated along time with the noisy frames and dropped from the output.
+Two inputs tell the per-frame layers where they are (`frame_embedding`, `position_channels`): the temporal layers
+see only distances between frames, so without them a model can hardly put the content of frame i where the
+caption says ("moving left"); at high noise it predicts about the same average for every frame.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import rearrange, reduce, repeat
 from torch import Tensor, nn
 
 from imagen_pytorch.unet import Block, FrameLayout, Unet, _per_level, resize_spatial
 from synthesis_core.attention import ContinuousPositionBias, SpaceTimeAttention
-from synthesis_core.checks import check_positive_int, check_tensor
+from synthesis_core.checks import check_choice, check_positive_int, check_tensor
+from synthesis_core.layers import FrameEmbedding, position_grid
 from synthesis_core.utils import exists
 
 __all__ = ["Unet3D"]
@@ -79,7 +83,13 @@ class TemporalConv(nn.Module):
 
 
 class SpaceTimeBlock(nn.Module):
-    """A 2D resnet block on every frame followed by the identity-initialised temporal convolution."""
+    """A 2D resnet block on every frame followed by the identity-initialised temporal convolution.
+
+    Its FiLM input `time_emb` holds one vector per frame of the clip given to the U-Net, `((b frames_in), d)`
+    (`Unet3D` gives the frames different ones with `frame_embedding`); at a level where temporal strides merged
+    `s` frames into one, that frame gets the mean of their vectors, as `TemporalDownsample` starts by averaging
+    the frames themselves.
+    """
 
     def __init__(self, dim_in: int, dim_out: int, *, kernel_size: int, causal: bool, **block_kwargs: Any):
         super().__init__()
@@ -87,7 +97,11 @@ class SpaceTimeBlock(nn.Module):
         self.temporal = TemporalConv(dim_out, kernel_size=kernel_size, causal=causal)
 
     def forward(self, x: Tensor, time_emb: Tensor, layout: FrameLayout) -> Tensor:
-        x = self.spatial(x, time_emb, layout)
+        merged = time_emb.shape[0] // x.shape[0]
+        if merged > 1:
+            time_emb = reduce(time_emb, "(n s) d -> n d", "mean", s=merged)
+        # the resnet itself: Block.forward would repeat a per-video vector, these are already per frame
+        x = self.spatial.resnet(x, time_emb)
         return self.temporal(x, layout) if layout.temporal else x
 
 
@@ -182,13 +196,27 @@ class Unet3D(Unet):
     - `time_rel_pos_bias_depth`: layers of the continuous time position-bias MLP;
     - `temporal_conv_kernel_size`: taps of the identity-initialised temporal convolutions;
     - `ff_time_token_shift`: imagen-pytorch 2.1's time token shift inside the feed-forwards is not built here (the
-      temporal convolutions mix neighbouring frames instead); only False is accepted.
+      temporal convolutions mix neighbouring frames instead); only False is accepted;
+    - `frame_embedding` (default True): the conditioning vector that drives every resnet block's FiLM (noise
+      level + pooled text, the learned null text for guidance-dropped samples) is mixed with each frame's place in
+      the clip (`synthesis_core.layers.FrameEmbedding`), so a caption such as "moving left" can decide where the
+      content of each frame goes. Only for videos of more than one frame with time not ignored (conditioning
+      frames count as frames of the clip): images and `ignore_time=True` get the same vector for every frame,
+      exactly as without it. With `time_causal_attn`, a frame's vector depends on the clip's length (its place in
+      the clip), not on the content of later frames. It starts as the identity (zero-initialised outputs);
+    - `position_channels` (default True): two input channels holding each pixel's row and column in [-1, 1]
+      (`synthesis_core.layers.position_grid`), concatenated to every input of the stem, images included (they
+      run through the same stem convolution, which takes 2 more input channels).
+    A config saved before these keywords existed (imagen-pytorch 0.3) describes the older architecture and loads
+    as it (`config_defaults_for_older_files`); in code, `frame_embedding=False, position_channels=False` builds it.
     `forward(..., ignore_time=False, cond_video_frames=None, post_cond_video_frames=None)`: the known frames are
     `(b, channels, n, h, w)` clean frames before / after the noisy ones. `lowres_cond_img` and `self_cond` are
     `(b, channels, frames, h, w)`; `cond_images` is `(b, c, h, w)` (every frame) or `(b, c, frames, h, w)`.
     """
 
     is_video = True
+    # a config saved by 0.3 (before these arguments) describes the U-Net without them
+    config_defaults_for_older_files = {"frame_embedding": False, "position_channels": False}
 
     def __init__(
         self,
@@ -202,6 +230,8 @@ class Unet3D(Unet):
         attn_heads: int = 8,
         attn_dim_head: int = 64,
         ff_time_token_shift: bool = False,
+        frame_embedding: bool = True,
+        position_channels: bool = True,
         **kwargs: Any,
     ):
         if ff_time_token_shift is not False:
@@ -223,6 +253,8 @@ class Unet3D(Unet):
             )
         check_positive_int("time_rel_pos_bias_depth", time_rel_pos_bias_depth)
         check_positive_int("temporal_conv_kernel_size", temporal_conv_kernel_size)
+        check_choice("frame_embedding", frame_embedding, (True, False))
+        check_choice("position_channels", position_channels, (True, False))
         # read by the builder methods while Unet.__init__ runs, so it is set first (a plain attribute)
         self.temporal_settings = TemporalSettings(
             strides=strides,
@@ -233,7 +265,13 @@ class Unet3D(Unet):
             dim_head=attn_dim_head,
         )
         self.frames_divisor = math.prod(strides)
+        self.position_channels = bool(position_channels)  # read by _extra_stem_channels while Unet.__init__ runs
         super().__init__(dim=dim, dim_mults=dim_mults, attn_heads=attn_heads, attn_dim_head=attn_dim_head, **kwargs)
+        # acts on the FiLM vector, whose size Unet fixes at 4 * dim (its time_cond_dim)
+        self.frame_embedding = FrameEmbedding(dim * 4) if frame_embedding else None
+
+    def _extra_stem_channels(self) -> int:
+        return 2 if self.position_channels else 0
 
     # -- builders: the 2D layers of Unet plus temporal ones ------------------------------------------------------
 
@@ -276,6 +314,13 @@ class Unet3D(Unet):
         if cond_images.shape[-2:] != (height, width):
             cond_images = resize_spatial(cond_images, (height, width), self.resize_mode)
         return cond_images
+
+    def _per_frame_time_emb(self, time_emb: Tensor, frames: int, temporal: bool) -> Tensor:
+        """`(b, d)` per-video FiLM vectors -> `((b frames), d)`: mixed with each frame's place in the clip
+        (`frame_embedding`) for a clip of several frames whose frames interact, else repeated."""
+        if exists(self.frame_embedding) and temporal and frames > 1:
+            return self.frame_embedding(time_emb, frames)
+        return repeat(time_emb, "b d -> (b f) d", f=frames)
 
     def _check_cond_frames(self, name: str, frames: Tensor | None, x: Tensor) -> None:
         if exists(frames):
@@ -392,7 +437,12 @@ class Unet3D(Unet):
             )
 
         cond = self.condition(time, lowres_noise_times, text_embeds, text_mask, drop_text)
+        # the resnet blocks take one FiLM vector per frame (SpaceTimeBlock), the other layers per-video ones
+        cond = replace(cond, time_emb=self._per_frame_time_emb(cond.time_emb, total_frames, not ignore_time))
+        stem = fold_frames(stem)
+        if self.position_channels:
+            stem = torch.cat((stem, position_grid(stem)), dim=1)
         layout = FrameLayout(frames=total_frames, temporal=not ignore_time)
-        out = self._run_unet(fold_frames(stem), cond, layout)
+        out = self._run_unet(stem, cond, layout)
         out = rearrange(out, "(b f) c h w -> b c f h w", f=total_frames)[:, :, num_pre : num_pre + frames]
         return rearrange(out, "b c 1 h w -> b c h w") if is_image else out

@@ -14,12 +14,12 @@ tensor.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import rearrange, reduce, repeat
 from torch import Tensor, nn
 
 from make_a_video_pytorch.blocks import (
@@ -35,7 +35,14 @@ from make_a_video_pytorch.blocks import (
 from synthesis_core.checkpoint import CheckpointError, PretrainedMixin
 from synthesis_core.checks import check_in_range, check_positive_int, check_tensor
 from synthesis_core.diffusion import batched_cond_uncond, cfg_combine
-from synthesis_core.layers import Downsample, LayerNorm, TimestepEmbedding, Upsample
+from synthesis_core.layers import (
+    Downsample,
+    FrameEmbedding,
+    LayerNorm,
+    TimestepEmbedding,
+    Upsample,
+    position_grid,
+)
 from synthesis_core.protocol import resolve_alias
 from synthesis_core.utils import cast_tuple, exists, prob_mask_like
 
@@ -107,7 +114,8 @@ class SpaceTimeResnetBlock(nn.Module):
     def forward(
         self, x: Tensor, cond: Tensor | None = None, enable_time: bool = True, *, timestep_emb: Tensor | None = None
     ) -> Tensor:
-        """`cond (b, cond_dim)`: the conditioning vector (time embedding, pooled text) that FiLMs the block."""
+        """`cond (b, cond_dim)`: the conditioning vector (time embedding, pooled text) that FiLMs the block; for a
+        video also `(b, frames, cond_dim)`, one vector per frame (the U-Net's frame embedding)."""
         cond = resolve_alias("cond", cond, "timestep_emb", timestep_emb)
         _check_features("x", x, self.dim)
         if exists(cond):
@@ -115,7 +123,12 @@ class SpaceTimeResnetBlock(nn.Module):
                 raise ValueError(
                     "cond: this block was built without cond_dim (timestep_cond_dim) and takes no conditioning vector"
                 )
-            check_tensor("cond", cond, shape=(x.shape[0], self.cond_dim), names=("batch", "cond_dim"))
+            if cond.ndim == 3 and x.ndim == 5:
+                check_tensor(
+                    "cond", cond, shape=(x.shape[0], x.shape[2], self.cond_dim), names=("batch", "frames", "cond_dim")
+                )
+            else:
+                check_tensor("cond", cond, shape=(x.shape[0], self.cond_dim), names=("batch", "cond_dim"))
         is_image = x.ndim == 4
         if is_image:
             x = rearrange(x, "b c h w -> b c 1 h w")
@@ -123,7 +136,8 @@ class SpaceTimeResnetBlock(nn.Module):
 
         scale_shift = None
         if exists(cond) and self.to_scale_shift is not None:  # (checked above: cond needs to_scale_shift)
-            film = rearrange(self.to_scale_shift(cond), "b c -> b c 1 1 1").to(x.dtype)
+            film = self.to_scale_shift(cond).to(x.dtype)
+            film = rearrange(film, "b t c -> b c t 1 1") if film.ndim == 3 else rearrange(film, "b c -> b c 1 1 1")
             scale_shift = film.chunk(2, dim=1)
         h = self.block1(x, enable_time=enable_time)
         h = self.block2(h, scale_shift=scale_shift, enable_time=enable_time)
@@ -176,11 +190,27 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
         attn_pos_bias: continuous relative position bias in the attention layers.
         causal_time_attn: frames attend to earlier frames only.
         channels_last: run activations in the channels-last-3d memory format (same results, faster convolutions).
+        frame_embedding: tell every resnet block which frame of the clip it is working on, mixed with the
+            conditioning vector (time + pooled text; `synthesis_core.layers.FrameEmbedding`, starting as the
+            identity): what lets a caption such as "moving left" decide where the content of each frame goes, since
+            the temporal layers alone see only distances between frames. Used on videos of more than one frame with
+            the temporal layers on; images and `enable_time=False` get the plain vector, exactly as without it. A
+            temporal part (`temporal_frame_embedding.*`): `freeze_spatial()` leaves it trainable,
+            `load_spatial_state_dict` leaves it alone, `reset_temporal_parameters()` puts it back to the identity.
+            Without time and text conditioning the vector it acts on is zero (images and frame-by-frame runs
+            then get the FiLM of the zero vector, a learned constant).
+        position_channels: two extra input channels holding each pixel's row and column in [-1, 1]
+            (`synthesis_core.layers.position_grid`), added to every input, images included (the first convolution
+            is shared, so images and videos see the same inputs). With `frame_embedding`, what lets the first
+            denoising steps put content where the caption and the frame index say.
         dim_mult: the published make-a-video spelling of `dim_mults` (give one of them).
         flash_attn: the published package's choice of attention kernel. Attention here always runs on
             `F.scaled_dot_product_attention`, which picks the flash / memory-efficient / math kernel itself, so
             both values compute the same thing; only a bool is accepted.
     """
+
+    # a config saved by 0.3 (before these arguments) describes the U-Net without them
+    config_defaults_for_older_files = {"frame_embedding": False, "position_channels": False}
 
     def __init__(
         self,
@@ -203,6 +233,8 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
         channels_last: bool = True,
         dim_mult: Sequence[int] | None = None,
         flash_attn: bool = False,
+        frame_embedding: bool = True,
+        position_channels: bool = True,
     ):
         super().__init__()
         check_positive_int("dim", dim)
@@ -244,8 +276,15 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
         self.spatial_factor = 2 ** (num_levels - 1)
         self.channels_last = channels_last
 
-        # conditioning vector: time embedding + pooled text, FiLMed into every resnet block
-        cond_dim = dim * 4 if (condition_on_timestep or exists(text_embed_dim)) else None
+        for name, flag in (("frame_embedding", frame_embedding), ("position_channels", position_channels)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name}: expected a bool, got {flag!r}")
+        self.position_channels = position_channels
+
+        # conditioning vector: time embedding + pooled text (+ the frame embedding, per frame), FiLMed into every
+        # resnet block
+        cond_dim = dim * 4 if (condition_on_timestep or exists(text_embed_dim) or frame_embedding) else None
+        self.cond_dim = cond_dim
         self.time_embedding = TimestepEmbedding(dim, time_dim=cond_dim) if condition_on_timestep else None
         self.text_norm = None
         if exists(text_embed_dim) and cond_dim is not None:  # (cond_dim is set whenever there is text)
@@ -254,6 +293,10 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
                 nn.Linear(text_embed_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim)
             )
             self.null_text_cond = nn.Parameter(torch.randn(cond_dim) * 0.02)
+        # which frame of the clip each frame is, mixed with the time and the pooled text: without it no layer can
+        # place the content of frame i according to the caption (the temporal layers see only frame distances).
+        # Named `temporal_`: a temporal part, trained with the temporal layers and reset with them.
+        self.temporal_frame_embedding = FrameEmbedding(cond_dim) if frame_embedding and cond_dim is not None else None
 
         def attention(level_dim: int) -> SpatioTemporalAttention:
             return SpatioTemporalAttention(
@@ -269,7 +312,7 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
             )
 
         dims = [dim * mult for mult in dim_mults]
-        self.init_conv = Pseudo3DConv(channels + cond_channels, dim, kernel_size=3)
+        self.init_conv = Pseudo3DConv(channels + cond_channels + 2 * position_channels, dim, kernel_size=3)
 
         self.downs = nn.ModuleList([])
         for i, (level_dim, depth) in enumerate(zip(dims, resnet_block_depths)):
@@ -334,6 +377,10 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
         for module in self.modules():
             if module is not self and hasattr(module, "reset_temporal_parameters"):
                 cast(Any, module).reset_temporal_parameters()
+        if exists(self.temporal_frame_embedding):
+            # a fresh one's weights (zero outputs: the identity), copied in so optimizers keep their parameters
+            fresh = FrameEmbedding(self.temporal_frame_embedding.motion.in_features)
+            self.temporal_frame_embedding.load_state_dict(fresh.state_dict())
         return self
 
     def load_spatial_state_dict(self, state_dict: Mapping[str, Tensor]) -> SpaceTimeUnet:
@@ -354,7 +401,11 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
                 f"dim_mults, self_attns, resnet_block_depths, text_embed_dim?): missing {missing[:5]}, unexpected "
                 f"{unexpected[:5]}, shape mismatches {mismatched[:5]}"
             )
-        self.load_state_dict(spatial, strict=False)
+        # this U-Net's own temporal weights are loaded with the spatial ones: a partial load would let modules that
+        # fill in keys missing from old checkpoints (the frame embedding's motion term) overwrite them
+        merged = {k: v for k, v in self.state_dict().items() if is_temporal_parameter(k)}
+        merged.update(spatial)
+        self.load_state_dict(merged)
         return self
 
     # -- inputs -----------------------------------------------------------------------------------------------
@@ -439,6 +490,27 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
         pooled = torch.where(rearrange(keep.any(dim=1), "b -> b 1"), pooled, null)
         return pooled, context, keep
 
+    def _frame_conditions(
+        self, cond_vector: Tensor | None, frames: int, use_frames: bool
+    ) -> Callable[[int], Tensor | None]:
+        """`frame_count -> conditioning` for the resnet blocks: `(b, cond_dim)`, or `(b, frames, cond_dim)` with the
+        frame embedding (videos of more than one frame with the temporal layers on).
+
+        A level whose frames are halved by temporal compression gets the mean of each pair of frame vectors: its
+        frame i stands for frames 2i and 2i+1 (the temporal downsampling starts as the same mean).
+        """
+        if cond_vector is None or not (use_frames and exists(self.temporal_frame_embedding)):
+            return lambda _: cond_vector
+        per_frame = rearrange(self.temporal_frame_embedding(cond_vector, frames), "(b t) d -> b t d", t=frames)
+        by_frames: dict[int, Tensor] = {frames: per_frame}
+
+        def at(count: int) -> Tensor:
+            if count not in by_frames:
+                by_frames[count] = reduce(per_frame, "b (t r) d -> b t d", "mean", t=count)
+            return by_frames[count]
+
+        return at
+
     def _memory_format(self, x: Tensor) -> Tensor:
         return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
 
@@ -504,10 +576,22 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
                 drop_text = drop_text.to(device=x.device, dtype=torch.bool)
             pooled, context, context_mask = self._text_condition(text_embeds, text_mask, batch, drop_text)
             cond_vector = pooled if cond_vector is None else cond_vector + pooled.to(cond_vector.dtype)
+        if cond_vector is None and exists(self.cond_dim):
+            # neither time nor text, only the frame embedding: it acts on a zero vector (images get its FiLM too)
+            cond_vector = x.new_zeros(batch, self.cond_dim)
+        frames = x.shape[2]
+        conds = self._frame_conditions(cond_vector, frames, use_frames=enable_time and frames > 1)
 
         def attend(attn: nn.Module, h: Tensor) -> Tensor:
             return self._memory_format(attn(h, enable_time=enable_time, context=context, context_mask=context_mask))
 
+        def film(h: Tensor) -> Tensor | None:
+            # the conditioning at the frame rate of `h` (temporal compression halves it below the first level)
+            return conds(h.shape[2])
+
+        if self.position_channels:
+            grid = position_grid(x[:, :, 0])
+            x = torch.cat((x, repeat(grid, "b c h w -> b c t h w", t=frames)), dim=1)
         x = self._memory_format(x)
         x = self.init_conv(x, enable_time=enable_time)
         init_x = x
@@ -519,20 +603,20 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
                 if "temporal_down" in level and enable_time:
                     x = level["temporal_down"](x)
             for block in cast(nn.ModuleList, level["blocks"]):
-                x = block(x, cond_vector, enable_time=enable_time)
+                x = block(x, film(x), enable_time=enable_time)
             if "attn" in level:
                 x = attend(level["attn"], x)
             skips.append(x)
 
-        x = self.mid_block1(x, cond_vector, enable_time=enable_time)
+        x = self.mid_block1(x, film(x), enable_time=enable_time)
         if exists(self.mid_attn):
             x = attend(self.mid_attn, x)
-        x = self.mid_block2(x, cond_vector, enable_time=enable_time)
+        x = self.mid_block2(x, film(x), enable_time=enable_time)
 
         for level in cast(Iterable[nn.ModuleDict], self.ups):
             x = torch.cat((x, skips.pop()), dim=1)
             for block in cast(nn.ModuleList, level["blocks"]):
-                x = block(x, cond_vector, enable_time=enable_time)
+                x = block(x, film(x), enable_time=enable_time)
             if "attn" in level:
                 x = attend(level["attn"], x)
             if "upsample" in level:
@@ -540,7 +624,7 @@ class SpaceTimeUnet(PretrainedMixin, nn.Module):
                     x = self._memory_format(level["temporal_up"](x))
                 x = self._memory_format(level["upsample"](x))
 
-        x = self.final_block(torch.cat((x, init_x), dim=1), cond_vector, enable_time=enable_time)
+        x = self.final_block(torch.cat((x, init_x), dim=1), film(x), enable_time=enable_time)
         x = F.silu(channel_rms_norm(self.final_norm, x))
         out = video_conv2d(x, self.final_conv.weight, self.final_conv.bias).contiguous()
         return rearrange(out, "b c 1 h w -> b c h w") if is_image else out

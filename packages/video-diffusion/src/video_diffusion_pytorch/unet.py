@@ -185,6 +185,9 @@ class Unet3D(PretrainedMixin, nn.Module):
             high resolutions, a smaller share of the compute).
     """
 
+    # a config saved by 0.1 (before these arguments) describes the U-Net without them
+    config_defaults_for_older_files = {"frame_embedding": False, "position_channels": False}
+
     def __init__(
         self,
         dim: int,
