@@ -8,12 +8,8 @@ give it each frame's place in the clip and each pixel's position; these tests ch
 a motion, and that turning them off gives back the older architecture exactly.
 """
 
-import json
-
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from imagen_pytorch import Imagen, Unet3D
 from synthesis_core.testing import centroid_columns, shapes_moving
@@ -27,45 +23,6 @@ TEXT_DIM = 16
 def moving_videos(direction: str, count: int) -> torch.Tensor:
     """`count` shapes videos `(count, 3, FRAMES, SIZE, SIZE)` in [0, 1] whose caption ends with `direction`."""
     return shapes_moving(direction, count, SIZE, FRAMES)
-
-
-def tiny_unet3d(**overrides) -> Unet3D:
-    kwargs = dict(
-        dim=8,
-        dim_mults=(1, 2),
-        cond_dim=16,
-        text_embed_dim=TEXT_DIM,
-        num_resnet_blocks=1,
-        layer_attns=(False, True),
-        layer_cross_attns=(False, True),
-        attn_heads=2,
-        attn_dim_head=8,
-        max_text_len=8,
-        attn_pool_num_latents=4,
-        init_cross_embed_kernel_sizes=(3, 5),
-    )
-    kwargs.update(overrides)
-    return Unet3D(**kwargs)
-
-
-def as_if_trained(model: nn.Module) -> nn.Module:
-    """Random weights for the zero-initialised layers (final conv, frame embedding outputs, ...), as training
-    would give."""
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.ndim > 0 and not param.any():
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-    return model.eval()
-
-
-def video_inputs(batch=2, frames=4, size=8, tokens=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (
-        torch.randn(batch, 3, frames, size, size, generator=g),
-        torch.rand(batch, generator=g),
-        torch.randn(batch, tokens, TEXT_DIM, generator=g),
-    )
 
 
 def high_noise_predictions(
@@ -170,92 +127,3 @@ def test_without_frame_and_position_information_the_caption_cannot_steer_the_mot
     predictions = high_noise_predictions(data, steps=200, frame_embedding=False, position_channels=False)
     for word, (got, wanted) in travels(predictions, data).items():
         assert abs(got) < 0.2 * abs(wanted), (word, got, wanted)
-
-
-def test_without_the_keywords_the_architecture_is_the_older_one():
-    old = tiny_unet3d(frame_embedding=False, position_channels=False)
-    new = tiny_unet3d()
-    assert old.frame_embedding is None and not any(key.startswith("frame_embedding.") for key in old.state_dict())
-    assert all(conv.in_channels == 3 for conv in old.init_conv.convs)  # `channels`, nothing added
-    assert all(conv.in_channels == 5 for conv in new.init_conv.convs)  # + row and column
-    old_shapes = {key: value.shape for key, value in old.state_dict().items()}
-    new_shapes = {key: value.shape for key, value in new.state_dict().items()}
-    assert set(new_shapes) - set(old_shapes) == {key for key in new_shapes if key.startswith("frame_embedding.")}
-    assert set(old_shapes) <= set(new_shapes)
-    differing = {key for key in old_shapes if old_shapes[key] != new_shapes[key]}
-    assert differing == {key for key in old_shapes if key.startswith("init_conv.") and key.endswith("weight")}
-
-    # the new layers extend the old network exactly: its weights, zero for the position channels and the frame
-    # embedding, give the same outputs
-    as_if_trained(old)
-    extended = old.state_dict()
-    for key, value in new.state_dict().items():
-        if key.startswith("frame_embedding."):
-            extended[key] = torch.zeros_like(value)
-        elif key in differing:
-            extended[key] = F.pad(extended[key], (0, 0, 0, 0, 0, 2))  # (out, in, k, k): 2 more inputs, zero
-    new.load_state_dict(extended)
-    new.eval()
-    x, t, text = video_inputs()
-    assert torch.allclose(new(x, t, text_embeds=text), old(x, t, text_embeds=text), atol=1e-6)
-    assert torch.allclose(new(x[:, :, 0], t, text_embeds=text), old(x[:, :, 0], t, text_embeds=text), atol=1e-6)
-
-
-def test_frame_embedding_acts_on_videos_only():
-    unet = as_if_trained(tiny_unet3d())
-    x, t, text = video_inputs()
-    before = {
-        "video": unet(x, t, text_embeds=text),
-        "image": unet(x[:, :, 0], t, text_embeds=text),
-        "ignore_time": unet(x, t, text_embeds=text, ignore_time=True),
-        "one_frame": unet(x[:, :, :1], t, text_embeds=text),
-    }
-    assert unet.frame_embedding is not None
-    with torch.no_grad():
-        for param in unet.frame_embedding.parameters():
-            param.add_(torch.randn_like(param) * 0.5)
-    # a clip's frames get different FiLM vectors, images and independent frames the one they had
-    assert not torch.allclose(unet(x, t, text_embeds=text), before["video"], atol=1e-4)
-    assert torch.equal(unet(x[:, :, 0], t, text_embeds=text), before["image"])
-    assert torch.equal(unet(x, t, text_embeds=text, ignore_time=True), before["ignore_time"])
-    assert torch.equal(unet(x[:, :, :1], t, text_embeds=text), before["one_frame"])
-    # guidance stays what it was: the dropped text's null hidden goes through the same frame embedding
-    cond = unet(x, t, text_embeds=text)
-    uncond = unet(x, t, text_embeds=text, cond_drop_prob=1.0)
-    guided = unet.forward_with_cond_scale(x, t, text_embeds=text, cond_scale=3.0)
-    assert torch.allclose(guided, uncond + 3.0 * (cond - uncond), atol=1e-5, rtol=1e-4)
-    # with temporal strides the merged frames get the mean of their vectors
-    strided = as_if_trained(tiny_unet3d(temporal_strides=(2, 1)))
-    out = strided(x, t, text_embeds=text)
-    assert out.shape == x.shape and torch.isfinite(out).all()
-
-
-@pytest.mark.parametrize("keywords", [{}, {"frame_embedding": False, "position_channels": False}])
-def test_save_and_load_keep_the_keywords(tmp_path, keywords):
-    unet = as_if_trained(tiny_unet3d(**keywords))
-    unet.save_pretrained(tmp_path / "unet")
-    loaded = Unet3D.from_pretrained(tmp_path / "unet").eval()
-    for name in ("frame_embedding", "position_channels"):
-        assert loaded.config[name] == keywords.get(name, True)
-    assert loaded.missing_config_keys == ()
-    x, t, text = video_inputs()
-    assert torch.equal(loaded(x, t, text_embeds=text), unet(x, t, text_embeds=text))
-    # and the one-file format of the published API
-    unet.persist_to_file(tmp_path / "unet.safetensors")
-    hydrated = Unet3D.hydrate_from_file(tmp_path / "unet.safetensors").eval()
-    assert hydrated.config["frame_embedding"] == keywords.get("frame_embedding", True)
-    assert torch.equal(hydrated(x, t, text_embeds=text), unet(x, t, text_embeds=text))
-
-
-def test_a_unet_saved_before_the_keywords_loads_as_the_older_architecture(tmp_path):
-    # a folder of imagen-pytorch 0.3: its config lacks both keywords, its weights are those of the older U-Net
-    old = as_if_trained(tiny_unet3d(frame_embedding=False, position_channels=False))
-    folder = old.save_pretrained(tmp_path / "old")
-    document = json.loads((folder / "config.json").read_text())
-    del document["config"]["frame_embedding"], document["config"]["position_channels"]
-    (folder / "config.json").write_text(json.dumps(document))
-    loaded = Unet3D.from_pretrained(folder).eval()
-    assert loaded.config["frame_embedding"] is False and loaded.config["position_channels"] is False
-    assert set(loaded.missing_config_keys) == {"frame_embedding", "position_channels"}
-    x, t, text = video_inputs()
-    assert torch.equal(loaded(x, t, text_embeds=text), old.eval()(x, t, text_embeds=text))

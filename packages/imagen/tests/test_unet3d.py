@@ -1,6 +1,8 @@
 """Behaviour of the space-time U-Net: temporal mixing, ignore_time independence, causality, frame extrapolation,
 temporal strides, conditioning frames, image inputs, casting and input errors."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -194,3 +196,95 @@ def test_bad_inputs_give_clear_errors():
         unet(torch.randn(2, 1, 4, 8, 8), t, text_embeds=text)
     with pytest.raises(ValueError, match="cond_images"):
         tiny_unet3d(cond_images_channels=2)(x, t, text_embeds=text, cond_images=torch.randn(2, 2, 3, 8, 8))
+
+
+# frame embedding and position channels (the motion diagnostics are in test_motion.py)
+
+
+def test_without_the_keywords_the_architecture_is_the_older_one():
+    old = tiny_unet3d(frame_embedding=False, position_channels=False)
+    new = tiny_unet3d()
+    assert old.frame_embedding is None and not any(key.startswith("frame_embedding.") for key in old.state_dict())
+    assert all(conv.in_channels == 3 for conv in old.init_conv.convs)  # `channels`, nothing added
+    assert all(conv.in_channels == 5 for conv in new.init_conv.convs)  # + row and column
+    old_shapes = {key: value.shape for key, value in old.state_dict().items()}
+    new_shapes = {key: value.shape for key, value in new.state_dict().items()}
+    assert set(new_shapes) - set(old_shapes) == {key for key in new_shapes if key.startswith("frame_embedding.")}
+    assert set(old_shapes) <= set(new_shapes)
+    differing = {key for key in old_shapes if old_shapes[key] != new_shapes[key]}
+    assert differing == {key for key in old_shapes if key.startswith("init_conv.") and key.endswith("weight")}
+
+    # the new layers extend the old network exactly: its weights, zero for the position channels and the frame
+    # embedding, give the same outputs
+    as_if_trained(old)
+    extended = old.state_dict()
+    for key, value in new.state_dict().items():
+        if key.startswith("frame_embedding."):
+            extended[key] = torch.zeros_like(value)
+        elif key in differing:
+            extended[key] = F.pad(extended[key], (0, 0, 0, 0, 0, 2))  # (out, in, k, k): 2 more inputs, zero
+    new.load_state_dict(extended)
+    new.eval()
+    x, t, text = video_inputs()
+    assert torch.allclose(new(x, t, text_embeds=text), old(x, t, text_embeds=text), atol=1e-6)
+    assert torch.allclose(new(x[:, :, 0], t, text_embeds=text), old(x[:, :, 0], t, text_embeds=text), atol=1e-6)
+
+
+def test_frame_embedding_acts_on_videos_only():
+    unet = as_if_trained(tiny_unet3d())
+    x, t, text = video_inputs()
+    before = {
+        "video": unet(x, t, text_embeds=text),
+        "image": unet(x[:, :, 0], t, text_embeds=text),
+        "ignore_time": unet(x, t, text_embeds=text, ignore_time=True),
+        "one_frame": unet(x[:, :, :1], t, text_embeds=text),
+    }
+    assert unet.frame_embedding is not None
+    with torch.no_grad():
+        for param in unet.frame_embedding.parameters():
+            param.add_(torch.randn_like(param) * 0.5)
+    # a clip's frames get different FiLM vectors, images and independent frames the one they had
+    assert not torch.allclose(unet(x, t, text_embeds=text), before["video"], atol=1e-4)
+    assert torch.equal(unet(x[:, :, 0], t, text_embeds=text), before["image"])
+    assert torch.equal(unet(x, t, text_embeds=text, ignore_time=True), before["ignore_time"])
+    assert torch.equal(unet(x[:, :, :1], t, text_embeds=text), before["one_frame"])
+    # guidance stays what it was: the dropped text's null hidden goes through the same frame embedding
+    cond = unet(x, t, text_embeds=text)
+    uncond = unet(x, t, text_embeds=text, cond_drop_prob=1.0)
+    guided = unet.forward_with_cond_scale(x, t, text_embeds=text, cond_scale=3.0)
+    assert torch.allclose(guided, uncond + 3.0 * (cond - uncond), atol=1e-5, rtol=1e-4)
+    # with temporal strides the merged frames get the mean of their vectors
+    strided = as_if_trained(tiny_unet3d(temporal_strides=(2, 1)))
+    out = strided(x, t, text_embeds=text)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("keywords", [{}, {"frame_embedding": False, "position_channels": False}])
+def test_save_and_load_keep_the_keywords(tmp_path, keywords):
+    unet = as_if_trained(tiny_unet3d(**keywords))
+    unet.save_pretrained(tmp_path / "unet")
+    loaded = Unet3D.from_pretrained(tmp_path / "unet").eval()
+    for name in ("frame_embedding", "position_channels"):
+        assert loaded.config[name] == keywords.get(name, True)
+    assert loaded.missing_config_keys == ()
+    x, t, text = video_inputs()
+    assert torch.equal(loaded(x, t, text_embeds=text), unet(x, t, text_embeds=text))
+    # and the one-file format of the published API
+    unet.persist_to_file(tmp_path / "unet.safetensors")
+    hydrated = Unet3D.hydrate_from_file(tmp_path / "unet.safetensors").eval()
+    assert hydrated.config["frame_embedding"] == keywords.get("frame_embedding", True)
+    assert torch.equal(hydrated(x, t, text_embeds=text), unet(x, t, text_embeds=text))
+
+
+def test_a_unet_saved_before_the_keywords_loads_as_the_older_architecture(tmp_path):
+    # a folder of imagen-pytorch 0.3: its config lacks both keywords, its weights are those of the older U-Net
+    old = as_if_trained(tiny_unet3d(frame_embedding=False, position_channels=False))
+    folder = old.save_pretrained(tmp_path / "old")
+    document = json.loads((folder / "config.json").read_text())
+    del document["config"]["frame_embedding"], document["config"]["position_channels"]
+    (folder / "config.json").write_text(json.dumps(document))
+    loaded = Unet3D.from_pretrained(folder).eval()
+    assert loaded.config["frame_embedding"] is False and loaded.config["position_channels"] is False
+    assert set(loaded.missing_config_keys) == {"frame_embedding", "position_channels"}
+    x, t, text = video_inputs()
+    assert torch.equal(loaded(x, t, text_embeds=text), old.eval()(x, t, text_embeds=text))
