@@ -10,9 +10,14 @@ frame index and the pixel position, and these tests check that they are enough t
 import pytest
 import torch
 
-from synthesis_core.diffusion import pred_to_x0
 from synthesis_core.shapes import ShapesVideoDataset
-from synthesis_core.testing import centroid_columns, shapes_moving
+from synthesis_core.testing import (
+    assert_prediction_moves_right,
+    centroid_columns,
+    clean_prediction_from_noise,
+    shapes_moving,
+    train_at_high_noise,
+)
 from video_diffusion_pytorch import GaussianDiffusion, Unet3D
 
 SIZE, FRAMES = 12, 6
@@ -39,35 +44,14 @@ def high_noise_prediction(**unet_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         unet, image_size=SIZE, num_frames=FRAMES, timesteps=1000, loss_type="l2", objective="v"
     )
     data = moving_right_videos(96)
-    optimizer = torch.optim.Adam(diffusion.parameters(), lr=1e-3)
-    for _ in range(250):
-        batch = data[torch.randint(len(data), (8,))]
-        # only the noise levels where the noisy input carries (almost) no information: there the prediction is
-        # the mean video, which a model that knows the frame index and the pixel position can learn fast
-        loss = diffusion(batch, times=torch.randint(800, 1000, (8,)))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    noise = torch.randn(16, 3, FRAMES, SIZE, SIZE)
-    times = torch.full((16,), 999)
-    alpha, sigma = diffusion.schedule.alpha_sigma(times)
-    with torch.no_grad():
-        x0 = pred_to_x0(
-            diffusion.model(noise, times), noise, alpha.view(-1, 1, 1, 1, 1), sigma.view(-1, 1, 1, 1, 1), "v"
-        )
-    return (x0 + 1) / 2, data
+    train_at_high_noise(diffusion, data)
+    return clean_prediction_from_noise(diffusion, (16, 3, FRAMES, SIZE, SIZE)), data
 
 
 @pytest.mark.slow
 def test_unconditional_model_trained_on_one_direction_predicts_that_motion():
     prediction, data = high_noise_prediction()
-    wanted = centroid_columns(data)
-    got = centroid_columns(prediction)
-    travel = float(wanted[-1] - wanted[0])
-    assert travel > 3  # the data moves right by several pixels
-    # the prediction from pure noise moves the same way, most of the distance, frame after frame
-    assert float(got[-1] - got[0]) > 0.6 * travel, (got, wanted)
-    assert bool((got[1:] - got[:-1] > 0).all()), got
+    assert_prediction_moves_right(prediction, data)
 
 
 @pytest.mark.slow
@@ -114,14 +98,8 @@ def reversal_loss_gap(freeze_motion: bool = False) -> tuple[float, float]:
         unet, image_size=SIZE, num_frames=FRAMES, timesteps=1000, loss_type="l2", objective="v", cond_drop_prob=0.0
     )
     videos, conditions = captioned_horizontal_videos(128, seed=5)
-    optimizer = torch.optim.Adam([p for p in diffusion.parameters() if p.requires_grad], lr=1e-3)
-    for _ in range(250):
-        pick = torch.randint(len(videos), (8,))
-        # the noise levels where the noisy input hides where the shape is: only the caption can say it there
-        loss = diffusion(videos[pick], cond=conditions[pick], times=torch.randint(800, 1000, (8,)))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    # the noise levels where the noisy input hides where the shape is: only the caption can say it there
+    train_at_high_noise(diffusion, videos, conditions=conditions)
 
     held_out, held_out_conditions = captioned_horizontal_videos(64, seed=6)
     generator = torch.Generator().manual_seed(0)

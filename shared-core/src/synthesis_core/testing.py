@@ -32,6 +32,9 @@ __all__ = [
     "write_moving_gif",
     "shapes_moving",
     "centroid_columns",
+    "train_at_high_noise",
+    "clean_prediction_from_noise",
+    "assert_prediction_moves_right",
 ]
 
 
@@ -197,3 +200,47 @@ def centroid_columns(videos: torch.Tensor) -> torch.Tensor:
     foreground = (videos.mean(dim=(0, 1)) - BACKGROUND[0]).clamp(min=0)  # (t, h, w)
     columns = torch.arange(videos.shape[-1], dtype=torch.float32)
     return (foreground.sum(dim=1) * columns).sum(dim=-1) / foreground.sum(dim=(1, 2))
+
+
+def train_at_high_noise(
+    diffusion: Any,
+    videos: torch.Tensor,
+    *,
+    steps: int = 250,
+    lr: float = 1e-3,
+    batch_size: int = 8,
+    conditions: torch.Tensor | None = None,
+    first_time: int = 800,
+) -> None:
+    """The motion diagnostics' training of a discrete-time diffusion model (a core `DiffusionWrapper`): `steps` Adam
+    steps on random batches of `videos` (with their rows of `conditions` as `cond`), only at times from
+    `first_time` on, where the noisy input says (almost) nothing and the prediction is the mean video."""
+    optimizer = torch.optim.Adam([p for p in diffusion.parameters() if p.requires_grad], lr=lr)
+    for _ in range(steps):
+        pick = torch.randint(len(videos), (batch_size,))
+        times = torch.randint(first_time, diffusion.num_timesteps, (batch_size,))
+        condition = {} if conditions is None else {"cond": conditions[pick]}
+        loss = diffusion(videos[pick], times=times, **condition)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+@torch.no_grad()
+def clean_prediction_from_noise(diffusion: Any, shape: Sequence[int], **model_kwargs: Any) -> torch.Tensor:
+    """The clean video `(shape)` in [0, 1] that a `DiffusionWrapper` predicts from pure noise at its noisiest time:
+    the mean video it has learned (for the condition in `model_kwargs`)."""
+    noise = torch.randn(*shape)
+    times = torch.full((shape[0],), diffusion.num_timesteps - 1)
+    x0 = diffusion.predict_start(diffusion.model_output(noise, times, **model_kwargs), noise, times)
+    return (x0 + 1) / 2
+
+
+def assert_prediction_moves_right(prediction: torch.Tensor, data: torch.Tensor, share: float = 0.6) -> None:
+    """The data (videos in [0, 1]) moves right by several pixels, and the prediction moves the same way, more than
+    `share` of the distance, frame after frame (centroids of the mean videos)."""
+    wanted, got = centroid_columns(data), centroid_columns(prediction)
+    travel = float(wanted[-1] - wanted[0])
+    assert travel > 3, wanted
+    assert float(got[-1] - got[0]) > share * travel, (got, wanted)
+    assert bool((got[1:] - got[:-1] > 0).all()), got
